@@ -1,0 +1,81 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layout and rules of the house: ../shared/DESIGN.md.
+// Pure modules (RelayCore, RelayWire, RelayHelperAPI) import neither NIO nor C.
+// relay-helper links only what it needs: never the data plane or the control API.
+let package = Package(
+    name: "Relay",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "relay-helper", targets: ["relay-helper"]),
+        .executable(name: "relayd", targets: ["relayd"]),
+        .executable(name: "relayctl", targets: ["relayctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // C
+        .systemLibrary(name: "CNetfilter", pkgConfig: "libnftnl",
+                       providers: [.apt(["libnftnl-dev", "libmnl-dev"])]),
+        .target(name: "CRelayShim"),
+
+        // Pure
+        .target(name: "RelayCore"),
+        .target(name: "RelayWire", dependencies: ["RelayCore"]),
+        .target(name: "RelayHelperAPI", dependencies: ["RelayCore", "RelayWire"]),
+
+        // Kernel and I/O
+        .target(name: "RelayNetlink", dependencies: ["RelayCore", "CRelayShim"]),
+        .target(name: "RelayNftables", dependencies: ["RelayCore", "CNetfilter"]),
+        .target(name: "RelayIPC", dependencies: ["RelayWire", "CRelayShim"]),
+
+        // Programs' kits
+        .target(name: "RelayHelperKit", dependencies: [
+            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayIPC", "RelayNetlink", "RelayNftables",
+            .product(name: "TOMLKit", package: "TOMLKit"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "RelayDaemonKit", dependencies: [
+            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayIPC",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "RelayCtlKit", dependencies: [
+            "RelayCore", "RelayHelperAPI", "RelayIPC", "RelayNftables",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        // Executables (thin)
+        .executableTarget(name: "relay-helper", dependencies: [
+            "RelayHelperKit",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "relayd", dependencies: [
+            "RelayDaemonKit",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "relayctl", dependencies: ["RelayCtlKit"]),
+
+        // Test support: the network-namespace lab (kernel tier, demo, benchmarks).
+        .target(name: "RelayTestHarness", dependencies: ["CRelayShim"],
+                swiftSettings: [.swiftLanguageMode(.v5)]),
+        .executableTarget(name: "relay-lab", dependencies: [
+            "RelayTestHarness",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: [.swiftLanguageMode(.v5)]),
+
+        // Three tiers: unit (no root), component (real sockets, no root), kernel (root, netns).
+        .testTarget(name: "RelayUnitTests", dependencies: [
+            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayCtlKit",
+        ], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "RelayComponentTests", dependencies: [
+            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayIPC", "RelayHelperKit", "RelayTestHarness",
+        ], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "RelayKernelTests", dependencies: [
+            "RelayCore", "RelayHelperAPI", "RelayIPC", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayTestHarness",
+        ], swiftSettings: [.swiftLanguageMode(.v5)]),
+    ]
+)

@@ -1,0 +1,42 @@
+#ifndef CRELAYSHIM_H
+#define CRELAYSHIM_H
+// The few things Swift cannot express directly: CMSG macros (fd passing), SO_PEERCRED's struct,
+// TUN ioctls, capability syscalls. Everything is prefixed CRelayShim_ and returns -errno on failure.
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <spawn.h>
+
+/// Sends `len` bytes; when `fd >= 0` attaches it as SCM_RIGHTS. Returns bytes sent or -errno.
+long CRelayShim_send_with_fd(int sock, const void *buf, size_t len, int fd);
+
+/// Receives up to `cap` bytes; a passed descriptor (at most one is kept, close-on-exec) lands in
+/// `*fd_out` (else -1). Extra descriptors are closed. Returns bytes read, 0 on EOF, or -errno.
+/// `*truncated` is set when control data was truncated (MSG_CTRUNC).
+long CRelayShim_recv_with_fd(int sock, void *buf, size_t cap, int *fd_out, int *truncated);
+
+/// SO_PEERCRED of a connected AF_UNIX socket. Returns 0 or -errno.
+int CRelayShim_peer_credentials(int sock, int32_t *pid, uint32_t *uid, uint32_t *gid);
+
+/// Opens /dev/net/tun and attaches (or creates) the TUN device `name` (IFF_TUN|IFF_NO_PI, optionally
+/// IFF_VNET_HDR), makes it persistent when `persist` is set. Writes the kernel's name into `name_out`
+/// (16 bytes). Returns the fd or -errno.
+int CRelayShim_tun_open(const char *name, int persist, int vnet_hdr, char *name_out);
+
+/// Removes persistence from TUN device `name` so that it disappears when the last fd closes.
+int CRelayShim_tun_unpersist(const char *name);
+
+/// Capability numbers and checks (linux/capability.h names).
+int CRelayShim_CAP_NET_ADMIN(void);
+/// 1 if `cap` is in the effective set, 0 if not, -errno on failure.
+int CRelayShim_cap_effective(int cap);
+/// Reduces permitted/effective/inheritable to exactly {cap} (plus ambient where raised), and drops the
+/// rest of the bounding set when CAP_SETPCAP allows. Returns 0 or -errno.
+int CRelayShim_keep_only_cap(int cap);
+/// prctl(PR_SET_NO_NEW_PRIVS). Returns 0 or -errno.
+int CRelayShim_set_no_new_privs(void);
+
+/// posix_spawn_file_actions_addclosefrom_np (glibc >= 2.34, needs _GNU_SOURCE). Returns 0 or errno.
+int CRelayShim_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
+
+#endif

@@ -1,0 +1,141 @@
+#define _GNU_SOURCE
+#include <netinet/in.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
+#include <linux/capability.h>
+#include <spawn.h>
+#include "CRelayShim.h"
+
+int CRelayShim_spawn_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
+long CRelayShim_send_with_fd(int sock, const void *buf, size_t len, int fd) {
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (fd >= 0) {
+        memset(&u, 0, sizeof u);
+        msg.msg_control = u.buf;
+        msg.msg_controllen = sizeof u.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    ssize_t n;
+    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : (long)n;
+}
+
+long CRelayShim_recv_with_fd(int sock, void *buf, size_t cap, int *fd_out, int *truncated) {
+    struct iovec iov = { .iov_base = buf, .iov_len = cap };
+    union { char buf[CMSG_SPACE(sizeof(int) * 4)]; struct cmsghdr align; } u;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof u.buf;
+    *fd_out = -1;
+    *truncated = 0;
+    ssize_t n;
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (*fd_out < 0) *fd_out = fd; else close(fd);
+        }
+    }
+    return (long)n;
+}
+
+int CRelayShim_peer_credentials(int sock, int32_t *pid, uint32_t *uid, uint32_t *gid) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -errno;
+    *pid = cred.pid; *uid = cred.uid; *gid = cred.gid;
+    return 0;
+}
+
+int CRelayShim_tun_open(const char *name, int persist, int vnet_hdr, char *name_out) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (vnet_hdr ? IFF_VNET_HDR : 0);
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &ifr) != 0) { int e = errno; close(fd); return -e; }
+    if (persist && ioctl(fd, TUNSETPERSIST, 1) != 0) { int e = errno; close(fd); return -e; }
+    if (name_out) { memcpy(name_out, ifr.ifr_name, IFNAMSIZ); name_out[IFNAMSIZ - 1] = 0; }
+    return fd;
+}
+
+int CRelayShim_tun_unpersist(const char *name) {
+    char out[IFNAMSIZ];
+    int fd = CRelayShim_tun_open(name, 0, 0, out);
+    if (fd < 0) return fd;
+    int rc = ioctl(fd, TUNSETPERSIST, 0) != 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}
+
+int CRelayShim_CAP_NET_ADMIN(void) { return CAP_NET_ADMIN; }
+
+static int capget3(struct __user_cap_data_struct data[2]) {
+    struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    return syscall(SYS_capget, &hdr, data) == 0 ? 0 : -errno;
+}
+
+int CRelayShim_cap_effective(int cap) {
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    int rc = capget3(data);
+    if (rc) return rc;
+    return (data[CAP_TO_INDEX(cap)].effective & CAP_TO_MASK(cap)) ? 1 : 0;
+}
+
+int CRelayShim_keep_only_cap(int cap) {
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    int rc = capget3(data);
+    if (rc) return rc;
+    int has_setpcap = (data[CAP_TO_INDEX(CAP_SETPCAP)].effective & CAP_TO_MASK(CAP_SETPCAP)) != 0;
+    if (has_setpcap) {
+        for (int c = 0; c <= 63; c++) {
+            if (c == cap) continue;
+            if (prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1) prctl(PR_CAPBSET_DROP, c, 0, 0, 0);
+        }
+    }
+    int had = (data[CAP_TO_INDEX(cap)].permitted & CAP_TO_MASK(cap)) != 0;
+    memset(data, 0, sizeof data);
+    if (had) {
+        data[CAP_TO_INDEX(cap)].permitted = CAP_TO_MASK(cap);
+        data[CAP_TO_INDEX(cap)].effective = CAP_TO_MASK(cap);
+        data[CAP_TO_INDEX(cap)].inheritable = CAP_TO_MASK(cap);
+    }
+    struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    if (syscall(SYS_capset, &hdr, data) != 0) return -errno;
+    return 0;
+}
+
+int CRelayShim_set_no_new_privs(void) {
+    return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 ? 0 : -errno;
+}

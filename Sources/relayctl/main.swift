@@ -1,0 +1,3 @@
+import RelayCtlKit
+
+RelayCtl.main()
