@@ -30,8 +30,8 @@ let package = Package(
 
         // Kernel and I/O
         .target(name: "RelayNetlink", dependencies: ["RelayCore", "CRelayShim"]),
-        .target(name: "RelayNftables", dependencies: ["RelayCore", "CNetfilter"]),
-        .target(name: "RelayIPC", dependencies: ["RelayWire", "CRelayShim"]),
+        .target(name: "RelayNftables", dependencies: ["RelayCore", "RelayNetlink", "CNetfilter"]),
+        .target(name: "RelayIPC", dependencies: ["RelayWire", "RelayHelperAPI", "CRelayShim"]),
 
         // Programs' kits
         .target(name: "RelayHelperKit", dependencies: [

@@ -6,6 +6,13 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <spawn.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/random.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/if_link.h>
+#include <linux/if_addr.h>
 
 /// Sends `len` bytes; when `fd >= 0` attaches it as SCM_RIGHTS. Returns bytes sent or -errno.
 long CRelayShim_send_with_fd(int sock, const void *buf, size_t len, int fd);

@@ -1,0 +1,271 @@
+import CNetfilter
+import RelayCore
+import RelayNetlink
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The helper's own nftables table, programmed through libnftnl over one netlink socket.
+/// It only ever addresses objects inside `spec.name` (family inet): it never flushes the ruleset.
+public final class NftablesTable {
+    public let spec: TableSpec
+    let socket: NetlinkSocket
+
+    public init(spec: TableSpec) throws {
+        self.spec = spec
+        socket = try NetlinkSocket(protocol: NL.NETLINK_NETFILTER)
+    }
+
+    // MARK: - Read back
+
+    private func dump(_ type: UInt32, build: ((UnsafeMutablePointer<nlmsghdr>) -> Void)? = nil) throws -> [NetlinkMessage] {
+        let buf = MessageBuffer(capacity: 4096)
+        let seq = socket.reserveSequence()
+        let nlh = nftnl_nlmsg_build_hdr(buf.tail(room: 1024), UInt16(type), NFT.NFPROTO_INET, NL.NLM_F_DUMP | NL.NLM_F_ACK, seq)!
+        build?(nlh)
+        buf.commit(nlh)
+        var attempts = 0
+        while true {
+            do { return try socket.dump(buf.bytes, seq: seq) } catch let e as NetlinkError where e.code == .interrupted && attempts < 5 {
+                attempts += 1
+            }
+        }
+    }
+
+    private func isOurs(_ table: UnsafePointer<CChar>?, _ family: UInt32) -> Bool {
+        guard let table else { return false }
+        return family == UInt32(NFT.NFPROTO_INET) && String(cString: table) == spec.name
+    }
+
+    public func tableExists() throws -> Bool {
+        for m in try dump(NFT_MSG_GETTABLE.rawValue) {
+            let t = NftObject(nftnl_table_alloc()!, free: nftnl_table_free)
+            guard m.bytes.withUnsafeBytes({ nftnl_table_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), t.ptr) }) >= 0 else { continue }
+            if isOurs(nftnl_table_get_str(t.ptr, attr(NFTNL_TABLE_NAME)), nftnl_table_get_u32(t.ptr, attr(NFTNL_TABLE_FAMILY))) { return true }
+        }
+        return false
+    }
+
+    struct RawChain { var name: String; var hook: UInt32?; var prio: Int32? }
+
+    func chains() throws -> [RawChain] {
+        var out: [RawChain] = []
+        let filter = NftBuild.chain(spec, nil, name: "")
+        nftnl_chain_unset(filter.ptr, attr(NFTNL_CHAIN_NAME))
+        for m in try dump(NFT_MSG_GETCHAIN.rawValue, build: { nftnl_chain_nlmsg_build_payload($0, filter.ptr) }) {
+            let c = NftObject(nftnl_chain_alloc()!, free: nftnl_chain_free)
+            guard m.bytes.withUnsafeBytes({ nftnl_chain_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), c.ptr) }) >= 0 else { continue }
+            guard isOurs(nftnl_chain_get_str(c.ptr, attr(NFTNL_CHAIN_TABLE)), nftnl_chain_get_u32(c.ptr, attr(NFTNL_CHAIN_FAMILY))) else { continue }
+            let hasHook = nftnl_chain_is_set(c.ptr, attr(NFTNL_CHAIN_HOOKNUM))
+            out.append(RawChain(name: String(cString: nftnl_chain_get_str(c.ptr, attr(NFTNL_CHAIN_NAME))),
+                                hook: hasHook ? nftnl_chain_get_u32(c.ptr, attr(NFTNL_CHAIN_HOOKNUM)) : nil,
+                                prio: hasHook ? nftnl_chain_get_s32(c.ptr, attr(NFTNL_CHAIN_PRIO)) : nil))
+        }
+        return out
+    }
+
+    func rules() throws -> [(chain: String, rule: ObservedRule)] {
+        var out: [(String, ObservedRule)] = []
+        let filter = NftObject(nftnl_rule_alloc()!, free: nftnl_rule_free)
+        nftnl_rule_set_str(filter.ptr, attr(NFTNL_RULE_TABLE), spec.name)
+        nftnl_rule_set_u32(filter.ptr, attr(NFTNL_RULE_FAMILY), UInt32(NFT.NFPROTO_INET))
+        for m in try dump(NFT_MSG_GETRULE.rawValue, build: { nftnl_rule_nlmsg_build_payload($0, filter.ptr) }) {
+            let r = NftObject(nftnl_rule_alloc()!, free: nftnl_rule_free)
+            guard m.bytes.withUnsafeBytes({ nftnl_rule_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), r.ptr) }) >= 0 else { continue }
+            guard isOurs(nftnl_rule_get_str(r.ptr, attr(NFTNL_RULE_TABLE)), nftnl_rule_get_u32(r.ptr, attr(NFTNL_RULE_FAMILY))) else { continue }
+            var comment: String?
+            var len: UInt32 = 0
+            if nftnl_rule_is_set(r.ptr, attr(NFTNL_RULE_USERDATA)), let ud = nftnl_rule_get_data(r.ptr, attr(NFTNL_RULE_USERDATA), &len) {
+                comment = NftablesTable.commentFromUserdata(UnsafeRawBufferPointer(start: ud, count: Int(len)))
+            }
+            var packets: UInt64 = 0, bytes: UInt64 = 0
+            let it = nftnl_expr_iter_create(r.ptr)
+            while let e = nftnl_expr_iter_next(it) {
+                if String(cString: nftnl_expr_get_str(e, attr(NFTNL_EXPR_NAME))) == "counter" {
+                    packets = nftnl_expr_get_u64(e, attr(NFTNL_EXPR_CTR_PACKETS))
+                    bytes = nftnl_expr_get_u64(e, attr(NFTNL_EXPR_CTR_BYTES))
+                }
+            }
+            nftnl_expr_iter_destroy(it)
+            out.append((String(cString: nftnl_rule_get_str(r.ptr, attr(NFTNL_RULE_CHAIN))),
+                        ObservedRule(handle: nftnl_rule_get_u64(r.ptr, attr(NFTNL_RULE_HANDLE)), comment: comment, packets: packets, bytes: bytes)))
+        }
+        return out
+    }
+
+    /// TLV userdata (type 0 = comment, NUL-terminated), parsed by hand with bounds checks.
+    static func commentFromUserdata(_ b: UnsafeRawBufferPointer) -> String? {
+        var off = 0
+        while off + 2 <= b.count {
+            let type = b[off], len = Int(b[off + 1])
+            guard off + 2 + len <= b.count else { return nil }
+            if type == UInt8(NFTNL_UDATA_RULE_COMMENT.rawValue) {
+                return String(decoding: b[(off + 2)..<(off + 2 + len)].prefix { $0 != 0 }, as: UTF8.self)
+            }
+            off += 2 + len
+        }
+        return nil
+    }
+
+    struct RawSet { var name: String; var flags: UInt32 }
+
+    func sets() throws -> [RawSet] {
+        var out: [RawSet] = []
+        let filter = NftBuild.set(spec, name: "")
+        nftnl_set_unset(filter.ptr, attr(NFTNL_SET_NAME))
+        for m in try dump(NFT_MSG_GETSET.rawValue, build: { nftnl_set_nlmsg_build_payload($0, filter.ptr) }) {
+            let s = NftObject(nftnl_set_alloc()!, free: nftnl_set_free)
+            guard m.bytes.withUnsafeBytes({ nftnl_set_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), s.ptr) }) >= 0 else { continue }
+            guard isOurs(nftnl_set_get_str(s.ptr, attr(NFTNL_SET_TABLE)), nftnl_set_get_u32(s.ptr, attr(NFTNL_SET_FAMILY))) else { continue }
+            out.append(RawSet(name: String(cString: nftnl_set_get_str(s.ptr, attr(NFTNL_SET_NAME))), flags: nftnl_set_get_u32(s.ptr, attr(NFTNL_SET_FLAGS))))
+        }
+        return out
+    }
+
+    /// Kernel elements of one set: (key, data, end flag), in kernel order.
+    func elements(of name: String) throws -> [(key: [UInt8], data: [UInt8]?, end: Bool)] {
+        var out: [(key: [UInt8], data: [UInt8]?, end: Bool)] = []
+        let filter = NftBuild.set(spec, name: name)
+        for m in try dump(NFT_MSG_GETSETELEM.rawValue, build: { nftnl_set_elems_nlmsg_build_payload($0, filter.ptr) }) {
+            let s = NftObject(nftnl_set_alloc()!, free: nftnl_set_free)
+            guard m.bytes.withUnsafeBytes({ nftnl_set_elems_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), s.ptr) }) >= 0 else { continue }
+            let it = nftnl_set_elems_iter_create(s.ptr)
+            var e = nftnl_set_elems_iter_cur(it)
+            while let el = e {
+                var klen: UInt32 = 0, dlen: UInt32 = 0
+                let k = nftnl_set_elem_get(el, attr(NFTNL_SET_ELEM_KEY), &klen)
+                var data: [UInt8]?
+                if nftnl_set_elem_is_set(el, attr(NFTNL_SET_ELEM_DATA)), let d = nftnl_set_elem_get(el, attr(NFTNL_SET_ELEM_DATA), &dlen) {
+                    data = Array(UnsafeRawBufferPointer(start: d, count: Int(dlen)))
+                }
+                let flags = nftnl_set_elem_is_set(el, attr(NFTNL_SET_ELEM_FLAGS)) ? nftnl_set_elem_get_u32(el, attr(NFTNL_SET_ELEM_FLAGS)) : 0
+                out.append((k.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(klen))) } ?? [], data, flags & NFT.NFT_SET_ELEM_INTERVAL_END != 0))
+                e = nftnl_set_elems_iter_next(it)
+            }
+            nftnl_set_elems_iter_destroy(it)
+        }
+        return out
+    }
+
+    /// The truth: table, chains with their rules and counters, sets with their entry counts.
+    public func observe() throws -> ObservedTable {
+        guard try tableExists() else { return ObservedTable(family: spec.family, name: spec.name, exists: false) }
+        let rules = try rules()
+        let chains = try chains().map { c in
+            ObservedChain(name: c.name, hook: c.hook.map { $0 == NFT.NF_INET_PRE_ROUTING ? "prerouting" : $0 == NFT.NF_INET_POST_ROUTING ? "postrouting" : "hook\($0)" },
+                          priority: c.prio, rules: rules.filter { $0.chain == c.name }.map(\.rule))
+        }
+        let sets = try sets().map { s in
+            ObservedSet(name: s.name, isMap: s.flags & NFT.NFT_SET_MAP != 0, isInterval: s.flags & NFT.NFT_SET_INTERVAL != 0,
+                        entries: (try? elements(of: s.name).filter { !$0.end }.count) ?? -1)
+        }
+        return ObservedTable(family: spec.family, name: spec.name, exists: true, chains: chains, sets: sets)
+    }
+
+    // MARK: - Apply
+
+    /// Makes the table hold exactly `plan`, in one atomic batch. Parts that already match are left
+    /// alone (rules keep their handles and counters; sets with the wanted elements are not
+    /// touched); if everything matches, nothing is sent. A failing batch changes nothing.
+    @discardableResult
+    public func apply(_ plan: TablePlan) throws -> ApplyReport {
+        precondition(plan.spec == spec)
+        let exists = try tableExists()
+        let haveChains = exists ? try chains() : []
+        let haveRules = exists ? try rules() : []
+        let haveSets = exists ? try sets() : []
+
+        let batch = NftBatch(socket: socket)
+        if !exists {
+            batch.add(NFT_MSG_NEWTABLE.rawValue.asInt32, flags: NL.NLM_F_CREATE, context: "create table inet \(spec.name)") { nlh in
+                nftnl_table_nlmsg_build_payload(nlh, NftBuild.table(spec).ptr)
+            }
+        }
+        for c in plan.chains {
+            if let have = haveChains.first(where: { $0.name == c.name }) {
+                let wantHook = c.hook == .prerouting ? NFT.NF_INET_PRE_ROUTING : NFT.NF_INET_POST_ROUTING
+                if have.hook != wantHook || have.prio != c.priority {
+                    throw NetlinkError(.protocolViolation, "chain \(spec.name)/\(c.name) exists with hook \(have.hook.map(String.init) ?? "none") priority \(have.prio.map(String.init) ?? "none"), expected hook \(wantHook) priority \(c.priority): run relay-helper --cleanup, then apply again", context: "check chain \(c.name)")
+                }
+                continue
+            }
+            batch.add(NFT_MSG_NEWCHAIN.rawValue.asInt32, flags: NL.NLM_F_CREATE, context: "create chain \(c.name)") { nlh in
+                nftnl_chain_nlmsg_build_payload(nlh, NftBuild.chain(spec, c, name: c.name).ptr)
+            }
+        }
+        // Chains whose rules differ from the plan are flushed and rewritten (in this same batch).
+        var rewrite: [TablePlan.Chain] = []
+        for c in plan.chains {
+            let have = haveRules.filter { $0.chain == c.name }.map { $0.rule.comment ?? "" }
+            if have != c.rules.map(\.tag) { rewrite.append(c) }
+        }
+        let unwantedChains = haveChains.filter { h in !plan.chains.contains { $0.name == h.name } }
+        for c in rewrite.map(\.name) + unwantedChains.map(\.name) where haveChains.contains(where: { $0.name == c }) {
+            batch.add(NFT_MSG_DELRULE.rawValue.asInt32, flags: 0, context: "flush chain \(c)") { nlh in
+                let r = NftObject(nftnl_rule_alloc()!, free: nftnl_rule_free)
+                nftnl_rule_set_str(r.ptr, attr(NFTNL_RULE_TABLE), spec.name)
+                nftnl_rule_set_str(r.ptr, attr(NFTNL_RULE_CHAIN), c)
+                nftnl_rule_set_u32(r.ptr, attr(NFTNL_RULE_FAMILY), UInt32(NFT.NFPROTO_INET))
+                nftnl_rule_nlmsg_build_payload(nlh, r.ptr)
+            }
+        }
+        var replaced: [String] = []
+        for s in plan.sets {
+            if haveSets.contains(where: { $0.name == s.name }) {
+                let want = NftBuild.elements(s)
+                let have = try elements(of: s.name)
+                if NftablesTable.sameElements(have, want) { continue }
+                batch.add(NFT_MSG_DELSETELEM.rawValue.asInt32, flags: 0, context: "flush \(s.name)") { nlh in
+                    nftnl_set_elems_nlmsg_build_payload(nlh, NftBuild.set(spec, name: s.name).ptr)
+                }
+            } else {
+                let id = batch.allocSetID()
+                batch.add(NFT_MSG_NEWSET.rawValue.asInt32, flags: NL.NLM_F_CREATE, context: "create \(s.kind == .prefixSet ? "set" : "map") \(s.name)") { nlh in
+                    nftnl_set_nlmsg_build_payload(nlh, NftBuild.set(spec, name: s.name, family: s.family, kind: s.kind, id: id).ptr)
+                }
+            }
+            replaced.append(s.name)
+            NftBuild.addElements(batch, spec, s)
+        }
+        for c in rewrite {
+            for r in c.rules {
+                batch.add(NFT_MSG_NEWRULE.rawValue.asInt32, flags: NL.NLM_F_CREATE | 0x800 /* NLM_F_APPEND */, context: "add rule to \(c.name): \(r.text)") { nlh in
+                    nftnl_rule_nlmsg_build_payload(nlh, NftBuild.rule(spec, chain: c.name, r).ptr)
+                }
+            }
+        }
+        let unwantedSets = haveSets.filter { h in !plan.sets.contains { $0.name == h.name } }
+        for s in unwantedSets {
+            batch.add(NFT_MSG_DELSET.rawValue.asInt32, flags: 0, context: "delete set \(s.name)") { nlh in
+                nftnl_set_nlmsg_build_payload(nlh, NftBuild.set(spec, name: s.name).ptr)
+            }
+        }
+        for c in unwantedChains {
+            batch.add(NFT_MSG_DELCHAIN.rawValue.asInt32, flags: 0, context: "delete chain \(c.name)") { nlh in
+                nftnl_chain_nlmsg_build_payload(nlh, NftBuild.chain(spec, nil, name: c.name).ptr)
+            }
+        }
+        let report = ApplyReport(changed: batch.messageCount > 0, messages: batch.messageCount, bytes: batch.buffer.length,
+                                 rewrittenChains: rewrite.map(\.name), replacedSets: replaced, removedSets: unwantedSets.map(\.name))
+        try batch.commit()
+        return report
+    }
+
+    static func sameElements(_ have: [(key: [UInt8], data: [UInt8]?, end: Bool)], _ want: [(key: [UInt8], data: [UInt8]?, end: Bool)]) -> Bool {
+        guard have.count == want.count else { return false }
+        func k(_ e: (key: [UInt8], data: [UInt8]?, end: Bool)) -> [UInt8] { e.key + [e.end ? 1 : 0] + (e.data ?? []) }
+        return Set(have.map(k)) == Set(want.map(k))
+    }
+
+    /// Deletes the whole table (and only it). No-op when it does not exist.
+    @discardableResult
+    public func delete() throws -> Bool {
+        guard try tableExists() else { return false }
+        let batch = NftBatch(socket: socket)
+        batch.add(NFT_MSG_DELTABLE.rawValue.asInt32, flags: 0, context: "delete table inet \(spec.name)") { nlh in
+            nftnl_table_nlmsg_build_payload(nlh, NftBuild.table(spec).ptr)
+        }
+        try batch.commit()
+        return true
+    }
+}
