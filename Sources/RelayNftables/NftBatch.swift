@@ -116,12 +116,17 @@ final class NftBatch {
     }
 }
 
-/// Owns a libnftnl object and frees it (containerization's ArchiveWriter pattern).
-final class NftObject {
+/// A libnftnl object with the function that frees it. Used only inside `using`, so that its
+/// lifetime visibly covers every C call made with it (a Swift object may otherwise be released
+/// right after its last Swift use, before the C call that uses its pointer has finished).
+struct NftObject {
     let ptr: OpaquePointer
     let free: (OpaquePointer) -> Void
     init(_ ptr: OpaquePointer, free: @escaping (OpaquePointer) -> Void) { self.ptr = ptr; self.free = free }
-    deinit { free(ptr) }
+    func using<R>(_ body: (OpaquePointer) throws -> R) rethrows -> R {
+        defer { free(ptr) }
+        return try body(ptr)
+    }
 }
 
 enum NftBuild {
@@ -208,8 +213,8 @@ enum NftBuild {
         let elems = elements(p)
         var i = 0
         while i < elems.count {
-            let s = set(spec, name: p.name)
             let upper = min(i + chunk, elems.count)
+            set(spec, name: p.name).using { sp in
             for e in elems[i..<upper] {
                 let el = nftnl_set_elem_alloc()!
                 e.key.withUnsafeBytes { _ = nftnl_set_elem_set(el, attr(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
@@ -217,11 +222,12 @@ enum NftBuild {
                     d.withUnsafeBytes { _ = nftnl_set_elem_set(el, attr(NFTNL_SET_ELEM_DATA), $0.baseAddress, UInt32($0.count)) }
                 }
                 if e.end { nftnl_set_elem_set_u32(el, attr(NFTNL_SET_ELEM_FLAGS), NFT.NFT_SET_ELEM_INTERVAL_END) }
-                nftnl_set_elem_add(s.ptr, el)  // the set owns it now
+                nftnl_set_elem_add(sp, el)  // the set owns it now
             }
             batch.add(NFT_MSG_NEWSETELEM.rawValue.asInt32, flags: NL.NLM_F_CREATE,
                       context: "add elements \(i)..<\(upper) to \(p.kind == .prefixSet ? "set" : "map") \(p.name)") { nlh in
-                nftnl_set_elems_nlmsg_build_payload(nlh, s.ptr)
+                nftnl_set_elems_nlmsg_build_payload(nlh, sp)
+            }
             }
             i = upper
         }

@@ -39,9 +39,9 @@ public final class NftablesTable {
 
     public func tableExists() throws -> Bool {
         for m in try dump(NFT_MSG_GETTABLE.rawValue) {
-            let t = NftObject(nftnl_table_alloc()!, free: nftnl_table_free)
-            guard m.bytes.withUnsafeBytes({ nftnl_table_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), t.ptr) }) >= 0 else { continue }
-            if isOurs(nftnl_table_get_str(t.ptr, attr(NFTNL_TABLE_NAME)), nftnl_table_get_u32(t.ptr, attr(NFTNL_TABLE_FAMILY))) { return true }
+            let t = nftnl_table_alloc()!; defer { nftnl_table_free(t) }
+            guard m.bytes.withUnsafeBytes({ nftnl_table_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), t) }) >= 0 else { continue }
+            if isOurs(nftnl_table_get_str(t, attr(NFTNL_TABLE_NAME)), nftnl_table_get_u32(t, attr(NFTNL_TABLE_FAMILY))) { return true }
         }
         return false
     }
@@ -50,36 +50,36 @@ public final class NftablesTable {
 
     func chains() throws -> [RawChain] {
         var out: [RawChain] = []
-        let filter = NftBuild.chain(spec, nil, name: "")
-        nftnl_chain_unset(filter.ptr, attr(NFTNL_CHAIN_NAME))
-        for m in try dump(NFT_MSG_GETCHAIN.rawValue, build: { nftnl_chain_nlmsg_build_payload($0, filter.ptr) }) {
-            let c = NftObject(nftnl_chain_alloc()!, free: nftnl_chain_free)
-            guard m.bytes.withUnsafeBytes({ nftnl_chain_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), c.ptr) }) >= 0 else { continue }
-            guard isOurs(nftnl_chain_get_str(c.ptr, attr(NFTNL_CHAIN_TABLE)), nftnl_chain_get_u32(c.ptr, attr(NFTNL_CHAIN_FAMILY))) else { continue }
-            let hasHook = nftnl_chain_is_set(c.ptr, attr(NFTNL_CHAIN_HOOKNUM))
-            out.append(RawChain(name: String(cString: nftnl_chain_get_str(c.ptr, attr(NFTNL_CHAIN_NAME))),
-                                hook: hasHook ? nftnl_chain_get_u32(c.ptr, attr(NFTNL_CHAIN_HOOKNUM)) : nil,
-                                prio: hasHook ? nftnl_chain_get_s32(c.ptr, attr(NFTNL_CHAIN_PRIO)) : nil))
+        let filterObj = NftBuild.chain(spec, nil, name: ""); let filter = filterObj.ptr; defer { filterObj.free(filter) }
+        nftnl_chain_unset(filter, attr(NFTNL_CHAIN_NAME))
+        for m in try dump(NFT_MSG_GETCHAIN.rawValue, build: { nftnl_chain_nlmsg_build_payload($0, filter) }) {
+            let c = nftnl_chain_alloc()!; defer { nftnl_chain_free(c) }
+            guard m.bytes.withUnsafeBytes({ nftnl_chain_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), c) }) >= 0 else { continue }
+            guard isOurs(nftnl_chain_get_str(c, attr(NFTNL_CHAIN_TABLE)), nftnl_chain_get_u32(c, attr(NFTNL_CHAIN_FAMILY))) else { continue }
+            let hasHook = nftnl_chain_is_set(c, attr(NFTNL_CHAIN_HOOKNUM))
+            out.append(RawChain(name: String(cString: nftnl_chain_get_str(c, attr(NFTNL_CHAIN_NAME))),
+                                hook: hasHook ? nftnl_chain_get_u32(c, attr(NFTNL_CHAIN_HOOKNUM)) : nil,
+                                prio: hasHook ? nftnl_chain_get_s32(c, attr(NFTNL_CHAIN_PRIO)) : nil))
         }
         return out
     }
 
     func rules() throws -> [(chain: String, rule: ObservedRule)] {
         var out: [(String, ObservedRule)] = []
-        let filter = NftObject(nftnl_rule_alloc()!, free: nftnl_rule_free)
-        nftnl_rule_set_str(filter.ptr, attr(NFTNL_RULE_TABLE), spec.name)
-        nftnl_rule_set_u32(filter.ptr, attr(NFTNL_RULE_FAMILY), UInt32(NFT.NFPROTO_INET))
-        for m in try dump(NFT_MSG_GETRULE.rawValue, build: { nftnl_rule_nlmsg_build_payload($0, filter.ptr) }) {
-            let r = NftObject(nftnl_rule_alloc()!, free: nftnl_rule_free)
-            guard m.bytes.withUnsafeBytes({ nftnl_rule_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), r.ptr) }) >= 0 else { continue }
-            guard isOurs(nftnl_rule_get_str(r.ptr, attr(NFTNL_RULE_TABLE)), nftnl_rule_get_u32(r.ptr, attr(NFTNL_RULE_FAMILY))) else { continue }
+        let filter = nftnl_rule_alloc()!; defer { nftnl_rule_free(filter) }
+        nftnl_rule_set_str(filter, attr(NFTNL_RULE_TABLE), spec.name)
+        nftnl_rule_set_u32(filter, attr(NFTNL_RULE_FAMILY), UInt32(NFT.NFPROTO_INET))
+        for m in try dump(NFT_MSG_GETRULE.rawValue, build: { nftnl_rule_nlmsg_build_payload($0, filter) }) {
+            let r = nftnl_rule_alloc()!; defer { nftnl_rule_free(r) }
+            guard m.bytes.withUnsafeBytes({ nftnl_rule_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), r) }) >= 0 else { continue }
+            guard isOurs(nftnl_rule_get_str(r, attr(NFTNL_RULE_TABLE)), nftnl_rule_get_u32(r, attr(NFTNL_RULE_FAMILY))) else { continue }
             var comment: String?
             var len: UInt32 = 0
-            if nftnl_rule_is_set(r.ptr, attr(NFTNL_RULE_USERDATA)), let ud = nftnl_rule_get_data(r.ptr, attr(NFTNL_RULE_USERDATA), &len) {
+            if nftnl_rule_is_set(r, attr(NFTNL_RULE_USERDATA)), let ud = nftnl_rule_get_data(r, attr(NFTNL_RULE_USERDATA), &len) {
                 comment = NftablesTable.commentFromUserdata(UnsafeRawBufferPointer(start: ud, count: Int(len)))
             }
             var packets: UInt64 = 0, bytes: UInt64 = 0
-            let it = nftnl_expr_iter_create(r.ptr)
+            let it = nftnl_expr_iter_create(r)
             while let e = nftnl_expr_iter_next(it) {
                 if String(cString: nftnl_expr_get_str(e, attr(NFTNL_EXPR_NAME))) == "counter" {
                     packets = nftnl_expr_get_u64(e, attr(NFTNL_EXPR_CTR_PACKETS))
@@ -87,8 +87,8 @@ public final class NftablesTable {
                 }
             }
             nftnl_expr_iter_destroy(it)
-            out.append((String(cString: nftnl_rule_get_str(r.ptr, attr(NFTNL_RULE_CHAIN))),
-                        ObservedRule(handle: nftnl_rule_get_u64(r.ptr, attr(NFTNL_RULE_HANDLE)), comment: comment, packets: packets, bytes: bytes)))
+            out.append((String(cString: nftnl_rule_get_str(r, attr(NFTNL_RULE_CHAIN))),
+                        ObservedRule(handle: nftnl_rule_get_u64(r, attr(NFTNL_RULE_HANDLE)), comment: comment, packets: packets, bytes: bytes)))
         }
         return out
     }
@@ -111,13 +111,13 @@ public final class NftablesTable {
 
     func sets() throws -> [RawSet] {
         var out: [RawSet] = []
-        let filter = NftBuild.set(spec, name: "")
-        nftnl_set_unset(filter.ptr, attr(NFTNL_SET_NAME))
-        for m in try dump(NFT_MSG_GETSET.rawValue, build: { nftnl_set_nlmsg_build_payload($0, filter.ptr) }) {
-            let s = NftObject(nftnl_set_alloc()!, free: nftnl_set_free)
-            guard m.bytes.withUnsafeBytes({ nftnl_set_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), s.ptr) }) >= 0 else { continue }
-            guard isOurs(nftnl_set_get_str(s.ptr, attr(NFTNL_SET_TABLE)), nftnl_set_get_u32(s.ptr, attr(NFTNL_SET_FAMILY))) else { continue }
-            out.append(RawSet(name: String(cString: nftnl_set_get_str(s.ptr, attr(NFTNL_SET_NAME))), flags: nftnl_set_get_u32(s.ptr, attr(NFTNL_SET_FLAGS))))
+        let filterObj = NftBuild.set(spec, name: ""); let filter = filterObj.ptr; defer { filterObj.free(filter) }
+        nftnl_set_unset(filter, attr(NFTNL_SET_NAME))
+        for m in try dump(NFT_MSG_GETSET.rawValue, build: { nftnl_set_nlmsg_build_payload($0, filter) }) {
+            let s = nftnl_set_alloc()!; defer { nftnl_set_free(s) }
+            guard m.bytes.withUnsafeBytes({ nftnl_set_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), s) }) >= 0 else { continue }
+            guard isOurs(nftnl_set_get_str(s, attr(NFTNL_SET_TABLE)), nftnl_set_get_u32(s, attr(NFTNL_SET_FAMILY))) else { continue }
+            out.append(RawSet(name: String(cString: nftnl_set_get_str(s, attr(NFTNL_SET_NAME))), flags: nftnl_set_get_u32(s, attr(NFTNL_SET_FLAGS))))
         }
         return out
     }
@@ -125,13 +125,15 @@ public final class NftablesTable {
     /// Kernel elements of one set: (key, data, end flag), in kernel order.
     func elements(of name: String) throws -> [(key: [UInt8], data: [UInt8]?, end: Bool)] {
         var out: [(key: [UInt8], data: [UInt8]?, end: Bool)] = []
-        let filter = NftBuild.set(spec, name: name)
-        for m in try dump(NFT_MSG_GETSETELEM.rawValue, build: { nftnl_set_elems_nlmsg_build_payload($0, filter.ptr) }) {
-            let s = NftObject(nftnl_set_alloc()!, free: nftnl_set_free)
-            guard m.bytes.withUnsafeBytes({ nftnl_set_elems_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), s.ptr) }) >= 0 else { continue }
-            let it = nftnl_set_elems_iter_create(s.ptr)
-            var e = nftnl_set_elems_iter_cur(it)
-            while let el = e {
+        let filterObj = NftBuild.set(spec, name: name); let filter = filterObj.ptr; defer { filterObj.free(filter) }
+        for m in try dump(NFT_MSG_GETSETELEM.rawValue, build: { nftnl_set_elems_nlmsg_build_payload($0, filter) }) {
+            let s = nftnl_set_alloc()!; defer { nftnl_set_free(s) }
+            guard m.bytes.withUnsafeBytes({ nftnl_set_elems_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), s) }) >= 0 else { continue }
+            final class Sink { var out: [(key: [UInt8], data: [UInt8]?, end: Bool)] = [] }
+            let sink = Sink()
+            _ = nftnl_set_elem_foreach(s, { el, ctx in
+                guard let el, let ctx else { return 0 }
+                let sink = Unmanaged<Sink>.fromOpaque(ctx).takeUnretainedValue()
                 var klen: UInt32 = 0, dlen: UInt32 = 0
                 let k = nftnl_set_elem_get(el, attr(NFTNL_SET_ELEM_KEY), &klen)
                 var data: [UInt8]?
@@ -139,10 +141,10 @@ public final class NftablesTable {
                     data = Array(UnsafeRawBufferPointer(start: d, count: Int(dlen)))
                 }
                 let flags = nftnl_set_elem_is_set(el, attr(NFTNL_SET_ELEM_FLAGS)) ? nftnl_set_elem_get_u32(el, attr(NFTNL_SET_ELEM_FLAGS)) : 0
-                out.append((k.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(klen))) } ?? [], data, flags & NFT.NFT_SET_ELEM_INTERVAL_END != 0))
-                e = nftnl_set_elems_iter_next(it)
-            }
-            nftnl_set_elems_iter_destroy(it)
+                sink.out.append((k.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(klen))) } ?? [], data, flags & NFT.NFT_SET_ELEM_INTERVAL_END != 0))
+                return 0
+            }, Unmanaged.passUnretained(sink).toOpaque())
+            withExtendedLifetime(sink) { out += sink.out }
         }
         return out
     }
@@ -178,7 +180,7 @@ public final class NftablesTable {
         let batch = NftBatch(socket: socket)
         if !exists {
             batch.add(NFT_MSG_NEWTABLE.rawValue.asInt32, flags: NL.NLM_F_CREATE, context: "create table inet \(spec.name)") { nlh in
-                nftnl_table_nlmsg_build_payload(nlh, NftBuild.table(spec).ptr)
+                NftBuild.table(spec).using { nftnl_table_nlmsg_build_payload(nlh, $0) }
             }
         }
         for c in plan.chains {
@@ -190,7 +192,7 @@ public final class NftablesTable {
                 continue
             }
             batch.add(NFT_MSG_NEWCHAIN.rawValue.asInt32, flags: NL.NLM_F_CREATE, context: "create chain \(c.name)") { nlh in
-                nftnl_chain_nlmsg_build_payload(nlh, NftBuild.chain(spec, c, name: c.name).ptr)
+                NftBuild.chain(spec, c, name: c.name).using { nftnl_chain_nlmsg_build_payload(nlh, $0) }
             }
         }
         // Chains whose rules differ from the plan are flushed and rewritten (in this same batch).
@@ -202,11 +204,11 @@ public final class NftablesTable {
         let unwantedChains = haveChains.filter { h in !plan.chains.contains { $0.name == h.name } }
         for c in rewrite.map(\.name) + unwantedChains.map(\.name) where haveChains.contains(where: { $0.name == c }) {
             batch.add(NFT_MSG_DELRULE.rawValue.asInt32, flags: 0, context: "flush chain \(c)") { nlh in
-                let r = NftObject(nftnl_rule_alloc()!, free: nftnl_rule_free)
-                nftnl_rule_set_str(r.ptr, attr(NFTNL_RULE_TABLE), spec.name)
-                nftnl_rule_set_str(r.ptr, attr(NFTNL_RULE_CHAIN), c)
-                nftnl_rule_set_u32(r.ptr, attr(NFTNL_RULE_FAMILY), UInt32(NFT.NFPROTO_INET))
-                nftnl_rule_nlmsg_build_payload(nlh, r.ptr)
+                let r = nftnl_rule_alloc()!; defer { nftnl_rule_free(r) }
+                nftnl_rule_set_str(r, attr(NFTNL_RULE_TABLE), spec.name)
+                nftnl_rule_set_str(r, attr(NFTNL_RULE_CHAIN), c)
+                nftnl_rule_set_u32(r, attr(NFTNL_RULE_FAMILY), UInt32(NFT.NFPROTO_INET))
+                nftnl_rule_nlmsg_build_payload(nlh, r)
             }
         }
         var replaced: [String] = []
@@ -216,12 +218,12 @@ public final class NftablesTable {
                 let have = try elements(of: s.name)
                 if NftablesTable.sameElements(have, want) { continue }
                 batch.add(NFT_MSG_DELSETELEM.rawValue.asInt32, flags: 0, context: "flush \(s.name)") { nlh in
-                    nftnl_set_elems_nlmsg_build_payload(nlh, NftBuild.set(spec, name: s.name).ptr)
+                    NftBuild.set(spec, name: s.name).using { nftnl_set_elems_nlmsg_build_payload(nlh, $0) }
                 }
             } else {
                 let id = batch.allocSetID()
                 batch.add(NFT_MSG_NEWSET.rawValue.asInt32, flags: NL.NLM_F_CREATE, context: "create \(s.kind == .prefixSet ? "set" : "map") \(s.name)") { nlh in
-                    nftnl_set_nlmsg_build_payload(nlh, NftBuild.set(spec, name: s.name, family: s.family, kind: s.kind, id: id).ptr)
+                    NftBuild.set(spec, name: s.name, family: s.family, kind: s.kind, id: id).using { nftnl_set_nlmsg_build_payload(nlh, $0) }
                 }
             }
             replaced.append(s.name)
@@ -230,19 +232,19 @@ public final class NftablesTable {
         for c in rewrite {
             for r in c.rules {
                 batch.add(NFT_MSG_NEWRULE.rawValue.asInt32, flags: NL.NLM_F_CREATE | 0x800 /* NLM_F_APPEND */, context: "add rule to \(c.name): \(r.text)") { nlh in
-                    nftnl_rule_nlmsg_build_payload(nlh, NftBuild.rule(spec, chain: c.name, r).ptr)
+                    NftBuild.rule(spec, chain: c.name, r).using { nftnl_rule_nlmsg_build_payload(nlh, $0) }
                 }
             }
         }
         let unwantedSets = haveSets.filter { h in !plan.sets.contains { $0.name == h.name } }
         for s in unwantedSets {
             batch.add(NFT_MSG_DELSET.rawValue.asInt32, flags: 0, context: "delete set \(s.name)") { nlh in
-                nftnl_set_nlmsg_build_payload(nlh, NftBuild.set(spec, name: s.name).ptr)
+                NftBuild.set(spec, name: s.name).using { nftnl_set_nlmsg_build_payload(nlh, $0) }
             }
         }
         for c in unwantedChains {
             batch.add(NFT_MSG_DELCHAIN.rawValue.asInt32, flags: 0, context: "delete chain \(c.name)") { nlh in
-                nftnl_chain_nlmsg_build_payload(nlh, NftBuild.chain(spec, nil, name: c.name).ptr)
+                NftBuild.chain(spec, nil, name: c.name).using { nftnl_chain_nlmsg_build_payload(nlh, $0) }
             }
         }
         let report = ApplyReport(changed: batch.messageCount > 0, messages: batch.messageCount, bytes: batch.buffer.length,
@@ -263,7 +265,7 @@ public final class NftablesTable {
         guard try tableExists() else { return false }
         let batch = NftBatch(socket: socket)
         batch.add(NFT_MSG_DELTABLE.rawValue.asInt32, flags: 0, context: "delete table inet \(spec.name)") { nlh in
-            nftnl_table_nlmsg_build_payload(nlh, NftBuild.table(spec).ptr)
+            NftBuild.table(spec).using { nftnl_table_nlmsg_build_payload(nlh, $0) }
         }
         try batch.commit()
         return true

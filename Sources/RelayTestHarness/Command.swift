@@ -39,8 +39,8 @@ public enum Command {
         let pid = try Spawn.start(argv, stdinPath: inPath, stdoutPath: outPath, stderrPath: errPath)
         let status = Spawn.reap(pid, block: true) ?? -1
         let result = CommandResult(arguments: arguments, status: status,
-                                   stdout: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
-                                   stderr: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
+                                   stdout: String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: outPath))) ?? Data(), as: UTF8.self),
+                                   stderr: String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: errPath))) ?? Data(), as: UTF8.self))
         if check && !result.succeeded { throw CommandFailed(result: result) }
         return result
     }
