@@ -63,7 +63,7 @@ let package = Package(
         .target(name: "RelayTestHarness", dependencies: ["CRelayShim"],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
         .executableTarget(name: "relay-lab", dependencies: [
-            "RelayTestHarness", "RelayCore", "RelayIPC",
+            "RelayTestHarness", "RelayCore", "RelayIPC", "RelayNftables",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
 

@@ -187,7 +187,7 @@ enum NftBuild {
     }
 
     /// The kernel elements of one planned set, in nft's encoding: interval maps and sets as start
-    /// elements plus INTERVAL_END elements where a gap follows (and a leading 0/END like nft).
+    /// elements plus INTERVAL_END elements (and a leading 0/END, like nft).
     static func elements(_ p: TablePlan.PlannedSet) -> [(key: [UInt8], data: [UInt8]?, end: Bool)] {
         var out: [(key: [UInt8], data: [UInt8]?, end: Bool)] = []
         switch p.kind {
@@ -198,12 +198,11 @@ enum NftBuild {
             out.reserveCapacity(p.prefixes.count * 2 + 1)
             let zero = [UInt8](repeating: 0, count: p.family == .ipv4 ? 4 : 16)
             if let first = p.prefixes.first, first.0.address.bytes != zero { out.append((zero, nil, true)) }
-            for (i, (match, translate)) in p.prefixes.enumerated() {
+            for (match, translate) in p.prefixes {
                 out.append((match.address.bytes, translate.map { $0.address.bytes + $0.lastAddress.bytes }, false))
-                if let end = match.endExclusive {
-                    let nextStart = i + 1 < p.prefixes.count ? p.prefixes[i + 1].0.address : nil
-                    if nextStart != end { out.append((end.bytes, nil, true)) }
-                }
+                // Always an END element, also when the next interval starts there (nft does the same;
+                // the kernel refuses two consecutive starts as an overlap).
+                if let end = match.endExclusive { out.append((end.bytes, nil, true)) }
             }
         }
         return out

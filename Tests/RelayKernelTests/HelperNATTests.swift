@@ -110,6 +110,21 @@ struct HelperNATTests {
         }
     }
 
+    @Test("adjacent prefixes (one /32 after another) are accepted and listed back exactly")
+    func adjacentPrefixes() throws {
+        try KernelGate.check()
+        try Lab.with("nat-adjacent") { lab in
+            let gw = try lab.host("gw")
+            let helper = try HelperFixture.start(in: gw)
+            let maps = (0..<3).map { PrefixMapping(P("10.0.0.\($0)/32"), P("240.0.0.\($0)/32")) } + [PrefixMapping(P("10.0.1.0/24"), P("240.0.1.0/24"))]
+            try HelperClient(path: helper.socketPath).apply(NATState(dnat: maps))
+            let listed = try gw.run(["nft", "list", "map", "inet", "relay", "dnat4"]).stdout
+            for m in ["10.0.0.0 : 240.0.0.0", "10.0.0.1 : 240.0.0.1", "10.0.0.2 : 240.0.0.2", "10.0.1.0/24 : 240.0.1.0/24"] {
+                #expect(listed.contains(m), "\(m) in \(listed)")
+            }
+        }
+    }
+
     @Test("a foreign table and a foreign masquerade rule are byte-identical after apply, re-apply and cleanup")
     func foreignRulesUntouched() throws {
         try KernelGate.check()
