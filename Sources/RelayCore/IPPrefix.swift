@@ -112,6 +112,19 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible, Codable, Co
         }
     }
 
+    /// The prefix covering exactly [start, endExclusive) (endExclusive nil = to the top of the
+    /// address space), or nil when that range is not a prefix. Inverse of `endExclusive`.
+    public init?(start: IPAddress, endExclusive: IPAddress?) {
+        let maxLen = start.family == .ipv4 ? 32 : 128
+        if let e = endExclusive, e.family != start.family { return nil }
+        for len in stride(from: maxLen, through: 0, by: -1) {
+            let p = IPPrefix(network: start, length: len)
+            guard p.address == start else { return nil }  // start has bits set below this length
+            if p.endExclusive == endExclusive { self = p; return }
+        }
+        return nil
+    }
+
     public var description: String { "\(address)/\(length)" }
     public static func < (l: Self, r: Self) -> Bool { (l.address, l.length) < (r.address, r.length) }
 

@@ -50,8 +50,15 @@ public struct ApplyReport: Codable, Equatable, Sendable {
     public var rewrittenChains: [String]
     public var replacedSets: [String]
     public var removedSets: [String]
-    public init(changed: Bool, messages: Int, bytes: Int, rewrittenChains: [String], replacedSets: [String], removedSets: [String]) {
+    /// Kernel elements added or deleted (an interval is two elements).
+    public var changedElements: Int
+    /// Routes replaced and deleted, devices created or changed (route/device requests).
+    public var routesChanged: Int
+    public var devicesChanged: Int
+    public init(changed: Bool, messages: Int, bytes: Int, rewrittenChains: [String] = [], replacedSets: [String] = [], removedSets: [String] = [],
+                changedElements: Int = 0, routesChanged: Int = 0, devicesChanged: Int = 0) {
         self.changed = changed; self.messages = messages; self.bytes = bytes
         self.rewrittenChains = rewrittenChains; self.replacedSets = replacedSets; self.removedSets = removedSets
+        self.changedElements = changedElements; self.routesChanged = routesChanged; self.devicesChanged = devicesChanged
     }
 }

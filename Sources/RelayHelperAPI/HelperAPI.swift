@@ -5,31 +5,81 @@ import RelayWire
 /// Version of the helper protocol. A request with another version is refused with a typed error.
 public let helperProtocolVersion = 1
 
-/// The helper's operations. A small, closed table (OpenSSH monitor style): each has a permission.
+/// The helper's operations. A small, closed table (OpenSSH monitor style): each has a permission
+/// and the request fields it may carry; any other field set is refused.
 public enum HelperOp: String, Codable, CaseIterable, Sendable {
     case hello
+    /// Everything the helper owns, read back from the kernel (table, routes, devices, integration).
     case observe
+    /// The whole desired NAT table (declarative; unchanged parts untouched).
     case applyNAT = "apply_nat"
+    /// Incremental: add `nat` entries and remove `remove` entries (batched, for large maps).
+    case updateNAT = "update_nat"
+    /// The whole desired set of the helper's routes (others it owns are deleted).
+    case applyRoutes = "apply_routes"
+    case replaceRoutes = "replace_routes"
+    case deleteRoutes = "delete_routes"
+    /// Create or re-attach a TUN device, set MTU/addresses/up, answer with its fd (SCM_RIGHTS).
+    case openDevice = "open_device"
+    case deleteDevice = "delete_device"
+    /// Remove everything the helper owns.
     case cleanup
 
     public enum Permission: String, Sendable { case read, write }
     public var permission: Permission {
         switch self {
         case .hello, .observe: return .read
-        case .applyNAT, .cleanup: return .write
+        default: return .write
+        }
+    }
+
+    public enum Field: String, Sendable { case nat, remove, routes, device, name }
+    /// The request fields this operation takes (all required).
+    public var fields: Set<Field> {
+        switch self {
+        case .hello, .observe, .cleanup: return []
+        case .applyNAT: return [.nat]
+        case .updateNAT: return [.nat, .remove]
+        case .applyRoutes, .replaceRoutes, .deleteRoutes: return [.routes]
+        case .openDevice: return [.device]
+        case .deleteDevice: return [.name]
         }
     }
 }
 
-/// One request. Only the field that belongs to `op` may be set; nothing free-form reaches the kernel.
+/// One request. Only the fields that belong to `op` may be set; nothing free-form reaches the kernel.
 public struct HelperRequest: Codable, Equatable, Sendable {
     public var version: Int
     public var id: UInt64
     public var op: HelperOp
     public var nat: NATState?
+    public var remove: NATState?
+    public var routes: [RouteSpec]?
+    public var device: DeviceSpec?
+    public var name: String?
 
-    public init(id: UInt64, op: HelperOp, nat: NATState? = nil) {
-        version = helperProtocolVersion; self.id = id; self.op = op; self.nat = nat
+    public init(id: UInt64, op: HelperOp, nat: NATState? = nil, remove: NATState? = nil, routes: [RouteSpec]? = nil,
+                device: DeviceSpec? = nil, name: String? = nil) {
+        version = helperProtocolVersion; self.id = id; self.op = op; self.nat = nat; self.remove = remove
+        self.routes = routes; self.device = device; self.name = name
+    }
+
+    public var fieldsSet: Set<HelperOp.Field> {
+        var f = Set<HelperOp.Field>()
+        if nat != nil { f.insert(.nat) }
+        if remove != nil { f.insert(.remove) }
+        if routes != nil { f.insert(.routes) }
+        if device != nil { f.insert(.device) }
+        if name != nil { f.insert(.name) }
+        return f
+    }
+
+    /// Nil when the fields match the operation, else what is wrong.
+    public var fieldProblem: String? {
+        let want = op.fields, have = fieldsSet
+        if let extra = have.subtracting(want).first { return "'\(extra.rawValue)' is not allowed with \(op.rawValue)" }
+        if let missing = want.subtracting(have).first { return "\(op.rawValue) needs '\(missing.rawValue)'" }
+        return nil
     }
 }
 
@@ -48,11 +98,15 @@ public struct HelperResponse: Codable, Equatable, Sendable {
     public var id: UInt64
     public var error: WireError?
     public var hello: HelperHello?
-    public var table: ObservedTable?
+    public var state: ObservedState?
     public var report: ApplyReport?
+    /// open_device: the device as the kernel shows it; its fd travels with this response.
+    public var device: ObservedDevice?
 
-    public init(id: UInt64, error: WireError? = nil, hello: HelperHello? = nil, table: ObservedTable? = nil, report: ApplyReport? = nil) {
-        version = helperProtocolVersion; self.id = id; self.error = error; self.hello = hello; self.table = table; self.report = report
+    public init(id: UInt64, error: WireError? = nil, hello: HelperHello? = nil, state: ObservedState? = nil, report: ApplyReport? = nil,
+                device: ObservedDevice? = nil) {
+        version = helperProtocolVersion; self.id = id; self.error = error; self.hello = hello; self.state = state; self.report = report
+        self.device = device
     }
 }
 

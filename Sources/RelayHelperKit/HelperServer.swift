@@ -98,56 +98,98 @@ public final class HelperServer: @unchecked Sendable {
                 return  // the stream is framed, but a client that sends garbage is not trusted further
             case .success(let r): req = r
             }
-            let response = dispatch(req, cred: cred, permission: perm)
-            do { try conn.send(HelperCodec.encode(response)) } catch { return }
+            let (response, fd) = dispatchWithDescriptor(req, cred: cred, permission: perm)
+            defer { if fd >= 0 { close(fd) } }  // the client has its own copy now
+            do { try conn.send(HelperCodec.encode(response), passing: fd) } catch { return }
         }
     }
 
     public func dispatch(_ req: HelperRequest, cred: PeerCredentials, permission: HelperPolicy.Permission) -> HelperResponse {
+        let (r, fd) = dispatchWithDescriptor(req, cred: cred, permission: permission)
+        if fd >= 0 { close(fd) }
+        return r
+    }
+
+    func refuse(_ req: HelperRequest, _ cred: PeerCredentials, _ problems: [String]) -> (HelperResponse, Int32) {
+        counters.bump("refused_policy")
+        audit.notice("refused \(req.op.rawValue) from uid \(cred.uid) pid \(cred.pid): \(problems.joined(separator: "; "))")
+        return (HelperResponse(id: req.id, error: WireError("policy.refused", problems.joined(separator: "; "),
+                                                            context: ["problems": String(problems.count)])), -1)
+    }
+
+    /// Authorises, re-validates and performs one request. A descriptor (open_device) is returned
+    /// with the response; the caller sends it and closes its copy.
+    public func dispatchWithDescriptor(_ req: HelperRequest, cred: PeerCredentials, permission: HelperPolicy.Permission) -> (HelperResponse, Int32) {
         if req.op.permission == .write && permission != .write {
             counters.bump("refused_permission")
-            return HelperResponse(id: req.id, error: WireError(WireError.permissionDenied,
-                "uid \(cred.uid) may only read; '\(req.op.rawValue)' needs a client listed in [clients] uids/gids"))
+            return (HelperResponse(id: req.id, error: WireError(WireError.permissionDenied,
+                "uid \(cred.uid) may only read; '\(req.op.rawValue)' needs a client listed in [clients] uids/gids")), -1)
         }
-        if req.op != .applyNAT && req.nat != nil {
+        if let problem = req.fieldProblem {
             counters.bump("refused_malformed")
-            return HelperResponse(id: req.id, error: WireError(WireError.malformed, "'nat' is only allowed with apply_nat"))
+            return (HelperResponse(id: req.id, error: WireError(WireError.malformed, problem)), -1)
         }
+        let who = "uid \(cred.uid) pid \(cred.pid)"
+        let owner = KernelOwner(policy: policy)
         do {
             switch req.op {
             case .hello:
-                return HelperResponse(id: req.id, hello: HelperHello(version: RelayVersion.string, protocolVersion: helperProtocolVersion,
-                                                                     table: "inet \(policy.table.name)", permission: permission.rawValue))
+                return (HelperResponse(id: req.id, hello: HelperHello(version: RelayVersion.string, protocolVersion: helperProtocolVersion,
+                                                                      table: "inet \(policy.table.name)", permission: permission.rawValue)), -1)
             case .observe:
-                return HelperResponse(id: req.id, table: try NftablesTable(spec: policy.table).observe())
-            case .applyNAT:
-                guard let nat = req.nat else {
-                    return HelperResponse(id: req.id, error: WireError(WireError.malformed, "apply_nat needs 'nat'"))
-                }
-                let problems = policy.check(nat)
-                guard problems.isEmpty else {
-                    counters.bump("refused_policy")
-                    audit.notice("refused apply_nat from uid \(cred.uid) pid \(cred.pid): \(problems.joined(separator: "; "))")
-                    return HelperResponse(id: req.id, error: WireError("policy.refused", problems.joined(separator: "; "),
-                                                                      context: ["problems": String(problems.count)]))
-                }
+                return (HelperResponse(id: req.id, state: try owner.observe()), -1)
+            case .applyNAT, .updateNAT:
                 applyLock.lock(); defer { applyLock.unlock() }
-                let table = try NftablesTable(spec: policy.table)
-                let report = try table.apply(TablePlan(nat, spec: policy.table))
+                let nat = req.op == .applyNAT ? req.nat! : try owner.updatedNAT(add: req.nat!, remove: req.remove!)
+                let problems = policy.check(nat)
+                guard problems.isEmpty else { return refuse(req, cred, problems) }
+                let report = try owner.applyNAT(nat)
                 if report.changed {
-                    audit.info("uid \(cred.uid) pid \(cred.pid) applied NAT to inet \(policy.table.name): \(nat.dnat.count) dnat, \(nat.snat.count) snat, \(nat.dnatExact.count + nat.snatExact.count) exact, \(nat.remote.count) remote; rewrote chains \(report.rewrittenChains), replaced sets \(report.replacedSets), removed sets \(report.removedSets); \(report.messages) messages")
+                    audit.info("\(who) \(req.op.rawValue) inet \(policy.table.name): now \(nat.dnat.count) dnat, \(nat.snat.count) snat, \(nat.dnatExact.count + nat.snatExact.count) exact, \(nat.remote.count) remote; \(report.changedElements) elements changed; rewrote chains \(report.rewrittenChains), new sets \(report.replacedSets), removed sets \(report.removedSets); \(report.messages) messages")
                 }
-                return HelperResponse(id: req.id, report: report)
+                return (HelperResponse(id: req.id, report: report), -1)
+            case .applyRoutes, .replaceRoutes, .deleteRoutes:
+                let routes = req.routes!
+                let problems = policy.check(routes: routes)
+                guard problems.isEmpty else { return refuse(req, cred, problems) }
+                applyLock.lock(); defer { applyLock.unlock() }
+                let n: Int
+                switch req.op {
+                case .applyRoutes: n = try owner.applyRoutes(routes)
+                case .replaceRoutes: n = try owner.replaceRoutes(routes)
+                default: n = try owner.deleteRoutes(routes)
+                }
+                if n > 0 {
+                    audit.info("\(who) \(req.op.rawValue) table \(policy.routeTable) proto \(policy.routeProtocol): \(n) routes changed (\(routes.prefix(8).map(\.description).joined(separator: ", "))\(routes.count > 8 ? ", ..." : ""))")
+                }
+                return (HelperResponse(id: req.id, report: ApplyReport(changed: n > 0, messages: n, bytes: 0, routesChanged: n)), -1)
+            case .openDevice:
+                let d = req.device!
+                let problems = policy.check(device: d)
+                guard problems.isEmpty else { return refuse(req, cred, problems) }
+                applyLock.lock(); defer { applyLock.unlock() }
+                let (dev, fd, changed) = try owner.openDevice(d)
+                audit.info("\(who) open_device \(dev.name) (index \(dev.index), mtu \(dev.mtu), addresses \(dev.addresses.map(\.description).joined(separator: " ")))\(changed ? " configured" : " re-attached"); fd handed over")
+                return (HelperResponse(id: req.id, report: ApplyReport(changed: changed, messages: 0, bytes: 0, devicesChanged: changed ? 1 : 0), device: dev), fd)
+            case .deleteDevice:
+                let name = req.name!
+                guard policy.ownsDevice(name) else { return refuse(req, cred, ["device '\(name.prefix(32))' is not one of the helper's devices (names start with '\(policy.devicePrefix)')"]) }
+                applyLock.lock(); defer { applyLock.unlock() }
+                let removed = try owner.deleteDevice(name)
+                if removed { audit.info("\(who) delete_device \(name)") }
+                return (HelperResponse(id: req.id, report: ApplyReport(changed: removed, messages: removed ? 1 : 0, bytes: 0, devicesChanged: removed ? 1 : 0)), -1)
             case .cleanup:
                 applyLock.lock(); defer { applyLock.unlock() }
-                let removed = try NftablesTable(spec: policy.table).delete()
-                audit.info("uid \(cred.uid) pid \(cred.pid) cleanup: table inet \(policy.table.name) \(removed ? "deleted" : "was absent")")
-                return HelperResponse(id: req.id, report: ApplyReport(changed: removed, messages: removed ? 1 : 0, bytes: 0, rewrittenChains: [], replacedSets: [], removedSets: []))
+                let removed = try owner.cleanup()
+                audit.info("\(who) cleanup: \(removed.isEmpty ? "nothing to remove" : "removed " + removed.joined(separator: ", "))")
+                return (HelperResponse(id: req.id, report: ApplyReport(changed: !removed.isEmpty, messages: removed.count, bytes: 0)), -1)
             }
         } catch let e as RelayNetlink.NetlinkError {
-            return HelperResponse(id: req.id, error: WireError("kernel.\(e.code.rawValue)", e.description, context: ["errno": String(e.errno)]))
+            return (HelperResponse(id: req.id, error: WireError("kernel.\(e.code.rawValue)", e.description, context: ["errno": String(e.errno)])), -1)
+        } catch let e as HelperFailure {
+            return (HelperResponse(id: req.id, error: WireError(e.code, e.message)), -1)
         } catch {
-            return HelperResponse(id: req.id, error: WireError("helper.internal", "\(error)"))
+            return (HelperResponse(id: req.id, error: WireError("helper.internal", "\(error)")), -1)
         }
     }
 }

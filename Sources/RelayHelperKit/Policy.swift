@@ -17,6 +17,15 @@ public struct HelperPolicy: Equatable, Sendable {
     public var routeProtocol: UInt8 = 0xc4
     public var maxRoutes = 1024
     public var maxRequestBytes = 32 << 20
+    public var maxDevices = 4
+    public var maxDeviceAddresses = 8
+    /// Opt-in: operator chains that get one counted jump into `integrationChain` (same table).
+    public var integrationPoints: [IntegrationPoint] = []
+    public var integrationChain = "relay-accept"
+
+    public var integrations: [Integration] {
+        integrationPoints.map { Integration(point: $0, ownChain: integrationChain, devicePrefix: devicePrefix) }
+    }
 
     public init() {}
 
@@ -40,7 +49,8 @@ extension HelperPolicy {
         "clients": ["uids", "gids", "read_uids", "read_gids"],
         "table": ["name", "dnat_priority", "snat_priority"],
         "nat": ["allowed_prefixes", "max_elements"],
-        "devices": ["prefix"],
+        "devices": ["prefix", "max_devices", "max_addresses"],
+        "integration": ["chains", "chain_name"],
         "routes": ["table", "protocol", "max_routes"],
         "limits": ["max_request_bytes"],
     ]
@@ -105,9 +115,29 @@ extension HelperPolicy {
             }
             if let v = int(n, "nat", "max_elements", 0...10_000_000) { p.maxElements = v }
         }
-        if let d = section("devices"), let v = d["prefix"] {
-            if let s = v.string, HelperPolicy.isValidName(s, max: 8) { p.devicePrefix = s } else {
-                problems.append("devices.prefix must be 1-8 characters of [a-z0-9_-], starting with a letter (device names are at most 15)")
+        if let d = section("devices") {
+            if let v = d["prefix"] {
+                if let s = v.string, HelperPolicy.isValidName(s, max: 8) { p.devicePrefix = s } else {
+                    problems.append("devices.prefix must be 1-8 characters of [a-z0-9_-], starting with a letter (device names are at most 15)")
+                }
+            }
+            if let v = int(d, "devices", "max_devices", 0...64) { p.maxDevices = v }
+            if let v = int(d, "devices", "max_addresses", 0...64) { p.maxDeviceAddresses = v }
+        }
+        if let g = section("integration") {
+            if let v = g["chains"] {
+                if let arr = v.array {
+                    for e in arr {
+                        if let s = e.string, let ip = IntegrationPoint(s) { p.integrationPoints.append(ip) } else {
+                            problems.append("integration.chains: \(e) is not \"FAMILY TABLE CHAIN\" (e.g. \"inet filter forward\"; family inet, ip or ip6)")
+                        }
+                    }
+                } else { problems.append("integration.chains must be an array of \"FAMILY TABLE CHAIN\" strings") }
+            }
+            if let v = g["chain_name"] {
+                if let s = v.string, HelperPolicy.isValidName(s, max: 32) { p.integrationChain = s } else {
+                    problems.append("integration.chain_name must be 1-32 characters of [a-z0-9_-], starting with a letter")
+                }
             }
         }
         if let r = section("routes") {
@@ -126,14 +156,51 @@ extension HelperPolicy {
         return s.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
     }
 
+    func allowed(_ p: IPPrefix) -> Bool { allowedPrefixes.contains { $0.family == p.family && $0.length <= p.length && $0.contains(p.address) } }
+    func allowed(_ a: IPAddress) -> Bool { allowedPrefixes.contains { $0.contains(a) } }
+
+    /// True for a device name the helper may create and own: <prefix><[a-z0-9_-]...>, at most 15.
+    public func ownsDevice(_ name: String) -> Bool {
+        name.hasPrefix(devicePrefix) && name.count > devicePrefix.count && name.utf8.count <= 15
+            && name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
+    }
+
+    /// Re-validates routes: destinations inside the allowed prefixes, devices the helper owns, a cap.
+    public func check(routes: [RouteSpec]) -> [String] {
+        var out: [String] = []
+        if routes.count > maxRoutes { out.append("\(routes.count) routes exceed the policy's routes.max_routes = \(maxRoutes)") }
+        var seen = Set<String>()
+        for (i, r) in routes.enumerated() {
+            if !allowed(r.destination) { out.append("routes[\(i)] \(r.destination) is outside the policy's nat.allowed_prefixes") }
+            if !ownsDevice(r.device) { out.append("routes[\(i)] device '\(r.device.prefix(32))' is not one of the helper's devices (names start with '\(devicePrefix)')") }
+            if !seen.insert("\(r.destination) \(r.metric ?? 0)").inserted { out.append("routes[\(i)] \(r.destination) is listed twice") }
+            if out.count > 20 { out.append("..."); break }
+        }
+        return out
+    }
+
+    /// Re-validates a TUN device request.
+    public func check(device d: DeviceSpec) -> [String] {
+        var out: [String] = []
+        if !ownsDevice(d.name) {
+            out.append("device name '\(d.name.prefix(32))' must be '\(devicePrefix)' followed by [a-z0-9_-], at most 15 characters (devices.prefix)")
+        }
+        let minMTU = d.addresses.contains { $0.family == .ipv6 } ? 1280 : 576
+        if !(minMTU...65535).contains(d.mtu) { out.append("mtu \(d.mtu) must be \(minMTU)...65535\(minMTU == 1280 ? " (IPv6 needs at least 1280)" : "")") }
+        if d.addresses.count > maxDeviceAddresses { out.append("\(d.addresses.count) addresses exceed devices.max_addresses = \(maxDeviceAddresses)") }
+        for (i, a) in d.addresses.enumerated() where !allowed(a.address) {
+            out.append("addresses[\(i)] \(a) is outside the policy's nat.allowed_prefixes")
+        }
+        if Set(d.addresses).count != d.addresses.count { out.append("an address is listed twice") }
+        return out
+    }
+
     /// Re-validates a NAT state against this policy. Empty when acceptable.
     public func check(_ state: NATState) -> [String] {
         var out = state.problems()
         if state.elementCount > maxElements {
             out.append("\(state.elementCount) entries exceed the policy's nat.max_elements = \(maxElements)")
         }
-        func allowed(_ p: IPPrefix) -> Bool { allowedPrefixes.contains { $0.family == p.family && $0.length <= p.length && $0.contains(p.address) } }
-        func allowed(_ a: IPAddress) -> Bool { allowedPrefixes.contains { $0.contains(a) } }
         var reported = 0
         func refuse(_ what: String) {
             reported += 1

@@ -61,7 +61,10 @@ public struct NetlinkMessage: Sendable {
     public var pid: UInt32
     /// The whole message including its 16-byte header (libnftnl parsers want the header).
     public var bytes: [UInt8]
-    public var payload: ArraySlice<UInt8> { bytes[NL.headerSize...] }
+    public var payload: ArraySlice<UInt8> { bytes.count >= NL.headerSize ? bytes[NL.headerSize...] : [] }
+    public init(type: UInt16, flags: UInt16, seq: UInt32, pid: UInt32, bytes: [UInt8]) {
+        self.type = type; self.flags = flags; self.seq = seq; self.pid = pid; self.bytes = bytes
+    }
 }
 
 /// Splits a datagram into messages; refuses lengths that run past the end.

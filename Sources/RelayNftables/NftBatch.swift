@@ -30,6 +30,10 @@ enum NFT {
     static let NFT_NAT_DNAT: UInt32 = 1
     static let NF_NAT_RANGE_NETMAP: UInt32 = 0x40
     static let NF_ACCEPT: UInt32 = 1
+    static let NFT_JUMP: Int32 = -3
+    static let NFT_REG_VERDICT: UInt32 = 0
+    static let NFT_META_IIFNAME: UInt32 = 6
+    static let NFT_META_OIFNAME: UInt32 = 7
     static let NF_INET_PRE_ROUTING: UInt32 = 0
     static let NF_INET_POST_ROUTING: UInt32 = 4
 }
@@ -90,9 +94,9 @@ final class NftBatch {
     func allocSetID() -> UInt32 { defer { nextSetID += 1 }; return nextSetID }
 
     /// Builds one message: header via libnftnl, payload via `build`.
-    func add(_ type: Int32, flags: UInt16, context: String, room: Int = 1 << 17,
+    func add(_ type: Int32, flags: UInt16, context: String, room: Int = 1 << 17, family: UInt16 = NFT.NFPROTO_INET,
              _ build: (UnsafeMutablePointer<nlmsghdr>) -> Void) {
-        let nlh = nftnl_nlmsg_build_hdr(buffer.tail(room: room), UInt16(type), NFT.NFPROTO_INET,
+        let nlh = nftnl_nlmsg_build_hdr(buffer.tail(room: room), UInt16(type), family,
                                         flags | NL.NLM_F_ACK, seq)!
         build(nlh)
         buffer.commit(nlh)
@@ -208,25 +212,35 @@ enum NftBuild {
         return out
     }
 
-    static func addElements(_ batch: NftBatch, _ spec: TableSpec, _ p: TablePlan.PlannedSet, chunk: Int = 512) {
-        let elems = elements(p)
-        var i = 0
-        while i < elems.count {
-            let upper = min(i + chunk, elems.count)
-            set(spec, name: p.name).using { sp in
-            for e in elems[i..<upper] {
-                let el = nftnl_set_elem_alloc()!
-                e.key.withUnsafeBytes { _ = nftnl_set_elem_set(el, attr(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
-                if let d = e.data {
-                    d.withUnsafeBytes { _ = nftnl_set_elem_set(el, attr(NFTNL_SET_ELEM_DATA), $0.baseAddress, UInt32($0.count)) }
+    static func setFlags(_ kind: TablePlan.SetKind) -> UInt32 {
+        switch kind {
+        case .prefixMap: return NFT.NFT_SET_MAP | NFT.NFT_SET_INTERVAL
+        case .exactMap: return NFT.NFT_SET_MAP
+        case .prefixSet: return NFT.NFT_SET_INTERVAL
+        }
+    }
+
+    /// NEWSETELEM (or DELSETELEM) messages for `elems`, `chunk` per message.
+    static func elementMessages(_ batch: NftBatch, _ spec: TableSpec, name: String, _ elems: ArraySlice<(key: [UInt8], data: [UInt8]?, end: Bool)>,
+                                delete: Bool, chunk: Int = 512) {
+        var i = elems.startIndex
+        while i < elems.endIndex {
+            let upper = min(i + chunk, elems.endIndex)
+            set(spec, name: name).using { sp in
+                for e in elems[i..<upper] {
+                    let el = nftnl_set_elem_alloc()!
+                    e.key.withUnsafeBytes { _ = nftnl_set_elem_set(el, attr(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
+                    if let d = e.data, !delete {
+                        d.withUnsafeBytes { _ = nftnl_set_elem_set(el, attr(NFTNL_SET_ELEM_DATA), $0.baseAddress, UInt32($0.count)) }
+                    }
+                    if e.end { nftnl_set_elem_set_u32(el, attr(NFTNL_SET_ELEM_FLAGS), NFT.NFT_SET_ELEM_INTERVAL_END) }
+                    nftnl_set_elem_add(sp, el)  // the set owns it now
                 }
-                if e.end { nftnl_set_elem_set_u32(el, attr(NFTNL_SET_ELEM_FLAGS), NFT.NFT_SET_ELEM_INTERVAL_END) }
-                nftnl_set_elem_add(sp, el)  // the set owns it now
-            }
-            batch.add(NFT_MSG_NEWSETELEM.rawValue.asInt32, flags: NL.NLM_F_CREATE,
-                      context: "add elements \(i)..<\(upper) to \(p.kind == .prefixSet ? "set" : "map") \(p.name)") { nlh in
-                nftnl_set_elems_nlmsg_build_payload(nlh, sp)
-            }
+                let what = delete ? "delete" : "add"
+                batch.add((delete ? NFT_MSG_DELSETELEM : NFT_MSG_NEWSETELEM).rawValue.asInt32, flags: delete ? 0 : NL.NLM_F_CREATE,
+                          context: "\(what) elements \(i - elems.startIndex)..<\(upper - elems.startIndex) of \(name)") { nlh in
+                    nftnl_set_elems_nlmsg_build_payload(nlh, sp)
+                }
             }
             i = upper
         }

@@ -18,10 +18,10 @@ public final class NftablesTable {
 
     // MARK: - Read back
 
-    private func dump(_ type: UInt32, build: ((UnsafeMutablePointer<nlmsghdr>) -> Void)? = nil) throws -> [NetlinkMessage] {
+    func dump(_ type: UInt32, family: UInt16 = NFT.NFPROTO_INET, build: ((UnsafeMutablePointer<nlmsghdr>) -> Void)? = nil) throws -> [NetlinkMessage] {
         let buf = MessageBuffer(capacity: 4096)
         let seq = socket.reserveSequence()
-        let nlh = nftnl_nlmsg_build_hdr(buf.tail(room: 1024), UInt16(type), NFT.NFPROTO_INET, NL.NLM_F_DUMP | NL.NLM_F_ACK, seq)!
+        let nlh = nftnl_nlmsg_build_hdr(buf.tail(room: 1024), UInt16(type), family, NL.NLM_F_DUMP | NL.NLM_F_ACK, seq)!
         build?(nlh)
         buf.commit(nlh)
         var attempts = 0
@@ -212,22 +212,33 @@ public final class NftablesTable {
             }
         }
         var replaced: [String] = []
+        var changedElements = 0
         for s in plan.sets {
-            if haveSets.contains(where: { $0.name == s.name }) {
-                let want = NftBuild.elements(s)
+            let want = NftBuild.elements(s)
+            if let haveSet = haveSets.first(where: { $0.name == s.name }), haveSet.flags == NftBuild.setFlags(s.kind) {
+                // Element-level diff: only what differs is deleted and added, in this same batch
+                // (large maps with a few changes stay cheap; untouched elements never vanish).
                 let have = try elements(of: s.name)
-                if NftablesTable.sameElements(have, want) { continue }
-                batch.add(NFT_MSG_DELSETELEM.rawValue.asInt32, flags: 0, context: "flush \(s.name)") { nlh in
-                    NftBuild.set(spec, name: s.name).using { nftnl_set_elems_nlmsg_build_payload(nlh, $0) }
-                }
+                let (del, add) = NftablesTable.elementDiff(have: have, want: want)
+                if del.isEmpty && add.isEmpty { continue }
+                NftBuild.elementMessages(batch, spec, name: s.name, del, delete: true)
+                NftBuild.elementMessages(batch, spec, name: s.name, add, delete: false)
+                changedElements += del.count + add.count
             } else {
+                if haveSets.contains(where: { $0.name == s.name }) {
+                    // Same name, other kind: only possible after a manual edit. Replace it.
+                    batch.add(NFT_MSG_DELSET.rawValue.asInt32, flags: 0, context: "delete set \(s.name) of another kind") { nlh in
+                        NftBuild.set(spec, name: s.name).using { nftnl_set_nlmsg_build_payload(nlh, $0) }
+                    }
+                }
                 let id = batch.allocSetID()
                 batch.add(NFT_MSG_NEWSET.rawValue.asInt32, flags: NL.NLM_F_CREATE, context: "create \(s.kind == .prefixSet ? "set" : "map") \(s.name)") { nlh in
                     NftBuild.set(spec, name: s.name, family: s.family, kind: s.kind, id: id).using { nftnl_set_nlmsg_build_payload(nlh, $0) }
                 }
+                NftBuild.elementMessages(batch, spec, name: s.name, want[...], delete: false)
+                changedElements += want.count
             }
             replaced.append(s.name)
-            NftBuild.addElements(batch, spec, s)
         }
         for c in rewrite {
             for r in c.rules {
@@ -248,15 +259,68 @@ public final class NftablesTable {
             }
         }
         let report = ApplyReport(changed: batch.messageCount > 0, messages: batch.messageCount, bytes: batch.buffer.length,
-                                 rewrittenChains: rewrite.map(\.name), replacedSets: replaced, removedSets: unwantedSets.map(\.name))
+                                 rewrittenChains: rewrite.map(\.name), replacedSets: replaced, removedSets: unwantedSets.map(\.name),
+                                 changedElements: changedElements)
         try batch.commit()
         return report
     }
 
-    static func sameElements(_ have: [(key: [UInt8], data: [UInt8]?, end: Bool)], _ want: [(key: [UInt8], data: [UInt8]?, end: Bool)]) -> Bool {
-        guard have.count == want.count else { return false }
-        func k(_ e: (key: [UInt8], data: [UInt8]?, end: Bool)) -> [UInt8] { e.key + [e.end ? 1 : 0] + (e.data ?? []) }
-        return Set(have.map(k)) == Set(want.map(k))
+    typealias Element = (key: [UInt8], data: [UInt8]?, end: Bool)
+
+    /// Elements to delete (in `have`, not wanted) and to add (wanted, not in `have`).
+    static func elementDiff(have: [Element], want: [Element]) -> (delete: ArraySlice<Element>, add: ArraySlice<Element>) {
+        func k(_ e: Element) -> [UInt8] { e.key + [e.end ? 1 : 0] + (e.data ?? []) }
+        let haveKeys = Set(have.map(k)), wantKeys = Set(want.map(k))
+        // In nft's order: ascending keys, an END before a start with the same key (the kernel's
+        // interval tree finds elements to deactivate reliably only in this order).
+        func ordered(_ x: [Element]) -> ArraySlice<Element> {
+            x.sorted { $0.key.lexicographicallyPrecedes($1.key) || ($0.key == $1.key && $0.end && !$1.end) }[...]
+        }
+        return (ordered(have.filter { !wantKeys.contains(k($0)) }), ordered(want.filter { !haveKeys.contains(k($0)) }))
+    }
+
+    /// The NAT state the kernel holds in this table, decoded from its sets (the inverse of
+    /// `TablePlan`). Elements that do not decode (a manual edit) are reported, not guessed.
+    public func readNATState() throws -> (state: NATState, undecodable: [String]) {
+        var st = NATState()
+        var bad: [String] = []
+        guard try tableExists() else { return (st, bad) }
+        for set in try sets() {
+            let fam: IPFamily = set.name.hasSuffix("6") ? .ipv6 : .ipv4
+            let base = String(set.name.dropLast())
+            func ip(_ b: [UInt8]) -> IPAddress? {
+                if fam == .ipv4, b.count == 4 { return .v4(IPv4Address(b[0], b[1], b[2], b[3])) }
+                if fam == .ipv6, b.count == 16 { return IPv6Address(bytes: b).map { .v6($0) } }
+                return nil
+            }
+            let elems = try elements(of: set.name)
+            switch base {
+            case "dnatx", "snatx":
+                for e in elems {
+                    guard let k = ip(e.key), let d = e.data.flatMap(ip) else { bad.append("\(set.name): element of \(e.key.count) bytes"); continue }
+                    if base == "dnatx" { st.dnatExact.append(AddressMapping(k, d)) } else { st.snatExact.append(AddressMapping(k, d)) }
+                }
+            case "dnat", "snat", "remote":
+                // Sort by key, END before a start with the same key (adjacent intervals).
+                let sorted = elems.sorted { $0.key.lexicographicallyPrecedes($1.key) || ($0.key == $1.key && $0.end && !$1.end) }
+                for (i, e) in sorted.enumerated() where !e.end {
+                    guard let start = ip(e.key) else { bad.append("\(set.name): bad key"); continue }
+                    let end = sorted[(i + 1)...].first { $0.end }.flatMap { ip($0.key) }
+                    guard let match = IPPrefix(start: start, endExclusive: end) else {
+                        bad.append("\(set.name): \(start)-\(end.map { "\($0)" } ?? "top") is not a prefix"); continue
+                    }
+                    if base == "remote" { st.remote.append(match); continue }
+                    guard let d = e.data, d.count == e.key.count * 2, let t = ip(Array(d.prefix(e.key.count))) else {
+                        bad.append("\(set.name): \(match) has no translation"); continue
+                    }
+                    let translate = IPPrefix(network: t, length: match.length)
+                    if base == "dnat" { st.dnat.append(PrefixMapping(match, translate)) } else { st.snat.append(PrefixMapping(match, translate)) }
+                }
+            default:
+                bad.append("unknown set \(set.name)")
+            }
+        }
+        return (st, bad)
     }
 
     /// Deletes the whole table (and only it). No-op when it does not exist.

@@ -8,7 +8,7 @@ public struct HelperFixture {
 
     public static func policy(clients: [UInt32] = [0], readers: [UInt32] = [], table: String = "relay",
                               allowed: [String] = ["192.168.0.0/16", "240.0.0.0/4", "10.0.0.0/8", "fc00::/7", "64:ff9b::/32"],
-                              maxElements: Int = 200_000) -> String {
+                              maxElements: Int = 200_000, extra: String = "") -> String {
         """
         [clients]
         uids = [\(clients.map(String.init).joined(separator: ", "))]
@@ -18,6 +18,7 @@ public struct HelperFixture {
         [nat]
         allowed_prefixes = [\(allowed.map { "\"\($0)\"" }.joined(separator: ", "))]
         max_elements = \(maxElements)
+        \(extra)
         """
     }
 

@@ -24,7 +24,7 @@ struct RelayHelperCommand: ParsableCommand {
     @Option(help: "Policy file.") var policy = "/etc/relay/helper.toml"
     @Option(name: .customLong("check-policy"), help: ArgumentHelp("Validate a policy file and exit.", valueName: "path"))
     var checkPolicy: String?
-    @Flag(help: "Remove everything the helper owns (its table) and exit.") var cleanup = false
+    @Flag(help: "Remove everything the helper owns (its table, routes, devices, integration jumps) and exit.") var cleanup = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
 
     func run() throws {
@@ -47,8 +47,8 @@ struct RelayHelperCommand: ParsableCommand {
             throw ValidationError("cannot read nftables over netlink (\(error)): relay-helper needs CAP_NET_ADMIN")
         }
         if cleanup {
-            let removed = try table.delete()
-            print(removed ? "removed table inet \(pol.table.name)" : "nothing to remove: table inet \(pol.table.name) does not exist")
+            let removed = try KernelOwner(policy: pol).cleanup()
+            print(removed.isEmpty ? "nothing to remove: the helper owns nothing here" : "removed: " + removed.joined(separator: ", "))
             return
         }
         let dir = (socket as NSString).deletingLastPathComponent

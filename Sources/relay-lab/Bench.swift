@@ -40,7 +40,7 @@ struct Bench: ParsableCommand {
                     nft.append(Date().timeIntervalSince(t1))
                 }
                 // Both kernels hold the same number of entries.
-                let observed = try HelperClient(path: helper.socketPath).observe().sets.first { $0.name == "snat4" }?.entries
+                let observed = try HelperClient(path: helper.socketPath).observe().table.sets.first { $0.name == "snat4" }?.entries
                 guard observed == n else { throw HarnessError("helper holds \(observed ?? -1) entries, expected \(n)") }
                 rows.append(("apply \(n) map entries (one request)", median(relay), median(nft)))
             }

@@ -72,7 +72,7 @@ struct DemoScenario {
         say("== conntrack on gateway B (the kernel keeps replies symmetric):")
         say(try gb.run(["conntrack", "-L", "-p", "tcp"], check: false).stdout.split(separator: "\n").prefix(2).joined(separator: "\n"))
         let obs = try HelperClient(path: hb.socketPath).observe()
-        say("== relay-helper on B reports: " + obs.chains.map { c in "\(c.name): " + c.rules.map { "\($0.packets) pkts" }.joined(separator: ", ") }.joined(separator: "; "))
+        say("== relay-helper on B reports: " + obs.table.chains.map { c in "\(c.name): " + c.rules.map { "\($0.packets) pkts" }.joined(separator: ", ") }.joined(separator: "; "))
         if keep {
             say("""
 

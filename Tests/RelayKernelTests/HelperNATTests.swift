@@ -68,7 +68,7 @@ struct HelperNATTests {
             #expect(try normalizedTable(ref) == viaLibrary)
 
             // The observed state reports entries and rules.
-            let obs = try client.observe()
+            let obs = try client.observe().table
             #expect(obs.exists)
             #expect(obs.sets.first { $0.name == "snat4" }?.entries == 1)
             #expect(obs.chains.flatMap(\.rules).count == 5)
@@ -192,7 +192,7 @@ struct HelperNATTests {
             let udp = try a.run(["socat", "-T", "2", "-", "UDP:240.2.2.20:9000"], stdin: "x\n").stdout
             #expect(udp.trimmingCharacters(in: .whitespacesAndNewlines) == "240.1.1.20")
             // Counters moved, as the helper reports them.
-            let obs = try HelperClient(path: hb.socketPath).observe()
+            let obs = try HelperClient(path: hb.socketPath).observe().table
             let dnatRule = obs.chains.first { $0.name == "prerouting" }?.rules.first
             #expect((dnatRule?.packets ?? 0) > 0)
         }
@@ -227,7 +227,7 @@ struct HelperNATTests {
             // Still serving, and nothing was applied.
             let client = try HelperClient(path: helper.socketPath)
             #expect(try client.hello().permission == "write")
-            #expect(try client.observe().exists == false)
+            #expect(try client.observe().table.exists == false)
             #expect(helper.process.isRunning)
         }
     }
@@ -243,7 +243,7 @@ struct HelperNATTests {
             _ = try h1.process.waitForExit()
             let h2 = try HelperFixture.start(in: gw, name: "helper2")
             let client = try HelperClient(path: h2.socketPath)
-            let obs = try client.observe()
+            let obs = try client.observe().table
             #expect(obs.exists)
             #expect(Set(obs.sets.map(\.name)) == ["dnat4", "dnat6", "dnatx4", "snat4", "snat6", "remote4", "remote6"])
             #expect(try client.apply(siteAState).changed == false)
