@@ -10,29 +10,8 @@ public struct IPv4Address: Hashable, Comparable, Sendable, CustomStringConvertib
 
     /// Dotted quad, exactly four decimal octets 0–255 without leading zeros (as `ip` prints them).
     public init?(_ text: Substring) {
-        var parts: [UInt32] = []
-        parts.reserveCapacity(4)
-        var current: UInt32 = 0
-        var digits = 0
-        for ch in text.utf8 {
-            if ch == UInt8(ascii: ".") {
-                guard digits > 0 else { return nil }
-                parts.append(current)
-                current = 0
-                digits = 0
-            } else if ch >= UInt8(ascii: "0") && ch <= UInt8(ascii: "9") {
-                if digits > 0 && current == 0 { return nil } // leading zero: ambiguous (octal in some tools)
-                current = current * 10 + UInt32(ch - UInt8(ascii: "0"))
-                digits += 1
-                guard digits <= 3, current <= 255 else { return nil }
-            } else {
-                return nil
-            }
-        }
-        guard digits > 0 else { return nil }
-        parts.append(current)
-        guard parts.count == 4 else { return nil }
-        value = parts[0] << 24 | parts[1] << 16 | parts[2] << 8 | parts[3]
+        guard let a = IPv4Address.parse(text.utf8) else { return nil }
+        self = a
     }
     public init?(_ text: String) { self.init(Substring(text)) }
 

@@ -90,6 +90,8 @@ public final class HelperServer: @unchecked Sendable {
                 return
             }
             let req: HelperRequest
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            defer { _ = t0 }
             switch HelperCodec.decodeRequest(frame) {
             case .failure(let e):
                 counters.bump("refused_malformed")
@@ -98,7 +100,10 @@ public final class HelperServer: @unchecked Sendable {
                 return  // the stream is framed, but a client that sends garbage is not trusted further
             case .success(let r): req = r
             }
+            let t1 = DispatchTime.now().uptimeNanoseconds
             let (response, fd) = dispatchWithDescriptor(req, cred: cred, permission: perm)
+            let t2 = DispatchTime.now().uptimeNanoseconds
+            logger.debug("\(req.op.rawValue) from uid \(cred.uid): \(frame.count) bytes decoded in \((t1 - t0) / 1_000_000) ms, handled in \((t2 - t1) / 1_000_000) ms")
             defer { if fd >= 0 { close(fd) } }  // the client has its own copy now
             do { try conn.send(HelperCodec.encode(response), passing: fd) } catch { return }
         }
@@ -141,9 +146,12 @@ public final class HelperServer: @unchecked Sendable {
             case .applyNAT, .updateNAT:
                 applyLock.lock(); defer { applyLock.unlock() }
                 let nat = req.op == .applyNAT ? req.nat! : try owner.updatedNAT(add: req.nat!, remove: req.remove!)
+                let tc = DispatchTime.now().uptimeNanoseconds
                 let problems = policy.check(nat)
                 guard problems.isEmpty else { return refuse(req, cred, problems) }
+                let ta = DispatchTime.now().uptimeNanoseconds
                 let report = try owner.applyNAT(nat)
+                logger.debug("\(req.op.rawValue): policy check \((ta - tc) / 1_000_000) ms, apply \((DispatchTime.now().uptimeNanoseconds - ta) / 1_000_000) ms (\(report.messages) messages, \(report.bytes) bytes)")
                 if report.changed {
                     audit.info("\(who) \(req.op.rawValue) inet \(policy.table.name): now \(nat.dnat.count) dnat, \(nat.snat.count) snat, \(nat.dnatExact.count + nat.snatExact.count) exact, \(nat.remote.count) remote; \(report.changedElements) elements changed; rewrote chains \(report.rewrittenChains), new sets \(report.replacedSets), removed sets \(report.removedSets); \(report.messages) messages")
                 }

@@ -149,6 +149,26 @@ public final class NftablesTable {
         return out
     }
 
+    /// Entries of one set as an operator counts them (interval END elements not counted), without
+    /// copying elements out.
+    func entryCount(of name: String) throws -> Int {
+        var count = 0
+        let filterObj = NftBuild.set(spec, name: name); let filter = filterObj.ptr; defer { filterObj.free(filter) }
+        for m in try dump(NFT_MSG_GETSETELEM.rawValue, build: { nftnl_set_elems_nlmsg_build_payload($0, filter) }) {
+            let s = nftnl_set_alloc()!; defer { nftnl_set_free(s) }
+            guard m.bytes.withUnsafeBytes({ nftnl_set_elems_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), s) }) >= 0 else { continue }
+            withUnsafeMutablePointer(to: &count) { ptr in
+                _ = nftnl_set_elem_foreach(s, { el, ctx in
+                    guard let el, let ctx else { return 0 }
+                    let end = nftnl_set_elem_is_set(el, attr(NFTNL_SET_ELEM_FLAGS)) && nftnl_set_elem_get_u32(el, attr(NFTNL_SET_ELEM_FLAGS)) & NFT.NFT_SET_ELEM_INTERVAL_END != 0
+                    if !end { ctx.assumingMemoryBound(to: Int.self).pointee += 1 }
+                    return 0
+                }, UnsafeMutableRawPointer(ptr))
+            }
+        }
+        return count
+    }
+
     /// The truth: table, chains with their rules and counters, sets with their entry counts.
     public func observe() throws -> ObservedTable {
         guard try tableExists() else { return ObservedTable(family: spec.family, name: spec.name, exists: false) }
@@ -159,7 +179,7 @@ public final class NftablesTable {
         }
         let sets = try sets().map { s in
             ObservedSet(name: s.name, isMap: s.flags & NFT.NFT_SET_MAP != 0, isInterval: s.flags & NFT.NFT_SET_INTERVAL != 0,
-                        entries: (try? elements(of: s.name).filter { !$0.end }.count) ?? -1)
+                        entries: try entryCount(of: s.name))
         }
         return ObservedTable(family: spec.family, name: spec.name, exists: true, chains: chains, sets: sets)
     }

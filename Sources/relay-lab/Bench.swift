@@ -44,6 +44,9 @@ struct Bench: ParsableCommand {
                 guard observed == n else { throw HarnessError("helper holds \(observed ?? -1) entries, expected \(n)") }
                 rows.append(("apply \(n) map entries (one request)", median(relay), median(nft)))
             }
+            if ProcessInfo.processInfo.environment["RELAY_BENCH_VERBOSE"] == "1" {
+                print(helper.process.log().split(separator: "\n").filter { $0.contains(" ms") }.joined(separator: "\n"))
+            }
         }
         print("")
         print(pad("benchmark", 40) + pad("relay-helper", 14) + pad("anchor: nft -f", 16) + "ratio (anchor/relay, >1 = faster)")

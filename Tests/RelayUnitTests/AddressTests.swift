@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import RelayCore
 
@@ -53,5 +54,57 @@ struct AddressTests {
         let v6 = try IPPrefix(parsing: "64:ff9b:1111::/96")
         #expect(v6.endExclusive == IPAddress("64:ff9b:1111:0:0:1::"))
         #expect(v6.map(IPAddress("64:ff9b:1111::c0a8:114")!, into: try IPPrefix(parsing: "fd00:2::/96")) == IPAddress("fd00:2::c0a8:114"))
+    }
+}
+
+@Suite("NAT state wire form")
+struct NATWireTests {
+    @Test("round trip through JSON, both families, all lists")
+    func roundTrip() throws {
+        let s = NATState(dnat: [PrefixMapping(P("240.1.1.0/24"), P("192.168.1.0/24")), PrefixMapping(P("fd00:a::/64"), P("fd00:1::/64"))],
+                         snat: [PrefixMapping(P("0.0.0.0/0"), P("0.0.0.0/0"))],
+                         dnatExact: [AddressMapping(IPAddress("240.1.2.7")!, IPAddress("192.168.1.7")!)],
+                         snatExact: [AddressMapping(IPAddress("fd00::1")!, IPAddress("fd00::2")!)],
+                         remote: [P("240.2.2.0/24"), P("::/0")])
+        let data = try JSONEncoder().encode(s)
+        #expect(String(decoding: data, as: UTF8.self).contains("\"dnat\":\"240.1.1.0\\/24=192.168.1.0\\/24,fd00:a::\\/64=fd00:1::\\/64\""))
+        #expect(try JSONDecoder().decode(NATState.self, from: data) == s)
+        #expect(try JSONDecoder().decode(NATState.self, from: Data("{}".utf8)) == NATState())
+    }
+
+    @Test("bad entries are refused with the list, the entry number and the reason", arguments: [
+        (#"{"dnat":"240.1.1.0/24"}"#, "entry 0"),
+        (#"{"snat":"192.168.1.0/24=240.1.1.0/24,10.0.0.1/8=240.0.0.0/8"}"#, "did you mean 10.0.0.0/8"),
+        (#"{"remote":"240.2.2.0/24,,"}"#, "entry 1"),
+        (#"{"remote":"240.2.2.0/33"}"#, "0...32"),
+        (#"{"remote":"240.02.2.0/24"}"#, "is not a prefix"),
+        (#"{"dnatExact":"1.2.3.4=fe80::zz"}"#, "not an IP address"),
+    ])
+    func refusals(json: String, fragment: String) {
+        do {
+            _ = try JSONDecoder().decode(NATState.self, from: Data(json.utf8))
+            Issue.record("accepted \(json)")
+        } catch {
+            #expect("\(error)".contains(fragment), "\(error)")
+        }
+    }
+
+    @Test("the fast IPv4 parser agrees with the text parser on random and tricky input")
+    func fastParserAgrees() {
+        var rng = SystemRandomNumberGenerator()
+        let tricky = ["0.0.0.0", "255.255.255.255", "256.1.1.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "1..2.3", "", ".1.2.3", "1.2.3.4.", "1.2.3.-4", "1.2.3.4/24", "1000.1.1.1", "0.00.0.0"]
+        for t in tricky {
+            #expect(IPv4Address.parse(t.utf8[...]) == IPv4Address(t).map { $0 }, "\(t)")
+        }
+        for _ in 0..<2000 {
+            let v = UInt32.random(in: 0...UInt32.max, using: &rng)
+            let a = IPv4Address(v)
+            #expect(IPv4Address.parse(a.description.utf8[...]) == a)
+            let len = Int.random(in: 0...32, using: &rng)
+            let p = IPPrefix(network: .v4(a), length: len)
+            var s = ""; p.write(to: &s)
+            #expect(s == p.description)
+            #expect((try? IPPrefix(utf8: s.utf8[...])) == p)
+        }
     }
 }

@@ -106,7 +106,7 @@ struct WireTests {
         ("{\"version\":2,\"id\":1,\"op\":\"hello\"}", WireError.unsupportedVersion, "version 2"),
         ("{\"version\":1,\"id\":1,\"op\":\"format_disk\"}", WireError.unknownOperation, "format_disk"),
         ("{\"version\":1,\"op\":\"hello\"}", WireError.malformed, "missing 'id'"),
-        ("{\"version\":1,\"id\":1,\"op\":\"apply_nat\",\"nat\":{\"dnat\":[{\"match\":\"1.2.3.4/8\",\"translate\":\"10.0.0.0/8\"}],\"snat\":[],\"dnatExact\":[],\"snatExact\":[],\"remote\":[]}}", WireError.malformed, "host bits"),
+        ("{\"version\":1,\"id\":1,\"op\":\"apply_nat\",\"nat\":{\"dnat\":\"1.2.3.4/8=10.0.0.0/8\"}}", WireError.malformed, "host bits"),
     ])
     func malformed(_ text: String, _ code: String, _ fragment: String) {
         switch HelperCodec.decodeRequest(Array(text.utf8)) {
