@@ -16,6 +16,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         // C
@@ -27,6 +29,11 @@ let package = Package(
         .target(name: "RelayCore"),
         .target(name: "RelayWire", dependencies: ["RelayCore"]),
         .target(name: "RelayHelperAPI", dependencies: ["RelayCore", "RelayWire"]),
+        .target(name: "RelayControlAPI", dependencies: ["RelayCore", "RelayWire"]),
+        // relayd's configuration (TOML): shared by relayd and relayctl (config check, explain).
+        .target(name: "RelayConfig", dependencies: [
+            "RelayCore", .product(name: "TOMLKit", package: "TOMLKit"),
+        ]),
 
         // Kernel and I/O
         .target(name: "RelayNetlink", dependencies: ["RelayCore", "CRelayShim"]),
@@ -40,12 +47,17 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "RelayDaemonKit", dependencies: [
-            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayIPC",
+            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayControlAPI", "RelayConfig", "RelayIPC", "RelayNftables", "CRelayShim",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "RelayCtlKit", dependencies: [
-            "RelayCore", "RelayHelperAPI", "RelayIPC", "RelayNftables",
+            "RelayCore", "RelayWire", "RelayControlAPI", "RelayConfig", "RelayIPC", "RelayNftables", "CRelayShim",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
 
         // Executables (thin)
@@ -70,12 +82,13 @@ let package = Package(
         // Three tiers: unit (no root), component (real sockets, no root), kernel (root, netns).
         .testTarget(name: "RelayUnitTests", dependencies: [
             "RelayCore", "RelayWire", "RelayHelperAPI", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayCtlKit",
+            "RelayConfig", "RelayControlAPI", "RelayDaemonKit",
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "RelayComponentTests", dependencies: [
-            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayIPC", "RelayHelperKit", "RelayTestHarness",
+            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayIPC", "RelayHelperKit", "RelayTestHarness", "RelayControlAPI",
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "RelayKernelTests", dependencies: [
-            "RelayCore", "RelayHelperAPI", "RelayIPC", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayTestHarness",
+            "RelayCore", "RelayHelperAPI", "RelayIPC", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayTestHarness", "RelayControlAPI",
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
 )

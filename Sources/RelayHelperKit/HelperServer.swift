@@ -72,6 +72,7 @@ public final class HelperServer: @unchecked Sendable {
             try? conn.send(HelperCodec.encode(HelperResponse(id: 0, error: WireError(WireError.notAuthorized,
                 "uid \(cred.uid) is not a client of relay-helper: add it to [clients] in the helper's policy",
                 context: ["uid": String(cred.uid), "gid": String(cred.gid)]))))
+            conn.lingerClose()
             return
         }
         conn.setReceiveTimeout(seconds: 30)
@@ -84,6 +85,7 @@ public final class HelperServer: @unchecked Sendable {
             } catch let e as WireError {
                 counters.bump("refused_oversized")
                 try? conn.send(HelperCodec.encode(HelperResponse(id: 0, error: e)))
+                conn.lingerClose()
                 return
             } catch {
                 counters.bump("refused_broken")
@@ -97,6 +99,7 @@ public final class HelperServer: @unchecked Sendable {
                 counters.bump("refused_malformed")
                 logger.notice("malformed request from uid \(cred.uid): \(e.message)")
                 try? conn.send(HelperCodec.encode(HelperResponse(id: 0, error: e)))
+                conn.lingerClose()
                 return  // the stream is framed, but a client that sends garbage is not trusted further
             case .success(let r): req = r
             }

@@ -31,6 +31,23 @@ public final class UnixConnection: @unchecked Sendable {  // used by one thread 
     }
     deinit { close() }
 
+    /// Ends a conversation the server refuses without losing its answer: stops sending, then reads
+    /// and discards what the client still sends (bounded in bytes and time) before closing, so a
+    /// client that is still writing is not cut off before it reads the refusal.
+    public func lingerClose(seconds: Int = 1, maxBytes: Int = 1 << 20) {
+        guard fd >= 0 else { return }
+        shutdown(fd, Int32(SHUT_WR))
+        setReceiveTimeout(seconds: seconds)
+        var total = 0
+        let deadline = time(nil) + seconds
+        while total < maxBytes && time(nil) <= deadline {
+            let n = recv(fd, &chunk, chunk.count, 0)
+            if n <= 0 { break }
+            total += n
+        }
+        close()
+    }
+
     public func close() {
         if fd >= 0 { Glibc.close(fd); fd = -1 }
         if pendingFD >= 0 { Glibc.close(pendingFD); pendingFD = -1 }

@@ -1,0 +1,122 @@
+import RelayCore
+import TOMLKit
+
+/// An invalid configuration: every problem, each with its key.
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    public var file: String
+    public var issues: [ConfigIssue]
+    public var description: String {
+        "\(file) is invalid:\n" + issues.filter { $0.severity == .error }.map { "  - \($0.key): \($0.message)" }.joined(separator: "\n")
+    }
+}
+
+/// relayd's TOML configuration (`/etc/relay/relayd.toml`; annotated example in contrib/relayd.toml).
+public enum ConfigFile {
+    static let known: [String: [String]] = [
+        "": ["node", "site", "peer"],
+        "node": ["name", "listen_port", "device", "mtu"],
+        "site": ["name", "lan4", "virtual4", "virtual6"],
+        "peer": ["name", "public_key", "endpoint", "site"],
+        "peer.site": ["name", "virtual4", "virtual6"],
+    ]
+
+    /// Parses and validates; throws `ConfigError` with every error (warnings come back with the config).
+    public static func parse(_ text: String, file: String = "<config>") throws -> (RelayConfiguration, [ConfigIssue]) {
+        let root: TOMLTable
+        do { root = try TOMLTable(string: text) } catch let e as TOMLParseError {
+            throw ConfigError(file: file, issues: [ConfigIssue(.error, "line \(e.source.begin.line)", "TOML syntax error at column \(e.source.begin.column): \(e.description)")])
+        }
+        var issues: [ConfigIssue] = []
+        func err(_ k: String, _ m: String) { issues.append(ConfigIssue(.error, k, m)) }
+        func checkKeys(_ t: TOMLTable, _ section: String, _ path: String) {
+            let allowed = known[section] ?? []
+            for k in t.keys where !allowed.contains(k) {
+                let hint = suggestion(k, allowed).map { " (did you mean '\($0)'?)" } ?? ""
+                err(path.isEmpty ? k : "\(path).\(k)", "unknown key\(hint); known here: \(allowed.joined(separator: ", "))")
+            }
+        }
+        func string(_ t: TOMLTable, _ k: String, _ path: String) -> String? {
+            guard let v = t[k] else { return nil }
+            guard let s = v.string else { err("\(path).\(k)", "must be a string"); return nil }
+            return s
+        }
+        func prefix(_ t: TOMLTable, _ k: String, _ path: String) -> IPPrefix? {
+            guard let s = string(t, k, path) else { return nil }
+            do { return try IPPrefix(parsing: s) } catch { err("\(path).\(k)", "\(error)"); return nil }
+        }
+        func int(_ t: TOMLTable, _ k: String, _ path: String, _ r: ClosedRange<Int>) -> Int? {
+            guard let v = t[k] else { return nil }
+            guard let i = v.int, r.contains(i) else { err("\(path).\(k)", "must be a number in \(r.lowerBound)...\(r.upperBound)"); return nil }
+            return i
+        }
+        func site(_ t: TOMLTable, _ path: String, own: Bool) -> SiteConfig {
+            checkKeys(t, own ? "site" : "peer.site", path)
+            let name = string(t, "name", path) ?? ""
+            if name.isEmpty { err("\(path).name", "every site needs a name") }
+            return SiteConfig(name: name, lan4: own ? prefix(t, "lan4", path) : nil, virtual4: prefix(t, "virtual4", path), virtual6: prefix(t, "virtual6", path))
+        }
+        func tables(_ k: String, in t: TOMLTable, _ path: String) -> [TOMLTable] {
+            guard let v = t[k] else { return [] }
+            if let arr = v.array { return arr.compactMap { e in
+                guard let tt = e.table else { err(path, "[[\(k)]] entries must be tables"); return nil }
+                return tt
+            } }
+            err(path, "use [[\(k)]] (an array of tables) for \(k)")
+            return []
+        }
+
+        checkKeys(root, "", "")
+        var cfg = RelayConfiguration()
+        if let v = root["node"] {
+            if let n = v.table {
+                checkKeys(n, "node", "node")
+                if let s = string(n, "name", "node") { cfg.node.name = s }
+                if let p = int(n, "listen_port", "node", 1...65535) { cfg.node.listenPort = UInt16(p) }
+                if let d = string(n, "device", "node") { cfg.node.device = d }
+                if let m = int(n, "mtu", "node", 0...1_000_000) { cfg.node.mtu = m }
+            } else { err("node", "must be a table: [node]") }
+        }
+        if let v = root["site"] {
+            if let t = v.table { cfg.site = site(t, "site", own: true) } else { err("site", "must be a table: [site] (one own site)") }
+        }
+        for (i, p) in tables("peer", in: root, "peer").enumerated() {
+            let path = "peer[\(i)]"
+            checkKeys(p, "peer", path)
+            let name = string(p, "name", path) ?? ""
+            if name.isEmpty { err("\(path).name", "every peer needs a name") }
+            let key = string(p, "public_key", path)
+            if key == nil { err("\(path).public_key", "missing: the peer's public key (`relayctl identity` on the peer prints it)") }
+            var endpoint: Endpoint?
+            if let e = string(p, "endpoint", path) {
+                endpoint = Endpoint(e)
+                if endpoint == nil { err("\(path).endpoint", "'\(e)' is not ADDRESS:PORT (e.g. 10.20.20.20:51820 or [fd00::1]:51820)") }
+            }
+            let sites = tables("site", in: p, "\(path).site").enumerated().map { j, s in site(s, "\(path).site[\(j)]", own: false) }
+            cfg.peers.append(PeerConfig(name: name, publicKey: key ?? "", endpoint: endpoint, sites: sites))
+        }
+        let parseErrors = issues
+        let all = parseErrors + cfg.validate().filter { v in
+            // A key that failed to parse is reported once.
+            !parseErrors.contains { $0.key == v.key }
+        }
+        if all.contains(where: { $0.severity == .error }) { throw ConfigError(file: file, issues: all) }
+        return (cfg, all)
+    }
+
+    /// The closest known key within edit distance 2 (typos).
+    static func suggestion(_ k: String, _ known: [String]) -> String? {
+        func distance(_ a: String, _ b: String) -> Int {
+            let a = Array(a), b = Array(b)
+            var prev = Array(0...b.count)
+            for i in 1...max(a.count, 1) where !a.isEmpty {
+                var cur = [i] + Array(repeating: 0, count: b.count)
+                for j in 1...max(b.count, 1) where !b.isEmpty {
+                    cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+                }
+                prev = cur
+            }
+            return a.isEmpty ? b.count : prev[b.count]
+        }
+        return known.map { ($0, distance(k, $0)) }.filter { $0.1 <= 2 }.min { $0.1 < $1.1 }?.0
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import RelayCore
+import RelayWire
+
+/// relayd's control API: HTTP/1.1 + JSON over a Unix socket, versioned paths, so that
+/// `curl --unix-socket /run/relay/relayd.sock http://relay/v1/status` works too.
+///
+/// | method, path        | permission | body            |
+/// | GET /v1/status      | read       | StatusResponse  |
+/// | GET /v1/sites       | read       | SitesResponse   |
+/// | GET /v1/peers       | read       | PeersResponse   |
+/// | GET /v1/kernel      | read       | ObservedState (the helper's report) |
+/// | GET /v1/config      | read       | RelayConfiguration in force |
+/// | POST /v1/reload     | write      | ReloadResponse  |
+/// Errors: a non-2xx status with `{"error": {"code": ..., "message": ...}}`.
+public enum ControlRoute: String, CaseIterable, Sendable {
+    case status = "/v1/status"
+    case sites = "/v1/sites"
+    case peers = "/v1/peers"
+    case kernel = "/v1/kernel"
+    case config = "/v1/config"
+    case reload = "/v1/reload"
+
+    public var method: String { self == .reload ? "POST" : "GET" }
+    public var needsWrite: Bool { self == .reload }
+}
+
+public struct ConfigStatus: Codable, Equatable, Sendable {
+    /// nil when relayd runs on its embedded default (no file).
+    public var path: String?
+    public var loadedAt: Date
+    public var lastReloadError: String?
+    public var lastReloadAttempt: Date?
+    public var warnings: [ConfigIssue]
+    public init(path: String?, loadedAt: Date, lastReloadError: String? = nil, lastReloadAttempt: Date? = nil, warnings: [ConfigIssue] = []) {
+        self.path = path; self.loadedAt = loadedAt; self.lastReloadError = lastReloadError; self.lastReloadAttempt = lastReloadAttempt; self.warnings = warnings
+    }
+}
+
+public struct HelperLinkStatus: Codable, Equatable, Sendable {
+    public var socket: String
+    public var connected: Bool
+    public var lastError: String?
+    public var lastAppliedAt: Date?
+    public var connects: Int
+    public var device: String?
+    public init(socket: String, connected: Bool, lastError: String? = nil, lastAppliedAt: Date? = nil, connects: Int = 0, device: String? = nil) {
+        self.socket = socket; self.connected = connected; self.lastError = lastError; self.lastAppliedAt = lastAppliedAt; self.connects = connects; self.device = device
+    }
+}
+
+public struct StatusResponse: Codable, Equatable, Sendable {
+    public var version: String
+    public var nodeName: String
+    /// The node id: its X25519 public key, base64.
+    public var publicKey: String
+    public var startedAt: Date
+    public var uptimeSeconds: Double
+    public var config: ConfigStatus
+    public var helper: HelperLinkStatus
+    public var sites: Int
+    public var peers: Int
+    public init(version: String, nodeName: String, publicKey: String, startedAt: Date, uptimeSeconds: Double, config: ConfigStatus,
+                helper: HelperLinkStatus, sites: Int, peers: Int) {
+        self.version = version; self.nodeName = nodeName; self.publicKey = publicKey; self.startedAt = startedAt; self.uptimeSeconds = uptimeSeconds
+        self.config = config; self.helper = helper; self.sites = sites; self.peers = peers
+    }
+}
+
+public struct SiteView: Codable, Equatable, Sendable {
+    /// "self" for this node's site, else the peer's name.
+    public var owner: String
+    public var name: String
+    public var lan4: IPPrefix?
+    public var virtual4: IPPrefix?
+    public var virtual6: IPPrefix?
+    public init(owner: String, site: SiteConfig) {
+        self.owner = owner; name = site.name; lan4 = site.lan4; virtual4 = site.virtual4; virtual6 = site.virtual6
+    }
+}
+
+public struct SitesResponse: Codable, Equatable, Sendable {
+    public var sites: [SiteView]
+    public init(sites: [SiteView]) { self.sites = sites }
+}
+
+public struct PeerView: Codable, Equatable, Sendable {
+    public var name: String
+    public var publicKey: String
+    public var endpoint: Endpoint?
+    public var sites: [String]
+    /// "configured" until the tunnel exists (site-to-site issue); then handshake state.
+    public var state: String
+    public init(name: String, publicKey: String, endpoint: Endpoint?, sites: [String], state: String) {
+        self.name = name; self.publicKey = publicKey; self.endpoint = endpoint; self.sites = sites; self.state = state
+    }
+}
+
+public struct PeersResponse: Codable, Equatable, Sendable {
+    public var peers: [PeerView]
+    public init(peers: [PeerView]) { self.peers = peers }
+}
+
+public struct ReloadResponse: Codable, Equatable, Sendable {
+    public var changed: Bool
+    /// What changed, one line each ("peer gw-c added", "site B: virtual4 240.2.2.0/24 -> ...").
+    public var changes: [String]
+    public var warnings: [ConfigIssue]
+    public init(changed: Bool, changes: [String], warnings: [ConfigIssue]) { self.changed = changed; self.changes = changes; self.warnings = warnings }
+}
+
+public struct ControlErrorBody: Codable, Equatable, Sendable {
+    public var error: WireError
+    public init(_ e: WireError) { error = e }
+}
+
+public enum ControlJSON {
+    public static func encoder(pretty: Bool = false) -> JSONEncoder {
+        let e = JSONEncoder()
+        e.dateEncodingStrategy = .iso8601
+        e.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }
+    public static func decoder() -> JSONDecoder {
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601
+        return d
+    }
+}
+
+/// What changed between two configurations, for reload reports and logs (unchanged peers and
+/// sites are not mentioned, and not touched).
+public func configChanges(from old: RelayConfiguration, to new: RelayConfiguration) -> [String] {
+    var out: [String] = []
+    if old.node != new.node { out.append("node: \(describe(old.node)) -> \(describe(new.node))") }
+    if old.site != new.site {
+        out.append("site: \(old.site.map(describe) ?? "none") -> \(new.site.map(describe) ?? "none")")
+    }
+    let oldPeers = Dictionary(old.peers.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+    let newPeers = Dictionary(new.peers.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+    for p in new.peers where oldPeers[p.name] == nil { out.append("peer \(p.name) added") }
+    for p in old.peers where newPeers[p.name] == nil { out.append("peer \(p.name) removed") }
+    for p in new.peers { if let o = oldPeers[p.name], o != p { out.append("peer \(p.name) changed") } }
+    return out
+}
+
+private func describe(_ n: NodeConfig) -> String { "name \(n.name), port \(n.listenPort), device \(n.device) mtu \(n.mtu)" }
+private func describe(_ s: SiteConfig) -> String {
+    "\(s.name) (lan4 \(s.lan4.map { "\($0)" } ?? "-"), virtual4 \(s.virtual4.map { "\($0)" } ?? "-"), virtual6 \(s.virtual6.map { "\($0)" } ?? "-"))"
+}

@@ -1,0 +1,213 @@
+import Foundation
+
+/// A UDP endpoint: "10.20.20.20:51820" or "[fd00::1]:51820".
+public struct Endpoint: Hashable, Sendable, Codable, CustomStringConvertible {
+    public var address: IPAddress
+    public var port: UInt16
+    public init(_ address: IPAddress, port: UInt16) { self.address = address; self.port = port }
+
+    public init?(_ text: String) {
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":"),
+                  let a = IPv6Address(String(text[text.index(after: text.startIndex)..<close])),
+                  let p = UInt16(text[text.index(close, offsetBy: 2)...]), p > 0 else { return nil }
+            address = .v6(a); port = p
+        } else {
+            let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 2, let a = IPv4Address(parts[0]), let p = UInt16(parts[1]), p > 0 else { return nil }
+            address = .v4(a); port = p
+        }
+    }
+    public var description: String {
+        if case .v6 = address { return "[\(address)]:\(port)" }
+        return "\(address):\(port)"
+    }
+    public init(from decoder: Decoder) throws {
+        let s = try decoder.singleValueContainer().decode(String.self)
+        guard let e = Endpoint(s) else { throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not an endpoint: \(s)")) }
+        self = e
+    }
+    public func encode(to encoder: Encoder) throws { var c = encoder.singleValueContainer(); try c.encode(description) }
+}
+
+/// A site: a LAN behind a gateway and the virtual prefixes the other sites reach it by.
+public struct SiteConfig: Codable, Equatable, Sendable {
+    public var name: String
+    /// The LAN's IPv4 prefix (only known for this node's own site).
+    public var lan4: IPPrefix?
+    /// The virtual IPv4 prefix (same size as the LAN): LAN host N is virtual host N.
+    public var virtual4: IPPrefix?
+    /// The virtual IPv6 prefix (RFC 6052 embedding of the LAN's IPv4 addresses).
+    public var virtual6: IPPrefix?
+    public init(name: String, lan4: IPPrefix? = nil, virtual4: IPPrefix? = nil, virtual6: IPPrefix? = nil) {
+        self.name = name; self.lan4 = lan4; self.virtual4 = virtual4; self.virtual6 = virtual6
+    }
+}
+
+/// A peer node: identified by its static public key, reached at an endpoint, with sites behind it.
+public struct PeerConfig: Codable, Equatable, Sendable {
+    public var name: String
+    /// X25519 public key, base64 (44 characters), as `relayctl identity` prints it.
+    public var publicKey: String
+    public var endpoint: Endpoint?
+    public var sites: [SiteConfig]
+    public init(name: String, publicKey: String, endpoint: Endpoint? = nil, sites: [SiteConfig] = []) {
+        self.name = name; self.publicKey = publicKey; self.endpoint = endpoint; self.sites = sites
+    }
+}
+
+public struct NodeConfig: Codable, Equatable, Sendable {
+    public var name: String
+    public var listenPort: UInt16
+    public var device: String
+    public var mtu: Int
+    public init(name: String = "relay", listenPort: UInt16 = 51820, device: String = "relay0", mtu: Int = 1420) {
+        self.name = name; self.listenPort = listenPort; self.device = device; self.mtu = mtu
+    }
+}
+
+/// relayd's whole configuration.
+public struct RelayConfiguration: Codable, Equatable, Sendable {
+    public var node: NodeConfig
+    public var site: SiteConfig?
+    public var peers: [PeerConfig]
+    public init(node: NodeConfig = NodeConfig(), site: SiteConfig? = nil, peers: [PeerConfig] = []) {
+        self.node = node; self.site = site; self.peers = peers
+    }
+}
+
+/// One finding of validation, with the key it is about.
+public struct ConfigIssue: Codable, Equatable, Sendable, CustomStringConvertible {
+    public enum Severity: String, Codable, Sendable { case error, warning }
+    public var severity: Severity
+    public var key: String
+    public var message: String
+    public init(_ severity: Severity, _ key: String, _ message: String) { self.severity = severity; self.key = key; self.message = message }
+    public var description: String { "\(severity): \(key): \(message)" }
+}
+
+/// RFC 6052 section 2.2: the prefix lengths an IPv4-embedded IPv6 prefix may have.
+public let rfc6052Lengths: Set<Int> = [32, 40, 48, 56, 64, 96]
+
+extension RelayConfiguration {
+    /// Errors and warnings; each names its key and says what to do.
+    public func validate() -> [ConfigIssue] {
+        var out: [ConfigIssue] = []
+        func err(_ k: String, _ m: String) { out.append(ConfigIssue(.error, k, m)) }
+        func warn(_ k: String, _ m: String) { out.append(ConfigIssue(.warning, k, m)) }
+
+        if !RelayConfiguration.isDeviceName(node.device) {
+            err("node.device", "'\(node.device)' is not a usable device name (1-15 characters of [a-z0-9_-])")
+        }
+        let anyV6 = site?.virtual6 != nil || peers.contains { $0.sites.contains { $0.virtual6 != nil } }
+        if !((anyV6 ? 1280 : 576)...65535).contains(node.mtu) {
+            err("node.mtu", "\(node.mtu) is out of range: use \(anyV6 ? 1280 : 576)...65535\(anyV6 ? " (IPv6 needs at least 1280)" : "")")
+        }
+        if node.listenPort == 0 { err("node.listen_port", "must be 1...65535") }
+
+        var all: [(key: String, site: SiteConfig)] = []
+        if let s = site {
+            all.append(("site", s))
+            if let lan = s.lan4, let v = s.virtual4 {
+                if lan.family != .ipv4 { err("site.lan4", "\(lan) is not an IPv4 prefix") }
+                if v.family != .ipv4 { err("site.virtual4", "\(v) is not an IPv4 prefix") }
+                if lan.length != v.length {
+                    err("site.virtual4", "\(v) is /\(v.length) but site.lan4 \(lan) is /\(lan.length): they must be the same size so that host numbers map 1:1")
+                }
+                if lan.overlaps(v) { err("site.virtual4", "\(v) overlaps the LAN \(lan): pick an unused prefix") }
+            } else if s.lan4 != nil || s.virtual4 != nil {
+                err(s.lan4 == nil ? "site.lan4" : "site.virtual4", "site.lan4 and site.virtual4 go together: set both")
+            }
+        }
+        var names = Set<String>(), keys = Set<String>()
+        for (i, p) in peers.enumerated() {
+            let k = "peer[\(i)]"
+            if !names.insert(p.name).inserted { err("\(k).name", "peer name '\(p.name)' is used twice") }
+            if let raw = Data(base64Encoded: p.publicKey), raw.count == 32 {
+                if !keys.insert(p.publicKey).inserted { err("\(k).public_key", "the same public key is configured for two peers") }
+            } else {
+                err("\(k).public_key", "'\(p.publicKey.prefix(60))' is not a key: expected 32 bytes in base64 (44 characters), as `relayctl identity` prints it")
+            }
+            if p.sites.isEmpty { warn("\(k).site", "peer '\(p.name)' has no sites: no traffic will be routed to it") }
+            for (j, s) in p.sites.enumerated() {
+                all.append(("\(k).site[\(j)]", s))
+                if s.lan4 != nil { err("\(k).site[\(j)].lan4", "a peer's LAN is its own business: configure only its virtual prefixes") }
+                if let v = s.virtual4, v.family != .ipv4 { err("\(k).site[\(j)].virtual4", "\(v) is not an IPv4 prefix") }
+            }
+        }
+        var siteNames = Set<String>()
+        for (k, s) in all {
+            if !siteNames.insert(s.name).inserted { err("\(k).name", "site name '\(s.name)' is used twice") }
+            if let v6 = s.virtual6 {
+                if v6.family != .ipv6 {
+                    err("\(k).virtual6", "\(v6) is not an IPv6 prefix")
+                } else if !rfc6052Lengths.contains(v6.length) {
+                    err("\(k).virtual6", "/\(v6.length) is not an RFC 6052 prefix length: use /32, /40, /48, /56, /64 or /96")
+                } else if case .v6(let a) = v6.address, v6.length > 64, (a.low >> 56) & 0xff != 0 {
+                    err("\(k).virtual6", "\(v6) has non-zero bits 64-71 (RFC 6052 reserves them): use \(IPv6Address(high: a.high, low: a.low & 0x00ff_ffff_ffff_ffff))/\(v6.length)")
+                }
+            }
+            if let v4 = s.virtual4, IPPrefix("240.0.0.0/4")?.contains(v4.address) == true {
+                warn("\(k).virtual4", "\(v4) is class E (240.0.0.0/4): Linux handles it, but Windows and some other hosts refuse it; pick another unused prefix for sites with such hosts")
+            }
+        }
+        if let s = site, let v6 = s.virtual6, v6 == IPPrefix("64:ff9b::/96"), let lan = s.lan4, lan.isPrivateIPv4 {
+            warn("site.virtual6", "the well-known prefix 64:ff9b::/96 must not embed private IPv4 addresses (RFC 6052 section 3.1) such as \(lan): use a network-specific prefix, e.g. in 64:ff9b:1::/48 (RFC 8215)")
+        }
+        // Overlaps between sites' virtual prefixes (and with the own LAN).
+        var prefixes: [(String, IPPrefix)] = []
+        for (k, s) in all {
+            if let v = s.virtual4 { prefixes.append(("\(k).virtual4", v)) }
+            if let v = s.virtual6 { prefixes.append(("\(k).virtual6", v)) }
+        }
+        if let lan = site?.lan4 { prefixes.append(("site.lan4", lan)) }
+        for i in prefixes.indices {
+            for j in prefixes.indices where j > i && prefixes[i].1.overlaps(prefixes[j].1) {
+                if prefixes[i].0 == "site.virtual4" && prefixes[j].0 == "site.lan4" { continue }  // reported above
+                err(prefixes[j].0, "\(prefixes[j].1) overlaps \(prefixes[i].0) \(prefixes[i].1): every site needs its own virtual prefixes")
+            }
+        }
+        return out
+    }
+
+    public var errors: [ConfigIssue] { validate().filter { $0.severity == .error } }
+
+    public static func isDeviceName(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.count <= 15 && s.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
+    }
+
+    /// What this configuration asks of the kernel (through the helper).
+    public var desiredKernelState: DesiredKernelState {
+        var nat = NATState()
+        if let s = site, let lan = s.lan4, let v = s.virtual4 {
+            nat.dnat = [PrefixMapping(v, lan)]
+            nat.snat = [PrefixMapping(lan, v)]
+        }
+        var routes: [RouteSpec] = []
+        for p in peers {
+            for s in p.sites {
+                if let v = s.virtual4 { nat.remote.append(v); routes.append(RouteSpec(v, device: node.device)) }
+                if let v = s.virtual6 { routes.append(RouteSpec(v, device: node.device)) }
+            }
+        }
+        let needsDevice = site != nil || !peers.isEmpty
+        return DesiredKernelState(nat: nat, routes: routes, device: needsDevice ? DeviceSpec(name: node.device, mtu: node.mtu) : nil)
+    }
+}
+
+/// The kernel state a configuration implies.
+public struct DesiredKernelState: Codable, Equatable, Sendable {
+    public var nat: NATState
+    public var routes: [RouteSpec]
+    public var device: DeviceSpec?
+    public init(nat: NATState, routes: [RouteSpec], device: DeviceSpec?) { self.nat = nat; self.routes = routes; self.device = device }
+}
+
+extension IPPrefix {
+    /// RFC 1918, CGNAT (RFC 6598), link-local, loopback.
+    public var isPrivateIPv4: Bool {
+        guard family == .ipv4 else { return false }
+        return ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8"]
+            .compactMap { IPPrefix($0) }.contains { $0.contains(address) && $0.length <= length }
+    }
+}
