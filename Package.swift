@@ -53,7 +53,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
-        ]),
+        ], swiftSettings: [.swiftLanguageMode(.v5)]),
         .target(name: "RelayCtlKit", dependencies: [
             "RelayCore", "RelayWire", "RelayControlAPI", "RelayConfig", "RelayIPC", "RelayNftables", "CRelayShim",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

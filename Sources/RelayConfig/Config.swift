@@ -5,6 +5,7 @@ import TOMLKit
 public struct ConfigError: Error, CustomStringConvertible, Equatable {
     public var file: String
     public var issues: [ConfigIssue]
+    public init(file: String, issues: [ConfigIssue]) { self.file = file; self.issues = issues }
     public var description: String {
         "\(file) is invalid:\n" + issues.filter { $0.severity == .error }.map { "  - \($0.key): \($0.message)" }.joined(separator: "\n")
     }

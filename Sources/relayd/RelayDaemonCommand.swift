@@ -1,15 +1,78 @@
 import ArgumentParser
+import Foundation
+import Logging
+import RelayConfig
+import RelayControlAPI
 import RelayCore
 import RelayDaemonKit
 
 @main
-struct RelayDaemonCommand: AsyncParsableCommand {
+struct RelayDaemonCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relayd",
-        abstract: "The unprivileged Relay daemon: tunnels, bridging, reflection, relaying, sessions.",
+        abstract: "The unprivileged Relay daemon: configuration, identity, the helper link and the control API.",
+        discussion: """
+        Starts with no arguments: reads /etc/relay/relayd.toml if it exists (else runs on an embedded \
+        default with no sites or peers), keeps its node identity (an X25519 key) in the state directory, \
+        drives relay-helper, and serves relayctl on its control socket. SIGHUP reloads the configuration \
+        (an invalid one is refused and the running one stays in force); SIGTERM stops it.
+        """,
         version: RelayVersion.string
     )
-    func run() async throws {
-        throw ValidationError("relayd has no services yet in this version; see CHANGELOG.md")
+
+    @Option(help: "Configuration file (default /etc/relay/relayd.toml; absent = embedded default).") var config: String?
+    @Option(help: ArgumentHelp("State directory for the node identity.", valueName: "dir")) var stateDir = RelayPaths.defaultStateDirectory
+    @Option(help: "Control socket (relayctl talks to it).") var socket = RelayPaths.defaultControlSocket
+    @Option(help: "relay-helper's socket.") var helperSocket = RelayPaths.defaultHelperSocket
+    @Option(help: "Group whose members may read status (changing needs root or relayd's own user).") var readGroup = "relay"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
+
+    func run() throws {
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error") }
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "relayd")
+        if getuid() == 0 {
+            logger.warning("relayd is running as root: it needs no privileges; run it as its own user (the systemd unit does)")
+        }
+        let options = DaemonOptions(configPath: config ?? RelayPaths.defaultConfig, configExplicit: config != nil, stateDirectory: stateDir,
+                                    controlSocket: socket, helperSocket: helperSocket, readGroup: readGroup)
+        let daemon: Daemon
+        do { daemon = try Daemon(options: options, logger: logger) } catch let e as ConfigError {
+            throw ValidationError(e.description)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let control: ControlServer
+        do { control = try ControlServer(daemon: daemon, logger: logger); try control.start() } catch {
+            throw ValidationError("cannot serve the control socket \(socket): \(error)")
+        }
+        daemon.start()
+        let cfg = daemon.currentConfig
+        logger.notice("relayd \(RelayVersion.string) node \(cfg.node.name) id \(daemon.identity.publicKeyBase64); config \(options.configPath)\(FileManager.default.fileExists(atPath: options.configPath) ? "" : " (absent: embedded default)"); \(cfg.peers.count) peers")
+
+        let done = DispatchSemaphore(value: 0)
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGHUP, SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            src.setEventHandler {
+                if sig == SIGHUP { _ = daemon.reload(trigger: "SIGHUP") } else {
+                    logger.notice("\(sig == SIGTERM ? "SIGTERM" : "SIGINT"): shutting down (kernel state stays; the next start re-applies it)")
+                    done.signal()
+                }
+            }
+            src.resume()
+            sources.append(src)
+        }
+        signal(SIGPIPE, SIG_IGN)
+        done.wait()
+        control.stop()
+        daemon.stop()
+        withExtendedLifetime(sources) {}
+        logger.notice("stopped")
     }
 }

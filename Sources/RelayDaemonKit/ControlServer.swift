@@ -1,0 +1,177 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import RelayControlAPI
+import RelayCore
+import RelayIPC
+import RelayWire
+
+/// struct ucred (linux/socket.h), which Glibc hides behind _GNU_SOURCE: same layout.
+struct LinuxUcred: Sendable { var pid: Int32 = 0; var uid: UInt32 = 0; var gid: UInt32 = 0 }
+
+/// Who is asking, and what they may do (from SO_PEERCRED; groups from /proc/PID/status).
+struct ControlPeer {
+    var uid: UInt32
+    var gid: UInt32
+    var pid: Int32
+    var canWrite: Bool
+    var canRead: Bool
+}
+
+/// relayd's control API: HTTP/1.1 + JSON on a Unix socket, served by SwiftNIO.
+public final class ControlServer: @unchecked Sendable {
+    let daemon: Daemon
+    let logger: Logger
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let work = DispatchQueue(label: "relayd.control", attributes: .concurrent)
+    var channel: Channel?
+    let listener: UnixListener
+    let readGID: UInt32?
+
+    public init(daemon: Daemon, logger: Logger) throws {
+        self.daemon = daemon
+        self.logger = logger
+        let path = daemon.options.controlSocket
+        let dir = (path as NSString).deletingLastPathComponent
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        // Mode 0666: the permission decision is made per request from SO_PEERCRED, so that a stranger
+        // gets a clear "permission denied: ..." instead of EACCES.
+        listener = try UnixListener(path: path, mode: 0o666)
+        readGID = getgrnam(daemon.options.readGroup).map { $0.pointee.gr_gid }
+    }
+
+    public func start() throws {
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 64)
+            .childChannelInitializer { [self] ch in
+                self.identify(ch).flatMap { peer in
+                    ch.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
+                        ch.pipeline.addHandler(ControlHTTPHandler(server: self, peer: peer))
+                    }
+                }
+            }
+        channel = try bootstrap.withBoundSocket(listener.fd).wait()
+        logger.info("control API on \(listener.path) (read: group \(daemon.options.readGroup)\(readGID == nil ? " (no such group)" : ""); change: root and uid \(getuid()))")
+    }
+
+    public func stop() {
+        try? channel?.close().wait()
+        listener.removeSocketFile()
+        try? group.syncShutdownGracefully()
+    }
+
+    func identify(_ ch: Channel) -> EventLoopFuture<ControlPeer?> {
+        guard let provider = ch as? SocketOptionProvider else { return ch.eventLoop.makeSucceededFuture(nil) }
+        let readGID = self.readGID
+        return provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+            .map { (cred: LinuxUcred) -> ControlPeer? in
+                let canWrite = cred.uid == 0 || cred.uid == getuid()
+                var canRead = canWrite
+                if !canRead, let g = readGID {
+                    canRead = cred.gid == g || ControlServer.supplementaryGroups(pid: cred.pid).contains(g)
+                }
+                return ControlPeer(uid: cred.uid, gid: cred.gid, pid: cred.pid, canWrite: canWrite, canRead: canRead)
+            }
+            .recover { _ in nil }
+    }
+
+    static func supplementaryGroups(pid: Int32) -> [UInt32] {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Groups:") }) else { return [] }
+        return line.dropFirst(7).split(separator: " ").compactMap { UInt32($0.trimmingCharacters(in: .whitespaces)) }
+    }
+
+    /// Routes one request; runs off the event loop (some requests wait for the helper).
+    func handle(method: HTTPMethod, uri: String, peer: ControlPeer?) -> (HTTPResponseStatus, Data) {
+        let enc = ControlJSON.encoder()
+        func fail(_ s: HTTPResponseStatus, _ e: WireError) -> (HTTPResponseStatus, Data) { (s, (try? enc.encode(ControlErrorBody(e))) ?? Data()) }
+        func ok<T: Encodable>(_ v: T) -> (HTTPResponseStatus, Data) {
+            do { return (.ok, try enc.encode(v)) } catch { return fail(.internalServerError, WireError("control.internal", "\(error)")) }
+        }
+        let path = String(uri.split(separator: "?", maxSplits: 1).first ?? "")
+        guard let route = ControlRoute(rawValue: path) else {
+            return fail(.notFound, WireError("control.not_found", "no such endpoint \(path.prefix(100)); known: \(ControlRoute.allCases.map(\.rawValue).joined(separator: ", "))"))
+        }
+        guard method.rawValue == route.method else {
+            return fail(.methodNotAllowed, WireError("control.method", "\(route.rawValue) takes \(route.method)"))
+        }
+        guard let peer else { return fail(.forbidden, WireError(WireError.permissionDenied, "cannot identify the peer (SO_PEERCRED)")) }
+        if route.needsWrite ? !peer.canWrite : !peer.canRead {
+            let what = route.needsWrite
+                ? "permission denied: \(route.rawValue) needs root or relayd's own user (uid \(getuid())): use sudo"
+                : "permission denied: add yourself to group \(daemon.options.readGroup) (usermod -aG \(daemon.options.readGroup) $USER, then log in again), or use sudo"
+            logger.notice("refused \(method.rawValue) \(route.rawValue) from uid \(peer.uid) pid \(peer.pid)")
+            return fail(.forbidden, WireError(WireError.permissionDenied, what, context: ["uid": String(peer.uid)]))
+        }
+        switch route {
+        case .status: return ok(daemon.status())
+        case .sites: return ok(daemon.sites())
+        case .peers: return ok(daemon.peers())
+        case .config: return ok(daemon.currentConfig)
+        case .kernel:
+            do { return ok(try daemon.helper.observe()) } catch let e as WireError {
+                return fail(.serviceUnavailable, e)
+            } catch { return fail(.serviceUnavailable, WireError("helper.unreachable", "\(error)")) }
+        case .reload:
+            logger.info("reload requested by uid \(peer.uid) pid \(peer.pid)")
+            switch daemon.reload(trigger: "relayctl reload by uid \(peer.uid)") {
+            case .success(let r):
+                // Report whether the helper took it (it applies asynchronously; wait briefly).
+                if let err = daemon.helper.waitApplied(timeout: 5), daemon.helper.snapshot.connected {
+                    return fail(.badGateway, WireError("helper.apply_failed", "the new configuration is in force but relay-helper did not apply it: \(err)"))
+                }
+                return ok(r)
+            case .failure(let e): return fail(.unprocessableEntity, e)
+            }
+        }
+    }
+}
+
+final class ControlHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    let server: ControlServer
+    let peer: ControlPeer?
+    var head: HTTPRequestHead?
+    var bodyBytes = 0
+    static let maxBody = 64 * 1024
+
+    init(server: ControlServer, peer: ControlPeer?) { self.server = server; self.peer = peer }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h): head = h; bodyBytes = 0
+        case .body(let b): bodyBytes += b.readableBytes
+        case .end:
+            guard let h = head else { return }
+            head = nil
+            let keepAlive = h.isKeepAlive
+            let loop = context.eventLoop
+            let ctx = NIOLoopBound(context, eventLoop: loop)
+            if bodyBytes > ControlHTTPHandler.maxBody {
+                respond(ctx.value, .payloadTooLarge, Data("{\"error\":{\"code\":\"control.too_large\",\"message\":\"request body over 64 KiB\"}}".utf8), keepAlive: false)
+                return
+            }
+            server.work.async { [self] in
+                let (status, body) = server.handle(method: h.method, uri: h.uri, peer: peer)
+                loop.execute { self.respond(ctx.value, status, body, keepAlive: keepAlive) }
+            }
+        }
+    }
+
+    func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ body: Data, keepAlive: Bool) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(body.count + 1))
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        var buf = context.channel.allocator.buffer(capacity: body.count + 1)
+        buf.writeBytes(body)
+        buf.writeString("\n")
+        context.write(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if !keepAlive { done.whenComplete { _ in context.close(promise: nil) } }
+    }
+}

@@ -1,0 +1,118 @@
+import Foundation
+import Logging
+import RelayConfig
+import RelayControlAPI
+import RelayCore
+import RelayIPC
+import RelayWire
+
+public struct DaemonOptions: Sendable {
+    public var configPath: String
+    /// True when --config was given: a missing file is then an error, not "use the default".
+    public var configExplicit: Bool
+    public var stateDirectory: String
+    public var controlSocket: String
+    public var helperSocket: String
+    /// Members of this group may read (status, sites, ...). Changing needs root or relayd's own uid.
+    public var readGroup: String
+    public init(configPath: String, configExplicit: Bool, stateDirectory: String, controlSocket: String, helperSocket: String, readGroup: String) {
+        self.configPath = configPath; self.configExplicit = configExplicit; self.stateDirectory = stateDirectory
+        self.controlSocket = controlSocket; self.helperSocket = helperSocket; self.readGroup = readGroup
+    }
+}
+
+/// relayd: configuration in force, identity, the helper link; answers the control API.
+public final class Daemon: @unchecked Sendable {
+    public let options: DaemonOptions
+    public let identity: NodeIdentity
+    let logger: Logger
+    let startedAt = Date()
+    private let lock = NSLock()
+    private var config: RelayConfiguration
+    private var configStatus: ConfigStatus
+    public let helper: HelperLink
+
+    /// Loads the configuration (or the embedded default) and the identity. Throws with a message
+    /// that says what to fix; nothing is started yet.
+    public init(options: DaemonOptions, logger: Logger) throws {
+        self.options = options
+        self.logger = logger
+        let (cfg, status) = try Daemon.loadConfig(options)
+        config = cfg
+        configStatus = status
+        let (id, created) = try NodeIdentity.loadOrCreate(directory: options.stateDirectory)
+        identity = id
+        if created { logger.notice("generated node identity \(id.publicKeyBase64) in \(options.stateDirectory)/private.key") }
+        helper = HelperLink(socketPath: options.helperSocket, logger: logger)
+        for w in status.warnings { logger.warning("config \(w.key): \(w.message)") }
+    }
+
+    static func loadConfig(_ o: DaemonOptions) throws -> (RelayConfiguration, ConfigStatus) {
+        guard FileManager.default.fileExists(atPath: o.configPath) else {
+            if o.configExplicit {
+                throw ConfigError(file: o.configPath, issues: [ConfigIssue(.error, "file", "does not exist: create it (annotated example: contrib/relayd.toml) or leave out --config to run on the embedded default")])
+            }
+            return (RelayConfiguration(), ConfigStatus(path: nil, loadedAt: Date()))
+        }
+        guard let text = try? String(contentsOfFile: o.configPath, encoding: .utf8) else {
+            throw ConfigError(file: o.configPath, issues: [ConfigIssue(.error, "file", "cannot be read (permissions?)")])
+        }
+        let (cfg, warnings) = try ConfigFile.parse(text, file: o.configPath)
+        return (cfg, ConfigStatus(path: o.configPath, loadedAt: Date(), warnings: warnings))
+    }
+
+    public var currentConfig: RelayConfiguration { lock.lock(); defer { lock.unlock() }; return config }
+
+    public func start() {
+        helper.start()
+        helper.setDesired(currentConfig.desiredKernelState)
+    }
+
+    public func stop() { helper.stop() }
+
+    /// Re-reads the configuration. A valid one is applied as a diff; an invalid one is refused and
+    /// the running configuration stays in force.
+    public func reload(trigger: String) -> Result<ReloadResponse, WireError> {
+        lock.lock()
+        let old = config
+        configStatus.lastReloadAttempt = Date()
+        lock.unlock()
+        let loaded: (RelayConfiguration, ConfigStatus)
+        do { loaded = try Daemon.loadConfig(options) } catch {
+            let message = "\(error)"
+            lock.lock(); configStatus.lastReloadError = message; lock.unlock()
+            logger.error("reload (\(trigger)) refused, the running configuration stays in force: \(message)")
+            return .failure(WireError("config.invalid", message + "\nthe running configuration stays in force"))
+        }
+        let changes = configChanges(from: old, to: loaded.0)
+        lock.lock()
+        config = loaded.0
+        configStatus = loaded.1
+        lock.unlock()
+        if !changes.isEmpty || loaded.0.desiredKernelState != old.desiredKernelState {
+            helper.setDesired(loaded.0.desiredKernelState)
+        }
+        logger.notice("reload (\(trigger)): \(changes.isEmpty ? "no changes" : changes.joined(separator: "; "))")
+        return .success(ReloadResponse(changed: !changes.isEmpty, changes: changes, warnings: loaded.1.warnings))
+    }
+
+    public func status() -> StatusResponse {
+        lock.lock(); defer { lock.unlock() }
+        return StatusResponse(version: RelayVersion.string, nodeName: config.node.name, publicKey: identity.publicKeyBase64, startedAt: startedAt,
+                              uptimeSeconds: Date().timeIntervalSince(startedAt), config: configStatus, helper: helper.snapshot,
+                              sites: (config.site == nil ? 0 : 1) + config.peers.reduce(0) { $0 + $1.sites.count }, peers: config.peers.count)
+    }
+
+    public func sites() -> SitesResponse {
+        let c = currentConfig
+        var out: [SiteView] = c.site.map { [SiteView(owner: "self", site: $0)] } ?? []
+        for p in c.peers { out += p.sites.map { SiteView(owner: p.name, site: $0) } }
+        return SitesResponse(sites: out)
+    }
+
+    public func peers() -> PeersResponse {
+        PeersResponse(peers: currentConfig.peers.map {
+            PeerView(name: $0.name, publicKey: $0.publicKey, endpoint: $0.endpoint, sites: $0.sites.map(\.name), state: "configured")
+        })
+    }
+}
