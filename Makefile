@@ -5,7 +5,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 CONFIGURATION ?= debug
 # Debian packages the build, the tests, the demo and the benchmarks use.
-DEB_PACKAGES := libmnl-dev libnftnl-dev nftables iproute2 iputils-ping conntrack socat iperf3 util-linux coreutils procps pkg-config
+DEB_PACKAGES := libmnl-dev libnftnl-dev nftables iproute2 iputils-ping conntrack socat iperf3 util-linux coreutils procps pkg-config curl
 BIN_DIR = $(shell $(SWIFT) build -c $(CONFIGURATION) --show-bin-path 2>/dev/null)
 TEST_ENV = RELAY_BIN_DIR=$(BIN_DIR)
 

@@ -119,7 +119,7 @@ public final class ControlServer: @unchecked Sendable {
             switch daemon.reload(trigger: "relayctl reload by uid \(peer.uid)") {
             case .success(let r):
                 // Report whether the helper took it (it applies asynchronously; wait briefly).
-                if let err = daemon.helper.waitApplied(timeout: 5), daemon.helper.snapshot.connected {
+                if daemon.helper.snapshot.connected, let err = daemon.helper.waitApplied(timeout: 5), daemon.helper.snapshot.connected {
                     return fail(.badGateway, WireError("helper.apply_failed", "the new configuration is in force but relay-helper did not apply it: \(err)"))
                 }
                 return ok(r)

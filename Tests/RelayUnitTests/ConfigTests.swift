@@ -1,0 +1,86 @@
+import Foundation
+import Testing
+import RelayConfig
+import RelayControlAPI
+import RelayCore
+
+let keyA = "lGkyXqDvFAp8pZWVpYgLybW0x38CWs1wLZEY0c4kZwQ="
+let keyB = "7tYQsqPB7sXwkHuOjyqXgiLDTXSbmlBLQ5naBkraWzY="
+
+func siteAConfig(extraPeer: String = "", site: String? = nil) -> String {
+    """
+    [node]
+    name = "gw-a"
+    [site]
+    \(site ?? "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nvirtual6 = \"64:ff9b:1111::/96\"")
+    [[peer]]
+    name = "gw-b"
+    public_key = "\(keyA)"
+    endpoint = "10.20.20.20:51820"
+      [[peer.site]]
+      name = "B"
+      virtual4 = "240.2.2.0/24"
+      virtual6 = "64:ff9b:2222::/96"
+    \(extraPeer)
+    """
+}
+
+@Suite("relayd configuration")
+struct ConfigTests {
+    @Test("the two-site example parses, warns about class E, and implies the expected kernel state")
+    func example() throws {
+        let (cfg, warnings) = try ConfigFile.parse(siteAConfig())
+        #expect(cfg.node.name == "gw-a" && cfg.node.device == "relay0" && cfg.node.mtu == 1420)
+        #expect(warnings.map(\.key).sorted() == ["peer[0].site[0].virtual4", "site.virtual4"])
+        let d = cfg.desiredKernelState
+        #expect(d.nat.dnat == [PrefixMapping(P("240.1.1.0/24"), P("192.168.1.0/24"))])
+        #expect(d.nat.snat == [PrefixMapping(P("192.168.1.0/24"), P("240.1.1.0/24"))])
+        #expect(d.nat.remote == [P("240.2.2.0/24")])
+        #expect(d.routes.map(\.destination) == [P("240.2.2.0/24"), P("64:ff9b:2222::/96")])
+        #expect(d.device == DeviceSpec(name: "relay0", mtu: 1420))
+        // The annotated example in contrib/ differs only by its placeholder key.
+        let contrib = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../contrib/relayd.toml")
+        let text = try String(contentsOf: contrib, encoding: .utf8).replacingOccurrences(of: "CHANGE-ME-to-the-peer's-44-character-base64-public-key=", with: keyA)
+        #expect(try ConfigFile.parse(text).0 == cfg)
+    }
+
+    @Test("each kind of mistake is an error naming its key", arguments: [
+        (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.0.0/23\""), "site.virtual4", "same size"),
+        (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.2.2.0/24\""), "peer[0].site[0].virtual4", "overlaps site.virtual4"),
+        (siteAConfig(site: "name = \"A\"\nvirtual6 = \"64:ff9b:1111::/80\""), "site.virtual6", "not an RFC 6052 prefix length"),
+        (siteAConfig(site: "name = \"A\"\nvirtual6 = \"64:ff9b:1111:0:ff00::/96\""), "site.virtual6", "bits 64-71"),
+        (siteAConfig(site: "name = \"A\"\nvirtaul4 = \"240.1.1.0/24\""), "site.virtaul4", "did you mean 'virtual4'"),
+        (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.1/24\""), "site.lan4", "did you mean 192.168.1.0/24"),
+        (siteAConfig(extraPeer: "[[peer]]\nname = \"gw-c\"\npublic_key = \"not-a-key\""), "peer[1].public_key", "is not a key"),
+        (siteAConfig(extraPeer: "[[peer]]\nname = \"gw-b\"\npublic_key = \"\(keyB)\""), "peer[1].name", "used twice"),
+        (siteAConfig(extraPeer: "[[peer]]\nname = \"gw-c\"\npublic_key = \"\(keyA)\""), "peer[1].public_key", "same public key"),
+        (siteAConfig(extraPeer: "[[peer]]\nname = \"gw-c\"\npublic_key = \"\(keyB)\"\nendpoint = \"10.0.0.1\""), "peer[1].endpoint", "ADDRESS:PORT"),
+        ("[node]\nmtu = 100\n", "node.mtu", "out of range"),
+        ("[node]\ndevice = \"this-name-is-too-long\"\n", "node.device", "not a usable device name"),
+        ("[node\n", "line 1", "TOML syntax error"),
+    ])
+    func errors(text: String, key: String, fragment: String) {
+        do {
+            _ = try ConfigFile.parse(text)
+            Issue.record("accepted; expected \(key): \(fragment)")
+        } catch let e as ConfigError {
+            #expect(e.issues.contains { $0.severity == .error && $0.key == key && $0.message.contains(fragment) }, "\(e)")
+        } catch { Issue.record("\(error)") }
+    }
+
+    @Test("private IPv4 embedded in the well-known prefix is a warning, not an error")
+    func wellKnownPrefixWarning() throws {
+        let (_, warnings) = try ConfigFile.parse(siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"100.65.1.0/24\"\nvirtual6 = \"64:ff9b::/96\""))
+        #expect(warnings.contains { $0.key == "site.virtual6" && $0.message.contains("RFC 6052") })
+    }
+
+    @Test("reload reports only what changed")
+    func changes() throws {
+        let (a, _) = try ConfigFile.parse(siteAConfig())
+        let (b, _) = try ConfigFile.parse(siteAConfig(extraPeer: "[[peer]]\nname = \"gw-c\"\npublic_key = \"\(keyB)\"\n  [[peer.site]]\n  name = \"C\"\n  virtual4 = \"240.3.3.0/24\""))
+        #expect(configChanges(from: a, to: b) == ["peer gw-c added"])
+        #expect(configChanges(from: b, to: a) == ["peer gw-c removed"])
+        #expect(configChanges(from: a, to: a).isEmpty)
+        #expect(b.desiredKernelState.nat.remote == [P("240.2.2.0/24"), P("240.3.3.0/24")])
+    }
+}
