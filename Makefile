@@ -66,6 +66,8 @@ install:
 	test -e $(DESTDIR)/etc/relay/helper.toml || install -m 0644 policies/helper.toml $(DESTDIR)/etc/relay/helper.toml
 	install -d $(DESTDIR)/lib/systemd/system $(DESTDIR)/usr/lib/sysusers.d $(DESTDIR)/usr/lib/tmpfiles.d
 	sed 's#@PREFIX@#$(PREFIX)#g' contrib/systemd/relay-helper.service > $(DESTDIR)/lib/systemd/system/relay-helper.service
+	sed 's#@PREFIX@#$(PREFIX)#g' contrib/systemd/relayd.service > $(DESTDIR)/lib/systemd/system/relayd.service
+	install -m 0644 contrib/relayd.toml $(DESTDIR)/etc/relay/relayd.toml.example
 	install -m 0644 contrib/systemd/relay.sysusers $(DESTDIR)/usr/lib/sysusers.d/relay.conf
 	install -m 0644 contrib/systemd/relay.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/relay.conf
 	@if [ -z "$(DESTDIR)" ]; then \
@@ -75,5 +77,5 @@ install:
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/relayd $(DESTDIR)$(PREFIX)/bin/relayctl $(DESTDIR)$(PREFIX)/libexec/relay/relay-helper
 	-rmdir $(DESTDIR)$(PREFIX)/libexec/relay
-	rm -f $(DESTDIR)/lib/systemd/system/relay-helper.service $(DESTDIR)/usr/lib/sysusers.d/relay.conf $(DESTDIR)/usr/lib/tmpfiles.d/relay.conf
+	rm -f $(DESTDIR)/lib/systemd/system/relay-helper.service $(DESTDIR)/lib/systemd/system/relayd.service $(DESTDIR)/etc/relay/relayd.toml.example $(DESTDIR)/usr/lib/sysusers.d/relay.conf $(DESTDIR)/usr/lib/tmpfiles.d/relay.conf
 	@echo "kept /etc/relay (your policy and config); remove it by hand if you want"

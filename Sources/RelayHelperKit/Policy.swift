@@ -1,6 +1,9 @@
 import RelayCore
 import RelayNftables
 import TOMLKit
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The helper's policy: who may ask, what it owns, what may appear in requests. Fails closed:
 /// an empty client list serves nobody; prefixes outside `allowed_prefixes` are refused.
@@ -22,6 +25,8 @@ public struct HelperPolicy: Equatable, Sendable {
     /// Opt-in: operator chains that get one counted jump into `integrationChain` (same table).
     public var integrationPoints: [IntegrationPoint] = []
     public var integrationChain = "relay-accept"
+    /// Things worth knowing that do not make the policy invalid (e.g. a user name that does not exist).
+    public var warnings: [String] = []
 
     public var integrations: [Integration] {
         integrationPoints.map { Integration(point: $0, ownChain: integrationChain, devicePrefix: devicePrefix) }
@@ -46,7 +51,7 @@ public struct PolicyError: Error, CustomStringConvertible, Equatable {
 
 extension HelperPolicy {
     static let known: [String: Set<String>] = [
-        "clients": ["uids", "gids", "read_uids", "read_gids"],
+        "clients": ["uids", "gids", "read_uids", "read_gids", "users", "groups", "read_users", "read_groups"],
         "table": ["name", "dnat_priority", "snat_priority"],
         "nat": ["allowed_prefixes", "max_elements"],
         "devices": ["prefix", "max_devices", "max_addresses"],
@@ -94,6 +99,23 @@ extension HelperPolicy {
             if let v = ints(c, "clients", "gids", max: Int(UInt32.max)) { p.clientGIDs = v }
             if let v = ints(c, "clients", "read_uids", max: Int(UInt32.max)) { p.readerUIDs = v }
             if let v = ints(c, "clients", "read_gids", max: Int(UInt32.max)) { p.readerGIDs = v }
+            // Names, resolved now; a name that does not exist grants nothing (fail closed) and is a warning.
+            func names(_ k: String, user: Bool) -> [UInt32] {
+                guard let v = c[k] else { return [] }
+                guard let arr = v.array else { problems.append("clients.\(k) must be an array of names"); return [] }
+                var out: [UInt32] = []
+                for e in arr {
+                    guard let n = e.string, !n.isEmpty, n.count <= 64 else { problems.append("clients.\(k): \(e) is not a name"); continue }
+                    if user, let pw = getpwnam(n) { out.append(pw.pointee.pw_uid) } else if !user, let gr = getgrnam(n) { out.append(gr.pointee.gr_gid) } else {
+                        p.warnings.append("clients.\(k): no \(user ? "user" : "group") named '\(n)' on this system: it grants nothing")
+                    }
+                }
+                return out
+            }
+            p.clientUIDs += names("users", user: true)
+            p.clientGIDs += names("groups", user: false)
+            p.readerUIDs += names("read_users", user: true)
+            p.readerGIDs += names("read_groups", user: false)
         }
         if let t = section("table") {
             if let v = t["name"] {

@@ -37,6 +37,7 @@ struct RelayHelperCommand: ParsableCommand {
         if let path = checkPolicy {
             let p = try loadPolicy(path)
             print("\(path): ok (table inet \(p.table.name), \(p.allowedPrefixes.count) allowed prefixes, clients uids \(p.clientUIDs) gids \(p.clientGIDs))")
+            for w in p.warnings { print("warning: \(w)") }
             return
         }
         try dropPrivileges()
@@ -51,6 +52,7 @@ struct RelayHelperCommand: ParsableCommand {
             print(removed.isEmpty ? "nothing to remove: the helper owns nothing here" : "removed: " + removed.joined(separator: ", "))
             return
         }
+        for w in pol.warnings { logger.warning("policy: \(w)") }
         let dir = (socket as NSString).deletingLastPathComponent
         if !dir.isEmpty { try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
         let listener = try UnixListener(path: socket, mode: 0o666)

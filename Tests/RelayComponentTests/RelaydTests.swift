@@ -121,6 +121,28 @@ struct RelaydTests {
         #expect(d.log.contains("reload (SIGHUP): peer gw-b removed"))
     }
 
+    @Test("permissions by peer credentials: the read group may read, only root and relayd's user may change, others are told what to do",
+          .enabled(if: getuid() == 0, "needs root to run relayctl as other users"))
+    func permissions() throws {
+        let d = try RelaydProcess(config: relaydConfig(peers: []))
+        chmod(d.dir, 0o755)
+        let ctl = try Binaries.path("relayctl")
+        func asUser(_ uid: Int, _ args: [String]) throws -> CommandResult {
+            try Command.run(["setpriv", "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", ctl] + args + ["--socket", d.socket], check: false)
+        }
+        // uid 65534 is in group nogroup (65534), relayd's --read-group.
+        let reader = try asUser(65534, ["status", "--json"])
+        #expect(reader.status == 0, "\(reader.stderr)")
+        let denied = try asUser(65534, ["reload"])
+        #expect(denied.status == 4 && denied.stderr.contains("needs root or relayd's own user"))
+        let stranger = try asUser(65533, ["status"])
+        #expect(stranger.status == 4 && stranger.stderr.contains("add yourself to group nogroup"))
+        #expect(d.log.contains("refused POST /v1/reload from uid 65534"))
+        // Supplementary membership counts too (the group from /proc/PID/status).
+        let supp = try Command.run(["setpriv", "--reuid=65533", "--regid=65533", "--groups=65534", ctl, "sites", "--socket", d.socket], check: false)
+        #expect(supp.status == 0, "\(supp.stderr)")
+    }
+
     @Test("relayctl: exit codes and messages scripts can rely on; config check and explain without relayd")
     func relayctlOffline() throws {
         let dir = NSTemporaryDirectory() + "relayctl-\(getpid())"

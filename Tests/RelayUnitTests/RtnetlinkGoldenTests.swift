@@ -172,6 +172,15 @@ struct HelperPolicyKernelObjectsTests {
         #expect(throws: PolicyError.self) { _ = try HelperPolicy.parse("[nat]\nallowed_prefixes=[\"10.0.0.0/8\"]\n[integration]\nchains=[\"filter forward\"]") }
     }
 
+    @Test("clients by name: resolved when the policy loads; an unknown name grants nothing and is a warning")
+    func clientNames() throws {
+        let p = try HelperPolicy.parse("[clients]\nuids = []\nusers = [\"root\", \"no-such-user-here\"]\nread_groups = [\"no-such-group-here\"]\n[nat]\nallowed_prefixes = [\"10.0.0.0/8\"]")
+        #expect(p.clientUIDs == [0])
+        #expect(p.readerGIDs.isEmpty)
+        #expect(p.warnings.count == 2 && p.warnings[0].contains("no-such-user-here"))
+        #expect(p.permission(uid: 0, gid: 0) == .write)
+    }
+
     @Test("prefix from a kernel interval: inverse of endExclusive, refuses non-prefix ranges")
     func prefixFromRange() {
         for s in ["240.2.2.0/24", "10.0.0.7/32", "0.0.0.0/0", "255.255.255.0/24", "fd00:b::/64", "::/0", "64:ff9b::/96"] {
