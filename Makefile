@@ -5,6 +5,8 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 CONFIGURATION ?= debug
 # Debian packages the build, the tests, the demo and the benchmarks use.
+# PyPI packages the tests use as independent peers (Noise IK).
+PIP_PACKAGES := noiseprotocol==0.3.1
 DEB_PACKAGES := libmnl-dev libnftnl-dev nftables iproute2 iputils-ping conntrack socat iperf3 util-linux coreutils procps pkg-config curl
 BIN_DIR = $(shell $(SWIFT) build -c $(CONFIGURATION) --show-bin-path 2>/dev/null)
 TEST_ENV = RELAY_BIN_DIR=$(BIN_DIR)
@@ -21,6 +23,7 @@ deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@python3 -c 'import noise' 2>/dev/null || { echo "installing PyPI: $(PIP_PACKAGES)"; python3 -m pip install -q --disable-pip-version-check $(PIP_PACKAGES); }
 
 build: deps
 	$(SWIFT) build -c $(CONFIGURATION)

@@ -30,6 +30,10 @@ let package = Package(
         .target(name: "RelayWire", dependencies: ["RelayCore"]),
         .target(name: "RelayHelperAPI", dependencies: ["RelayCore", "RelayWire"]),
         .target(name: "RelayControlAPI", dependencies: ["RelayCore", "RelayWire"]),
+        // Peer sessions: Noise IK handshake, WireGuard-style transport, replay window, timers.
+        .target(name: "RelayTunnel", dependencies: [
+            "RelayCore", .product(name: "Crypto", package: "swift-crypto"),
+        ], swiftSettings: [.swiftLanguageMode(.v5)]),
         // relayd's configuration (TOML): shared by relayd and relayctl (config check, explain).
         .target(name: "RelayConfig", dependencies: [
             "RelayCore", .product(name: "TOMLKit", package: "TOMLKit"),
@@ -47,7 +51,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "RelayDaemonKit", dependencies: [
-            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayControlAPI", "RelayConfig", "RelayIPC", "RelayNftables", "CRelayShim",
+            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayControlAPI", "RelayConfig", "RelayIPC", "RelayNftables", "CRelayShim", "RelayTunnel",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -82,10 +86,10 @@ let package = Package(
         // Three tiers: unit (no root), component (real sockets, no root), kernel (root, netns).
         .testTarget(name: "RelayUnitTests", dependencies: [
             "RelayCore", "RelayWire", "RelayHelperAPI", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayCtlKit",
-            "RelayConfig", "RelayControlAPI", "RelayDaemonKit",
+            "RelayConfig", "RelayControlAPI", "RelayDaemonKit", "RelayTunnel",
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "RelayComponentTests", dependencies: [
-            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayIPC", "RelayHelperKit", "RelayTestHarness", "RelayControlAPI",
+            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayIPC", "RelayHelperKit", "RelayTestHarness", "RelayControlAPI", "RelayTunnel",
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "RelayKernelTests", dependencies: [
             "RelayCore", "RelayHelperAPI", "RelayIPC", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayTestHarness", "RelayControlAPI",

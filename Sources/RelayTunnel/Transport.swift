@@ -1,0 +1,156 @@
+import Crypto
+import Foundation
+
+/// Relay's peer-session wire format: WireGuard's model (session indexes, 64-bit counters as the
+/// nonce, a replay window), its own type bytes. The first byte of every Relay datagram has its two
+/// top bits set (0xC1...), so it can never be mistaken for STUN (top bits 00, RFC 8489 section 5)
+/// when both share a UDP port. All integers little-endian.
+///
+///   initiation  C1 00 00 00 | sender u32 | Noise msg 1 (32 e + 48 s + 24 timestamp)  = 112 bytes
+///   response    C2 00 00 00 | sender u32 | receiver u32 | Noise msg 2 (32 e + 16)      =  60 bytes
+///   data        C4 00 00 00 | receiver u32 | counter u64 | ChaCha20-Poly1305 (len + 16) >= 32 bytes
+///                (an empty plaintext is a keepalive)
+public enum WireType: UInt8 {
+    case initiation = 0xC1
+    case response = 0xC2
+    case data = 0xC4
+}
+
+public enum TunnelLimits {
+    public static let initiationSize = 8 + 32 + 48 + 8 + 16
+    public static let responseSize = 12 + 32 + 16
+    public static let dataHeader = 16
+    public static let overhead = dataHeader + Noise.tagLen
+    /// WireGuard's timers and limits.
+    public static let rekeyAfterMessages: UInt64 = 1 << 60
+    public static let rejectAfterMessages: UInt64 = UInt64.max - (1 << 13)
+    public static let rekeyAfterTime: Double = 120
+    public static let rejectAfterTime: Double = 180
+    public static let rekeyAttemptTime: Double = 90
+    public static let rekeyTimeout: Double = 5
+    public static let keepaliveTimeout: Double = 10
+}
+
+@inline(__always) func le32(_ b: ArraySlice<UInt8>, _ at: Int) -> UInt32 {
+    let i = b.startIndex + at
+    return UInt32(b[i]) | UInt32(b[i + 1]) << 8 | UInt32(b[i + 2]) << 16 | UInt32(b[i + 3]) << 24
+}
+@inline(__always) func le64(_ b: ArraySlice<UInt8>, _ at: Int) -> UInt64 {
+    UInt64(le32(b, at)) | UInt64(le32(b, at + 4)) << 32
+}
+@inline(__always) func put32(_ v: UInt32, _ out: inout [UInt8]) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
+@inline(__always) func put64(_ v: UInt64, _ out: inout [UInt8]) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
+
+/// A datagram, parsed only as far as its header (never trusted beyond that).
+public enum TunnelMessage: Equatable {
+    case initiation(sender: UInt32, noise: ArraySlice<UInt8>)
+    case response(sender: UInt32, receiver: UInt32, noise: ArraySlice<UInt8>)
+    case data(receiver: UInt32, counter: UInt64, ciphertext: ArraySlice<UInt8>)
+
+    /// nil for anything that is not exactly a Relay message (dropped and counted by the caller).
+    public static func parse(_ b: ArraySlice<UInt8>) -> TunnelMessage? {
+        guard b.count >= 4, let t = WireType(rawValue: b[b.startIndex]),
+              b[b.startIndex + 1] == 0, b[b.startIndex + 2] == 0, b[b.startIndex + 3] == 0 else { return nil }
+        switch t {
+        case .initiation:
+            guard b.count == TunnelLimits.initiationSize else { return nil }
+            return .initiation(sender: le32(b, 4), noise: b.dropFirst(8))
+        case .response:
+            guard b.count == TunnelLimits.responseSize else { return nil }
+            return .response(sender: le32(b, 4), receiver: le32(b, 8), noise: b.dropFirst(12))
+        case .data:
+            guard b.count >= TunnelLimits.overhead else { return nil }
+            return .data(receiver: le32(b, 4), counter: le64(b, 8), ciphertext: b.dropFirst(16))
+        }
+    }
+
+    public static func initiation(sender: UInt32, noise: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = [WireType.initiation.rawValue, 0, 0, 0]
+        put32(sender, &out)
+        return out + noise
+    }
+    public static func response(sender: UInt32, receiver: UInt32, noise: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = [WireType.response.rawValue, 0, 0, 0]
+        put32(sender, &out); put32(receiver, &out)
+        return out + noise
+    }
+}
+
+/// Sliding replay window over 64-bit counters (RFC 6479's bitmap, 2048 bits like WireGuard).
+public struct ReplayWindow: Sendable {
+    static let words = 32
+    static let bits = UInt64(words * 64)
+    private var bitmap = [UInt64](repeating: 0, count: words)
+    public private(set) var greatest: UInt64 = 0
+    private var any = false
+
+    public init() {}
+
+    /// True when `counter` is new (and records it); false for a replay or a counter too far behind.
+    public mutating func accept(_ counter: UInt64) -> Bool {
+        guard counter < TunnelLimits.rejectAfterMessages else { return false }
+        if any && counter <= greatest {
+            if greatest - counter >= ReplayWindow.bits - 64 { return false }
+        }
+        if !any || counter > greatest {
+            // Clear the words that slide into view.
+            let oldWord = any ? greatest >> 6 : 0
+            let newWord = counter >> 6
+            if !any || newWord - oldWord >= UInt64(ReplayWindow.words) {
+                for i in 0..<ReplayWindow.words { bitmap[i] = 0 }
+            } else {
+                var w = oldWord + 1
+                while w <= newWord { bitmap[Int(w % UInt64(ReplayWindow.words))] = 0; w += 1 }
+            }
+            greatest = counter
+            any = true
+        }
+        let idx = Int((counter >> 6) % UInt64(ReplayWindow.words)), bit = UInt64(1) << (counter & 63)
+        if bitmap[idx] & bit != 0 { return false }
+        bitmap[idx] |= bit
+        return true
+    }
+}
+
+/// One direction pair of keys after a handshake, with its index pair and counters.
+public struct TunnelSession {
+    public let localIndex: UInt32
+    public let remoteIndex: UInt32
+    public let createdAt: Double
+    public let isInitiator: Bool
+    var send: Noise.CipherState
+    let receiveKey: SymmetricKey
+    var window = ReplayWindow()
+    public private(set) var sent: UInt64 = 0
+
+    public init(localIndex: UInt32, remoteIndex: UInt32, transport: Noise.Transport, createdAt: Double, isInitiator: Bool) {
+        self.localIndex = localIndex; self.remoteIndex = remoteIndex; self.createdAt = createdAt; self.isInitiator = isInitiator
+        send = transport.send; receiveKey = transport.receive.key
+    }
+
+    public func expired(now: Double) -> Bool { now - createdAt >= TunnelLimits.rejectAfterTime || send.n >= TunnelLimits.rejectAfterMessages }
+    public func wantsRekey(now: Double) -> Bool { isInitiator && (now - createdAt >= TunnelLimits.rekeyAfterTime || send.n >= TunnelLimits.rekeyAfterMessages) }
+
+    /// Seals `plaintext` into a data message.
+    public mutating func seal(_ plaintext: ArraySlice<UInt8>) -> [UInt8] {
+        let n = send.n
+        send.n += 1
+        sent += 1
+        var out: [UInt8] = [WireType.data.rawValue, 0, 0, 0]
+        out.reserveCapacity(16 + plaintext.count + 16)
+        put32(remoteIndex, &out); put64(n, &out)
+        let box = try! ChaChaPoly.seal(plaintext, using: send.key, nonce: Noise.nonce(n), authenticating: [UInt8]())
+        out += box.ciphertext
+        out += box.tag
+        return out
+    }
+
+    /// Opens a data message's ciphertext; nil when it does not authenticate or is a replay.
+    /// (The counter is recorded only after authentication, so forgeries cannot move the window.)
+    public mutating func open(counter: UInt64, _ ciphertext: ArraySlice<UInt8>, now: Double) -> [UInt8]? {
+        guard !expired(now: now) else { return nil }
+        guard let pt = try? Noise.open(key: receiveKey, counter: counter, ad: [], ciphertext) else { return nil }
+        guard window.accept(counter) else { return nil }
+        return pt
+    }
+}
