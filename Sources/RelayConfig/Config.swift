@@ -72,7 +72,7 @@ public enum ConfigFile {
             if let n = v.table {
                 checkKeys(n, "node", "node")
                 if let s = string(n, "name", "node") { cfg.node.name = s }
-                if let p = int(n, "listen_port", "node", 1...65535) { cfg.node.listenPort = UInt16(p) }
+                if let p = int(n, "listen_port", "node", 0...65535) { cfg.node.listenPort = UInt16(p) }
                 if let d = string(n, "device", "node") { cfg.node.device = d }
                 if let m = int(n, "mtu", "node", 0...1_000_000) { cfg.node.mtu = m }
             } else { err("node", "must be a table: [node]") }

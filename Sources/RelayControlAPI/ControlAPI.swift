@@ -12,6 +12,7 @@ import RelayWire
 /// | GET /v1/kernel      | read       | ObservedState (the helper's report) |
 /// | GET /v1/config      | read       | RelayConfiguration in force |
 /// | POST /v1/reload     | write      | ReloadResponse  |
+/// | GET /v1/sessions    | read       | SessionsResponse |
 /// Errors: a non-2xx status with `{"error": {"code": ..., "message": ...}}`.
 public enum ControlRoute: String, CaseIterable, Sendable {
     case status = "/v1/status"
@@ -20,6 +21,7 @@ public enum ControlRoute: String, CaseIterable, Sendable {
     case kernel = "/v1/kernel"
     case config = "/v1/config"
     case reload = "/v1/reload"
+    case sessions = "/v1/sessions"
 
     public var method: String { self == .reload ? "POST" : "GET" }
     public var needsWrite: Bool { self == .reload }
@@ -60,8 +62,11 @@ public struct StatusResponse: Codable, Equatable, Sendable {
     public var helper: HelperLinkStatus
     public var sites: Int
     public var peers: Int
+    /// The UDP port the peer tunnels listen on.
+    public var tunnelPort: UInt16?
     public init(version: String, nodeName: String, publicKey: String, startedAt: Date, uptimeSeconds: Double, config: ConfigStatus,
-                helper: HelperLinkStatus, sites: Int, peers: Int) {
+                helper: HelperLinkStatus, sites: Int, peers: Int, tunnelPort: UInt16? = nil) {
+        self.tunnelPort = tunnelPort
         self.version = version; self.nodeName = nodeName; self.publicKey = publicKey; self.startedAt = startedAt; self.uptimeSeconds = uptimeSeconds
         self.config = config; self.helper = helper; self.sites = sites; self.peers = peers
     }
@@ -89,10 +94,11 @@ public struct PeerView: Codable, Equatable, Sendable {
     public var publicKey: String
     public var endpoint: Endpoint?
     public var sites: [String]
-    /// "configured" until the tunnel exists (site-to-site issue); then handshake state.
+    /// "up", "handshaking", "idle", "waiting for peer" (no endpoint configured, it must call us).
     public var state: String
-    public init(name: String, publicKey: String, endpoint: Endpoint?, sites: [String], state: String) {
-        self.name = name; self.publicKey = publicKey; self.endpoint = endpoint; self.sites = sites; self.state = state
+    public var runtime: PeerRuntime?
+    public init(name: String, publicKey: String, endpoint: Endpoint?, sites: [String], state: String, runtime: PeerRuntime? = nil) {
+        self.name = name; self.publicKey = publicKey; self.endpoint = endpoint; self.sites = sites; self.state = state; self.runtime = runtime
     }
 }
 
@@ -147,4 +153,32 @@ public func configChanges(from old: RelayConfiguration, to new: RelayConfigurati
 private func describe(_ n: NodeConfig) -> String { "name \(n.name), port \(n.listenPort), device \(n.device) mtu \(n.mtu)" }
 private func describe(_ s: SiteConfig) -> String {
     "\(s.name) (lan4 \(s.lan4.map { "\($0)" } ?? "-"), virtual4 \(s.virtual4.map { "\($0)" } ?? "-"), virtual6 \(s.virtual6.map { "\($0)" } ?? "-"))"
+}
+
+/// A peer's live tunnel state.
+public struct PeerRuntime: Codable, Equatable, Sendable {
+    public var state: String
+    public var endpoint: String?
+    public var lastHandshakeSecondsAgo: Double?
+    public var rxBytes: UInt64, txBytes: UInt64, rxPackets: UInt64, txPackets: UInt64
+    /// Handshake round trip, milliseconds.
+    public var latencyMs: Double?
+    public init(state: String, endpoint: String?, lastHandshakeSecondsAgo: Double?, rxBytes: UInt64, txBytes: UInt64, rxPackets: UInt64, txPackets: UInt64, latencyMs: Double?) {
+        self.state = state; self.endpoint = endpoint; self.lastHandshakeSecondsAgo = lastHandshakeSecondsAgo
+        self.rxBytes = rxBytes; self.txBytes = txBytes; self.rxPackets = rxPackets; self.txPackets = txPackets; self.latencyMs = latencyMs
+    }
+}
+
+public struct SessionsResponse: Codable, Equatable, Sendable {
+    public var sessions: [SessionView]
+    public var stats: FlowStats
+    public init(sessions: [SessionView], stats: FlowStats) { self.sessions = sessions; self.stats = stats }
+}
+
+/// A flow with the real (LAN) address of its local side where this site's NETMAP says it.
+public struct SessionView: Codable, Equatable, Sendable {
+    public var flow: FlowView
+    public var localReal: String?
+    public var site: String?
+    public init(flow: FlowView, localReal: String?, site: String?) { self.flow = flow; self.localReal = localReal; self.site = site }
 }

@@ -58,6 +58,7 @@ public struct PeerConfig: Codable, Equatable, Sendable {
 
 public struct NodeConfig: Codable, Equatable, Sendable {
     public var name: String
+    /// UDP port for peer tunnels; 0 picks a free one (tests).
     public var listenPort: UInt16
     public var device: String
     public var mtu: Int
@@ -103,7 +104,6 @@ extension RelayConfiguration {
         if !((anyV6 ? 1280 : 576)...65535).contains(node.mtu) {
             err("node.mtu", "\(node.mtu) is out of range: use \(anyV6 ? 1280 : 576)...65535\(anyV6 ? " (IPv6 needs at least 1280)" : "")")
         }
-        if node.listenPort == 0 { err("node.listen_port", "must be 1...65535") }
 
         var all: [(key: String, site: SiteConfig)] = []
         if let s = site {

@@ -110,6 +110,7 @@ public final class ControlServer: @unchecked Sendable {
         case .sites: return ok(daemon.sites())
         case .peers: return ok(daemon.peers())
         case .config: return ok(daemon.currentConfig)
+        case .sessions: return ok(daemon.sessions())
         case .kernel:
             do { return ok(try daemon.helper.observe()) } catch let e as WireError {
                 return fail(.serviceUnavailable, e)

@@ -31,6 +31,8 @@ public final class Daemon: @unchecked Sendable {
     private var config: RelayConfiguration
     private var configStatus: ConfigStatus
     public let helper: HelperLink
+    public let flows = FlowTable()
+    public private(set) var tunnel: TunnelService!
 
     /// Loads the configuration (or the embedded default) and the identity. Throws with a message
     /// that says what to fix; nothing is started yet.
@@ -45,6 +47,8 @@ public final class Daemon: @unchecked Sendable {
         if created { logger.notice("generated node identity \(id.publicKeyBase64) in \(options.stateDirectory)/private.key") }
         helper = HelperLink(socketPath: options.helperSocket, logger: logger)
         for w in status.warnings { logger.warning("config \(w.key): \(w.message)") }
+        let link = helper
+        tunnel = TunnelService(identity: id, logger: logger, flows: flows, tunFD: { link.tunDescriptor })
     }
 
     static func loadConfig(_ o: DaemonOptions) throws -> (RelayConfiguration, ConfigStatus) {
@@ -63,12 +67,16 @@ public final class Daemon: @unchecked Sendable {
 
     public var currentConfig: RelayConfiguration { lock.lock(); defer { lock.unlock() }; return config }
 
-    public func start() {
+    /// Starts the helper link and the peer tunnels. Throws when the tunnel port cannot be bound.
+    public func start() throws {
+        let cfg = currentConfig
+        tunnel.configure(cfg)
+        try tunnel.start(port: cfg.node.listenPort)
         helper.start()
-        helper.setDesired(currentConfig.desiredKernelState)
+        helper.setDesired(cfg.desiredKernelState)
     }
 
-    public func stop() { helper.stop() }
+    public func stop() { tunnel.stop(); helper.stop() }
 
     /// Re-reads the configuration. A valid one is applied as a diff; an invalid one is refused and
     /// the running configuration stays in force.
@@ -92,6 +100,10 @@ public final class Daemon: @unchecked Sendable {
         if !changes.isEmpty || loaded.0.desiredKernelState != old.desiredKernelState {
             helper.setDesired(loaded.0.desiredKernelState)
         }
+        tunnel.configure(loaded.0)
+        if loaded.0.node.listenPort != old.node.listenPort {
+            logger.warning("node.listen_port changed: it takes effect when relayd restarts")
+        }
         logger.notice("reload (\(trigger)): \(changes.isEmpty ? "no changes" : changes.joined(separator: "; "))")
         return .success(ReloadResponse(changed: !changes.isEmpty, changes: changes, warnings: loaded.1.warnings))
     }
@@ -100,7 +112,8 @@ public final class Daemon: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         return StatusResponse(version: RelayVersion.string, nodeName: config.node.name, publicKey: identity.publicKeyBase64, startedAt: startedAt,
                               uptimeSeconds: Date().timeIntervalSince(startedAt), config: configStatus, helper: helper.snapshot,
-                              sites: (config.site == nil ? 0 : 1) + config.peers.reduce(0) { $0 + $1.sites.count }, peers: config.peers.count)
+                              sites: (config.site == nil ? 0 : 1) + config.peers.reduce(0) { $0 + $1.sites.count }, peers: config.peers.count,
+                              tunnelPort: tunnel.port)
     }
 
     public func sites() -> SitesResponse {
@@ -111,8 +124,21 @@ public final class Daemon: @unchecked Sendable {
     }
 
     public func peers() -> PeersResponse {
-        PeersResponse(peers: currentConfig.peers.map {
-            PeerView(name: $0.name, publicKey: $0.publicKey, endpoint: $0.endpoint, sites: $0.sites.map(\.name), state: "configured")
+        let live = tunnel.peerViews()
+        return PeersResponse(peers: currentConfig.peers.map {
+            PeerView(name: $0.name, publicKey: $0.publicKey, endpoint: $0.endpoint, sites: $0.sites.map(\.name),
+                     state: live[$0.name]?.state ?? "configured", runtime: live[$0.name])
         })
+    }
+
+    /// The flows the tunnel carries, with the LAN address of the local side where this site maps it.
+    public func sessions() -> SessionsResponse {
+        let (flows, stats) = self.flows.snapshot()
+        let site = currentConfig.site
+        return SessionsResponse(sessions: flows.map { f in
+            var real: String?
+            if let s = site, let v = s.virtual4, let lan = s.lan4, let a = IPAddress(f.localVirtual), let r = v.map(a, into: lan) { real = "\(r)" }
+            return SessionView(flow: f, localReal: real, site: site?.name)
+        }, stats: stats)
     }
 }

@@ -50,7 +50,10 @@ struct RelayDaemonCommand: ParsableCommand {
         do { control = try ControlServer(daemon: daemon, logger: logger); try control.start() } catch {
             throw ValidationError("cannot serve the control socket \(socket): \(error)")
         }
-        daemon.start()
+        do { try daemon.start() } catch {
+            control.stop()
+            throw ValidationError("\(error)")
+        }
         let cfg = daemon.currentConfig
         logger.notice("relayd \(RelayVersion.string) node \(cfg.node.name) id \(daemon.identity.publicKeyBase64); config \(options.configPath)\(FileManager.default.fileExists(atPath: options.configPath) ? "" : " (absent: embedded default)"); \(cfg.peers.count) peers")
 

@@ -1,0 +1,404 @@
+import Crypto
+import Foundation
+import Logging
+import RelayControlAPI
+import RelayCore
+import RelayTunnel
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A peer as the tunnel sees it: identity, where to send, which virtual prefixes are behind it.
+final class TunnelPeer {
+    let name: String
+    let publicKey: [UInt8]
+    var endpoint: sockaddr_in6?
+    var prefixes: [IPPrefix]
+    var current: TunnelSession?
+    var previous: TunnelSession?
+    var pending: (initiator: Noise.Initiator, index: UInt32, sentAt: Double, firstAt: Double)?
+    var queue: [[UInt8]] = []
+    var lastInitiationStamp: UInt64 = 0
+    var lastSent: Double = 0
+    var lastReceived: Double = 0
+    var lastHandshake: Double?
+    var rxBytes: UInt64 = 0, txBytes: UInt64 = 0, rxPackets: UInt64 = 0, txPackets: UInt64 = 0
+    var latency: Double?
+    var nextRetry: Double = 0
+
+    init(name: String, publicKey: [UInt8], endpoint: sockaddr_in6?, prefixes: [IPPrefix]) {
+        self.name = name; self.publicKey = publicKey; self.endpoint = endpoint; self.prefixes = prefixes
+    }
+}
+
+/// Counters of everything dropped on the tunnel path (never a crash, never an answer to strangers).
+public struct TunnelCounters: Codable, Equatable, Sendable {
+    public var malformed = 0, unknownIndex = 0, authFailed = 0, unknownPeer = 0, replayedInitiation = 0
+    public var spoofedSource = 0, noRoute = 0, queueOverflow = 0, handshakesSent = 0, handshakesCompleted = 0
+    public init() {}
+}
+
+/// The packet path between the TUN device and the peers: Noise IK sessions over UDP.
+public final class TunnelService: @unchecked Sendable {
+    let identity: NodeIdentity
+    let ownPublic: [UInt8]
+    let logger: Logger
+    let tunFD: () -> Int32
+    let lock = NSLock()
+    var peers: [TunnelPeer] = []
+    var byIndex: [UInt32: TunnelPeer] = [:]
+    public private(set) var counters = TunnelCounters()
+    var socketFD: Int32 = -1
+    public private(set) var port: UInt16 = 0
+    var stopped = false
+    let clock: () -> Double
+    public let flows: FlowTable
+
+    public init(identity: NodeIdentity, logger: Logger, flows: FlowTable, tunFD: @escaping () -> Int32, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }) {
+        self.identity = identity
+        ownPublic = Array(identity.privateKey.publicKey.rawRepresentation)
+        self.logger = logger
+        self.tunFD = tunFD
+        self.clock = clock
+        self.flows = flows
+    }
+
+    // MARK: configuration
+
+    static func socketAddress(_ e: Endpoint) -> sockaddr_in6 {
+        var sa = sockaddr_in6()
+        sa.sin6_family = sa_family_t(AF_INET6)
+        sa.sin6_port = e.port.bigEndian
+        let bytes: [UInt8]
+        switch e.address {
+        case .v4(let a): bytes = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] + a.bytes
+        case .v6(let a): bytes = a.bytes
+        }
+        withUnsafeMutableBytes(of: &sa.sin6_addr) { for i in 0..<16 { $0[i] = bytes[i] } }
+        return sa
+    }
+
+    static func describe(_ sa: sockaddr_in6) -> String {
+        let b = withUnsafeBytes(of: sa.sin6_addr) { Array($0) }
+        let port = UInt16(bigEndian: sa.sin6_port)
+        if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff {
+            return "\(b[12]).\(b[13]).\(b[14]).\(b[15]):\(port)"
+        }
+        return "[\(IPv6Address(bytes: b)!)]:\(port)"
+    }
+
+    /// Applies a configuration: keeps sessions of unchanged peers, drops removed ones.
+    public func configure(_ cfg: RelayConfiguration) {
+        lock.lock(); defer { lock.unlock() }
+        var next: [TunnelPeer] = []
+        for p in cfg.peers {
+            guard let key = Data(base64Encoded: p.publicKey).map(Array.init), key.count == 32 else { continue }
+            let prefixes = p.sites.flatMap { [$0.virtual4, $0.virtual6].compactMap { $0 } }
+            let ep = p.endpoint.map(TunnelService.socketAddress)
+            if let old = peers.first(where: { $0.publicKey == key }) {
+                old.prefixes = prefixes
+                if let ep { old.endpoint = ep }
+                next.append(TunnelPeer(name: p.name, publicKey: key, endpoint: old.endpoint, prefixes: prefixes).adopting(old))
+            } else {
+                next.append(TunnelPeer(name: p.name, publicKey: key, endpoint: ep, prefixes: prefixes))
+            }
+        }
+        peers = next
+        byIndex = [:]
+        for p in peers {
+            for s in [p.current, p.previous].compactMap({ $0 }) { byIndex[s.localIndex] = p }
+            if let pend = p.pending { byIndex[pend.index] = p }
+        }
+    }
+
+    // MARK: sockets and threads
+
+    public func start(port: UInt16) throws {
+        let s = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw NodeIdentity.Failure(description: "cannot open a UDP socket: \(String(cString: strerror(errno)))") }
+        var zero: Int32 = 0, big: Int32 = 4 << 20
+        setsockopt(s, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(s, SOL_SOCKET, SO_RCVBUF, &big, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(s, SOL_SOCKET, SO_SNDBUF, &big, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in6()
+        addr.sin6_family = sa_family_t(AF_INET6)
+        addr.sin6_port = port.bigEndian
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+        guard rc == 0 else {
+            let e = errno; close(s)
+            throw NodeIdentity.Failure(description: "cannot bind UDP port \(port) for peer tunnels: \(String(cString: strerror(e))) (node.listen_port)")
+        }
+        var bound = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
+        socketFD = s
+        self.port = UInt16(bigEndian: bound.sin6_port)
+        for (name, body) in [("tunnel-udp", udpLoop), ("tunnel-tun", tunLoop), ("tunnel-timers", timerLoop)] as [(String, () -> Void)] {
+            let t = Thread(block: body)
+            t.name = name
+            t.start()
+        }
+        logger.info("peer tunnels on UDP port \(self.port)")
+    }
+
+    public func stop() {
+        lock.lock(); stopped = true; lock.unlock()
+    }
+
+    var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
+
+    func send(_ bytes: [UInt8], to sa: sockaddr_in6) {
+        var a = sa
+        _ = withUnsafePointer(to: &a) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(socketFD, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        }
+    }
+
+    func udpLoop() {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while !isStopped {
+            var pfd = pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 200) > 0 else { continue }
+            var from = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            let n = withUnsafeMutablePointer(to: &from) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(socketFD, &buf, buf.count, 0, $0, &len) }
+            }
+            guard n > 0 else { continue }
+            receive(buf[0..<n], from: from)
+        }
+    }
+
+    func tunLoop() {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while !isStopped {
+            let fd = tunFD()
+            guard fd >= 0 else { usleep(100_000); continue }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 200) > 0 else { continue }
+            let n = read(fd, &buf, buf.count)
+            guard n > 0 else { continue }
+            outgoing(buf[0..<n])
+        }
+    }
+
+    func timerLoop() {
+        while !isStopped {
+            usleep(250_000)
+            tick()
+        }
+    }
+
+    // MARK: outgoing
+
+    /// A packet from the TUN device: to the peer whose site owns its destination.
+    func outgoing(_ pkt: ArraySlice<UInt8>) {
+        guard let (src, dst) = IPHeader.addresses(pkt) else { lock.lock(); counters.malformed += 1; lock.unlock(); return }
+        let now = clock()
+        lock.lock()
+        guard let peer = peers.first(where: { p in p.prefixes.contains { $0.contains(dst) } }) else {
+            counters.noRoute += 1; lock.unlock(); return
+        }
+        if var s = peer.current, !s.expired(now: now), let ep = peer.endpoint {
+            let wire = s.seal(pkt)
+            peer.current = s
+            peer.lastSent = now; peer.txBytes += UInt64(pkt.count); peer.txPackets += 1
+            let rekey = s.wantsRekey(now: now) && peer.pending == nil
+            lock.unlock()
+            send(wire, to: ep)
+            flows.record(pkt, outbound: true, peer: peer.name, now: now)
+            if rekey { lock.lock(); initiate(peer, now: now); lock.unlock() }
+            _ = src
+            return
+        }
+        if peer.queue.count >= 32 { peer.queue.removeFirst(); counters.queueOverflow += 1 }
+        peer.queue.append(Array(pkt))
+        if peer.pending == nil { initiate(peer, now: now) }
+        lock.unlock()
+    }
+
+    /// Sends a handshake initiation (lock held).
+    func initiate(_ peer: TunnelPeer, now: Double) {
+        guard let ep = peer.endpoint else { return }  // the peer will call us
+        do {
+            var ini = try Noise.Initiator(staticKey: identity.privateKey, remoteStatic: peer.publicKey)
+            var stamp = [UInt8](); put64be(UInt64(now * 1e9), &stamp)
+            let msg = try ini.writeMessage1(payload: stamp)
+            if let old = peer.pending { byIndex[old.index] = nil }
+            let index = freshIndex()
+            peer.pending = (ini, index, now, peer.pending?.firstAt ?? now)
+            peer.nextRetry = now + TunnelLimits.rekeyTimeout + Double.random(in: 0...0.333)
+            byIndex[index] = peer
+            counters.handshakesSent += 1
+            send(TunnelMessage.initiation(sender: index, noise: msg), to: ep)
+        } catch {
+            logger.error("cannot start a handshake with \(peer.name): \(error)")
+        }
+    }
+
+    func freshIndex() -> UInt32 {
+        while true { let i = UInt32.random(in: 1...UInt32.max); if byIndex[i] == nil { return i } }
+    }
+
+    // MARK: incoming
+
+    func receive(_ b: ArraySlice<UInt8>, from: sockaddr_in6) {
+        guard let msg = TunnelMessage.parse(b) else { lock.lock(); counters.malformed += 1; lock.unlock(); return }
+        let now = clock()
+        switch msg {
+        case .initiation(let sender, let noise): handleInitiation(sender: sender, Array(noise), from: from, now: now)
+        case .response(let sender, let receiver, let noise): handleResponse(sender: sender, receiver: receiver, Array(noise), from: from, now: now)
+        case .data(let receiver, let counter, let ct): handleData(receiver: receiver, counter: counter, ct, from: from, now: now)
+        }
+    }
+
+    func handleInitiation(sender: UInt32, _ noise: [UInt8], from: sockaddr_in6, now: Double) {
+        var r = Noise.Responder(staticKey: identity.privateKey)
+        guard let payload = try? r.readMessage1(noise), payload.count == 8 else { lock.lock(); counters.authFailed += 1; lock.unlock(); return }
+        let stamp = payload.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        lock.lock(); defer { lock.unlock() }
+        guard let peer = peers.first(where: { $0.publicKey == r.remoteStatic }) else { counters.unknownPeer += 1; return }
+        guard stamp > peer.lastInitiationStamp else { counters.replayedInitiation += 1; return }
+        guard let (m2, transport) = try? r.writeMessage2() else { counters.authFailed += 1; return }
+        peer.lastInitiationStamp = stamp
+        let index = freshIndex()
+        install(peer, TunnelSession(localIndex: index, remoteIndex: sender, transport: transport, createdAt: now, isInitiator: false), now: now)
+        peer.endpoint = from
+        counters.handshakesCompleted += 1
+        send(TunnelMessage.response(sender: index, receiver: sender, noise: m2), to: from)
+        flushQueue(peer, now: now)
+    }
+
+    func handleResponse(sender: UInt32, receiver: UInt32, _ noise: [UInt8], from: sockaddr_in6, now: Double) {
+        lock.lock(); defer { lock.unlock() }
+        guard let peer = byIndex[receiver], var pend = peer.pending, pend.index == receiver else { counters.unknownIndex += 1; return }
+        guard let (_, transport) = try? pend.initiator.readMessage2(noise) else { counters.authFailed += 1; return }
+        peer.pending = nil
+        peer.latency = now - pend.sentAt
+        install(peer, TunnelSession(localIndex: receiver, remoteIndex: sender, transport: transport, createdAt: now, isInitiator: true), now: now)
+        peer.endpoint = from
+        counters.handshakesCompleted += 1
+        flushQueue(peer, now: now)
+        if peer.queue.isEmpty && peer.current != nil {
+            // Confirm the session to the responder right away (WireGuard sends a keepalive).
+            if var s = peer.current, let ep = peer.endpoint { let ka = s.seal([][...]); peer.current = s; peer.lastSent = now; send(ka, to: ep) }
+        }
+    }
+
+    /// New current session; the old one stays as previous until it expires (lock held).
+    func install(_ peer: TunnelPeer, _ s: TunnelSession, now: Double) {
+        if let prev = peer.previous { byIndex[prev.localIndex] = nil }
+        peer.previous = peer.current
+        peer.current = s
+        byIndex[s.localIndex] = peer
+        peer.lastHandshake = now
+        logger.debug("session with \(peer.name) established (index \(s.localIndex), \(s.isInitiator ? "initiator" : "responder"))")
+    }
+
+    func flushQueue(_ peer: TunnelPeer, now: Double) {
+        guard var s = peer.current, let ep = peer.endpoint else { return }
+        for pkt in peer.queue {
+            send(s.seal(pkt[...]), to: ep)
+            peer.txBytes += UInt64(pkt.count); peer.txPackets += 1
+        }
+        if !peer.queue.isEmpty { peer.lastSent = now }
+        peer.queue.removeAll()
+        peer.current = s
+    }
+
+    func handleData(receiver: UInt32, counter: UInt64, _ ct: ArraySlice<UInt8>, from: sockaddr_in6, now: Double) {
+        lock.lock()
+        guard let peer = byIndex[receiver] else { counters.unknownIndex += 1; lock.unlock(); return }
+        var plaintext: [UInt8]?
+        if var s = peer.current, s.localIndex == receiver {
+            plaintext = s.open(counter: counter, ct, now: now); peer.current = s
+        } else if var s = peer.previous, s.localIndex == receiver {
+            plaintext = s.open(counter: counter, ct, now: now); peer.previous = s
+        }
+        guard let pt = plaintext else { counters.authFailed += 1; lock.unlock(); return }
+        peer.endpoint = from  // roaming: the last authenticated source
+        peer.lastReceived = now
+        if pt.isEmpty { lock.unlock(); return }  // keepalive
+        // The inner source must belong to this peer's sites: no peer may speak for another site.
+        guard let (src, _) = IPHeader.addresses(pt[...]), peer.prefixes.contains(where: { $0.contains(src) }) else {
+            counters.spoofedSource += 1; lock.unlock(); return
+        }
+        peer.rxBytes += UInt64(pt.count); peer.rxPackets += 1
+        let name = peer.name
+        lock.unlock()
+        let fd = tunFD()
+        if fd >= 0 { _ = pt.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+        flows.record(pt[...], outbound: false, peer: name, now: now)
+    }
+
+    // MARK: timers
+
+    func tick() {
+        let now = clock()
+        lock.lock(); defer { lock.unlock() }
+        for peer in peers {
+            if let pend = peer.pending, now >= peer.nextRetry {
+                if now - pend.firstAt >= TunnelLimits.rekeyAttemptTime {
+                    byIndex[pend.index] = nil
+                    peer.pending = nil
+                    peer.queue.removeAll()
+                    logger.notice("handshake with \(peer.name) gave up after \(Int(TunnelLimits.rekeyAttemptTime)) s")
+                } else {
+                    initiate(peer, now: now)
+                }
+            }
+            if let s = peer.current, s.expired(now: now) { byIndex[s.localIndex] = nil; peer.current = nil }
+            if let s = peer.previous, s.expired(now: now) { byIndex[s.localIndex] = nil; peer.previous = nil }
+            // Passive keepalive: we heard from the peer but have not said anything for a while.
+            if var s = peer.current, let ep = peer.endpoint, peer.lastReceived > peer.lastSent, now - peer.lastSent >= TunnelLimits.keepaliveTimeout {
+                send(s.seal([][...]), to: ep); peer.current = s; peer.lastSent = now
+            }
+        }
+        flows.expire(now: now)
+    }
+
+    // MARK: views
+
+    public func peerViews() -> [String: PeerRuntime] {
+        lock.lock(); defer { lock.unlock() }
+        let now = clock()
+        var out: [String: PeerRuntime] = [:]
+        for p in peers {
+            let state = p.current != nil ? "up" : (p.pending != nil ? "handshaking" : (p.endpoint == nil ? "waiting for peer" : "idle"))
+            out[p.name] = PeerRuntime(state: state, endpoint: p.endpoint.map(TunnelService.describe), lastHandshakeSecondsAgo: p.lastHandshake.map { now - $0 },
+                                      rxBytes: p.rxBytes, txBytes: p.txBytes, rxPackets: p.rxPackets, txPackets: p.txPackets,
+                                      latencyMs: p.latency.map { $0 * 1000 })
+        }
+        return out
+    }
+
+    public func countersSnapshot() -> TunnelCounters { lock.lock(); defer { lock.unlock() }; return counters }
+}
+
+extension TunnelPeer {
+    /// Carries runtime state over from the same peer in the previous configuration.
+    func adopting(_ old: TunnelPeer) -> TunnelPeer {
+        current = old.current; previous = old.previous; pending = old.pending; queue = old.queue
+        lastInitiationStamp = old.lastInitiationStamp; lastSent = old.lastSent; lastReceived = old.lastReceived
+        lastHandshake = old.lastHandshake; rxBytes = old.rxBytes; txBytes = old.txBytes; rxPackets = old.rxPackets
+        txPackets = old.txPackets; latency = old.latency; nextRetry = old.nextRetry
+        return self
+    }
+}
+
+func put64be(_ v: UInt64, _ out: inout [UInt8]) { for i in (0..<8).reversed() { out.append(UInt8(truncatingIfNeeded: v >> (UInt64(i) * 8))) } }
+
+/// Just enough of IPv4/IPv6 headers for routing decisions.
+public enum IPHeader {
+    public static func addresses(_ p: ArraySlice<UInt8>) -> (src: IPAddress, dst: IPAddress)? {
+        guard let first = p.first else { return nil }
+        let s = p.startIndex
+        switch first >> 4 {
+        case 4:
+            guard p.count >= 20 else { return nil }
+            return (.v4(IPv4Address(p[s + 12], p[s + 13], p[s + 14], p[s + 15])), .v4(IPv4Address(p[s + 16], p[s + 17], p[s + 18], p[s + 19])))
+        case 6:
+            guard p.count >= 40, let a = IPv6Address(bytes: Array(p[(s + 8)..<(s + 24)])), let b = IPv6Address(bytes: Array(p[(s + 24)..<(s + 40)])) else { return nil }
+            return (.v6(a), .v6(b))
+        default: return nil
+        }
+    }
+}

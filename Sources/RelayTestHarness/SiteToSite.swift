@@ -1,0 +1,109 @@
+import Foundation
+
+/// The headline scenario, in namespaces: site A and site B both use 192.168.1.0/24; gateways
+/// 10.10.10.10 and 10.20.20.20 reach each other over an underlay router; each gateway runs the real
+/// relay-helper and relayd (relayd as an unprivileged uid). Hosts only have a default route.
+public final class SiteToSite {
+    public let lab: Lab
+    public let hostA: LabHost, gwA: LabHost, underlay: LabHost, gwB: LabHost, hostB: LabHost
+    public var relaydA: LabProcess!, relaydB: LabProcess!
+    public var helperA: HelperFixture!, helperB: HelperFixture!
+    public let relaydUID: UInt32 = 65534
+    public var socketA: String { dir("A") + "/relayd.sock" }
+    public var socketB: String { dir("B") + "/relayd.sock" }
+
+    public init(_ lab: Lab, extraHostNumbers: [Int] = [21, 77]) throws {
+        self.lab = lab
+        hostA = try lab.host("hostA"); gwA = try lab.host("gwA"); underlay = try lab.host("underlay")
+        gwB = try lab.host("gwB"); hostB = try lab.host("hostB")
+        let extra = extraHostNumbers.map { "192.168.1.\($0)/24" }
+        try lab.link(hostA, "eth0", ["192.168.1.20/24"] + extra, gwA, "lan0", ["192.168.1.1/24"])
+        try lab.link(hostB, "eth0", ["192.168.1.20/24"] + extra, gwB, "lan0", ["192.168.1.1/24"])
+        try lab.link(gwA, "wan0", ["10.10.10.10/24"], underlay, "a0", ["10.10.10.1/24"])
+        try lab.link(gwB, "wan0", ["10.20.20.20/24"], underlay, "b0", ["10.20.20.1/24"])
+        for g in [gwA, gwB, underlay] { try g.enableForwarding() }
+        try hostA.route("default", via: "192.168.1.1")
+        try hostB.route("default", via: "192.168.1.1")
+        try gwA.route("default", via: "10.10.10.1")
+        try gwB.route("default", via: "10.20.20.1")
+    }
+
+    func dir(_ site: String) -> String { lab.logDirectory.appendingPathComponent("relayd-\(site)").path }
+
+    /// A fresh X25519 key pair from `relayctl keygen`.
+    static func keygen() throws -> (priv: String, pub: String) {
+        let out = try Command.run([try Binaries.path("relayctl"), "keygen", "--json"]).stdout
+        guard let obj = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: String],
+              let priv = obj["private_key"], let pub = obj["public_key"] else { throw HarnessError("relayctl keygen printed \(out)") }
+        return (priv, pub)
+    }
+
+    public static func config(name: String, site: String, virtual4: String, virtual6: String, peerName: String, peerKey: String,
+                              peerEndpoint: String, peerSite: String, peerVirtual4: String, peerVirtual6: String) -> String {
+        """
+        [node]
+        name = "\(name)"
+        listen_port = 51820
+        [site]
+        name = "\(site)"
+        lan4 = "192.168.1.0/24"
+        virtual4 = "\(virtual4)"
+        virtual6 = "\(virtual6)"
+        [[peer]]
+        name = "\(peerName)"
+        public_key = "\(peerKey)"
+        endpoint = "\(peerEndpoint)"
+          [[peer.site]]
+          name = "\(peerSite)"
+          virtual4 = "\(peerVirtual4)"
+          virtual6 = "\(peerVirtual6)"
+        """
+    }
+
+    /// Starts both helpers and both relayds; waits until each relayd has applied its state.
+    public func start() throws {
+        let ka = try SiteToSite.keygen(), kb = try SiteToSite.keygen()
+        let policy = HelperFixture.policy(clients: [0, relaydUID])
+        helperA = try HelperFixture.start(in: gwA, policy: policy)
+        helperB = try HelperFixture.start(in: gwB, policy: policy)
+        for h in [helperA!, helperB!] { chmod(h.socketPath, 0o666) }
+        let cfgA = SiteToSite.config(name: "gw-a", site: "A", virtual4: "240.1.1.0/24", virtual6: "64:ff9b:1111::/96", peerName: "gw-b", peerKey: kb.pub,
+                                     peerEndpoint: "10.20.20.20:51820", peerSite: "B", peerVirtual4: "240.2.2.0/24", peerVirtual6: "64:ff9b:2222::/96")
+        let cfgB = SiteToSite.config(name: "gw-b", site: "B", virtual4: "240.2.2.0/24", virtual6: "64:ff9b:2222::/96", peerName: "gw-a", peerKey: ka.pub,
+                                     peerEndpoint: "10.10.10.10:51820", peerSite: "A", peerVirtual4: "240.1.1.0/24", peerVirtual6: "64:ff9b:1111::/96")
+        relaydA = try startRelayd(gwA, site: "A", key: ka.priv, config: cfgA, helper: helperA)
+        relaydB = try startRelayd(gwB, site: "B", key: kb.priv, config: cfgB, helper: helperB)
+        for (gw, sock, p) in [(gwA, socketA, relaydA!), (gwB, socketB, relaydB!)] {
+            try waitUntil("relayd on \(gw.name) applied its state", timeout: 20) {
+                if !p.isRunning { throw HarnessError("relayd on \(gw.name) exited: \(p.log())") }
+                guard FileManager.default.fileExists(atPath: sock) else { return false }
+                let out = try self.relayctl(gw, sock, ["status", "--json"]).stdout
+                return out.contains("\"lastAppliedAt\"") && out.contains("\"connected\" : true")
+            }
+        }
+    }
+
+    func startRelayd(_ gw: LabHost, site: String, key: String, config: String, helper: HelperFixture) throws -> LabProcess {
+        let d = dir(site)
+        try FileManager.default.createDirectory(atPath: d + "/state", withIntermediateDirectories: true)
+        try (key + "\n").write(toFile: d + "/state/private.key", atomically: true, encoding: .utf8)
+        chmod(d + "/state/private.key", 0o600)
+        chmod(d + "/state", 0o700)
+        try config.write(toFile: d + "/relayd.toml", atomically: true, encoding: .utf8)
+        for p in [d, d + "/state", d + "/state/private.key", d + "/relayd.toml"] { chown(p, relaydUID, relaydUID) }
+        return try gw.spawn([try Binaries.path("relayd"), "--config", d + "/relayd.toml", "--state-dir", d + "/state", "--socket", d + "/relayd.sock",
+                             "--helper-socket", helper.socketPath, "--log-level", "debug"], label: "relayd-\(site)", as: relaydUID)
+    }
+
+    @discardableResult
+    public func relayctl(_ gw: LabHost, _ socket: String, _ args: [String]) throws -> CommandResult {
+        try gw.run([try Binaries.path("relayctl")] + args + ["--socket", socket], check: false)
+    }
+
+    /// "Who am I talking to" services on a host: TCP 9001 answers "PEER SOCKADDR", UDP 9000 answers PEER.
+    public static func startWhoami(_ h: LabHost) throws {
+        try h.spawn(["socat", "TCP-LISTEN:9001,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR $SOCAT_SOCKADDR"], label: "whoami-tcp")
+        try h.spawn(["socat", "UDP-RECVFROM:9000,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR"], label: "whoami-udp")
+        try waitUntil("whoami services on \(h.name)") { let o = try h.run(["ss", "-lntuH"]).stdout; return o.contains(":9000") && o.contains(":9001") }
+    }
+}

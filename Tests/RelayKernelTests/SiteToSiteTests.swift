@@ -1,0 +1,73 @@
+import Foundation
+import Testing
+import RelayControlAPI
+import RelayTestHarness
+
+/// The headline scenario with the real programs: two sites that both use 192.168.1.0/24, joined by
+/// relayd tunnels (Noise IK over UDP) with the helper's prefix NAT on both gateways.
+@Suite("kernel: site to site over Relay tunnels", .serialized, .enabled(if: KernelGate.shouldRun, "needs root"))
+struct SiteToSiteTests {
+    @Test("A's 192.168.1.x reaches B's as 240.2.2.x and is seen as 240.1.1.x (ping, TCP, UDP, both ways); the underlay carries only sealed UDP; sessions and peers are reported")
+    func twoSites() throws {
+        try KernelGate.check()
+        try Lab.with("s2s") { lab in
+            let s = try SiteToSite(lab)
+            try s.start()
+            try SiteToSite.startWhoami(s.hostB)
+            try SiteToSite.startWhoami(s.hostA)
+            // Capture the underlay at the router while everything happens.
+            let pcap = lab.logDirectory.appendingPathComponent("underlay.pcap").path
+            let dump = try s.underlay.spawn(["tcpdump", "-i", "a0", "-U", "-n", "-w", pcap], label: "tcpdump")
+            try waitUntil("tcpdump running") { FileManager.default.fileExists(atPath: pcap) }
+
+            // A -> B: ping, then TCP and UDP, with host numbers kept both sides.
+            let ping = try s.hostA.run(["ping", "-c3", "-i0.2", "-W2", "240.2.2.20"], check: false)
+            #expect(ping.succeeded, "ping A -> 240.2.2.20: \(ping.stdout)")
+            for (src, dst) in [(20, 20), (21, 77), (77, 21)] {
+                let tcp = try s.hostA.run(["socat", "-T", "3", "-", "TCP:240.2.2.\(dst):9001,bind=192.168.1.\(src)"], stdin: "").stdout
+                #expect(tcp.trimmingCharacters(in: .whitespacesAndNewlines) == "240.1.1.\(src) 192.168.1.\(dst)", "TCP .\(src) -> 240.2.2.\(dst)")
+            }
+            let udp = try s.hostA.run(["socat", "-T", "2", "-", "UDP:240.2.2.20:9000"], stdin: "x\n").stdout
+            #expect(udp.trimmingCharacters(in: .whitespacesAndNewlines) == "240.1.1.20")
+            // B -> A: the same in the other direction.
+            #expect(try s.hostB.run(["ping", "-c2", "-i0.2", "-W2", "240.1.1.20"], check: false).succeeded)
+            let back = try s.hostB.run(["socat", "-T", "3", "-", "TCP:240.1.1.20:9001"], stdin: "").stdout
+            #expect(back.trimmingCharacters(in: .whitespacesAndNewlines) == "240.2.2.20 192.168.1.20")
+            // (UDP to A's primary address: socat answers from it, so conntrack matches the reply.)
+            let backUDP = try s.hostB.run(["socat", "-T", "2", "-", "UDP:240.1.1.20:9000,bind=192.168.1.77"], stdin: "x\n").stdout
+            #expect(backUDP.trimmingCharacters(in: .whitespacesAndNewlines) == "240.2.2.77")
+
+            // A marker crosses inside the tunnel; it must never appear on the underlay in clear.
+            let marker = "RELAY-MARKER-\(UInt32.random(in: 0...UInt32.max))"
+            try s.hostB.spawn(["socat", "-u", "TCP-LISTEN:9100,reuseaddr", "OPEN:/dev/null"], label: "sink")
+            try waitUntil("sink") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":9100") }
+            _ = try s.hostA.run(["socat", "-u", "-", "TCP:240.2.2.20:9100"], stdin: String(repeating: marker + "\n", count: 50))
+            usleep(300_000)
+            dump.signal(SIGINT)
+            _ = try? dump.waitForExit(timeout: 5)
+            let raw = try Data(contentsOf: URL(fileURLWithPath: pcap))
+            #expect(raw.count > 1000, "the capture saw the traffic")
+            #expect(raw.range(of: Data(marker.utf8)) == nil, "the marker appeared in clear on the underlay")
+            // Only sealed UDP between the gateways (ARP and IPv6 neighbour discovery are link noise).
+            let other = try s.underlay.run(["tcpdump", "-n", "-r", pcap, "(ip and not (udp and port 51820)) or (ip6 and not (udp and port 51820) and not icmp6 and not dst net ff00::/8)"], check: false)
+            #expect(other.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "non-tunnel packets on the underlay:\n\(other.stdout.prefix(800))")
+            let tunnel = try s.underlay.run(["tcpdump", "-n", "-r", pcap, "udp and port 51820"], check: false).stdout
+            #expect(tunnel.split(separator: "\n").count > 20)
+
+            // relayctl: peers up with a handshake and a latency; sessions show the flows with the
+            // LAN address behind the virtual one.
+            let peers = try ControlJSON.decoder().decode(PeersResponse.self, from: Data(try s.relayctl(s.gwA, s.socketA, ["peers", "--json"]).stdout.utf8))
+            #expect(peers.peers.first?.state == "up")
+            #expect(peers.peers.first?.runtime?.endpoint == "10.20.20.20:51820")
+            #expect((peers.peers.first?.runtime?.latencyMs ?? -1) >= 0)
+            #expect((peers.peers.first?.runtime?.txBytes ?? 0) > 1000)
+            let sessions = try ControlJSON.decoder().decode(SessionsResponse.self, from: Data(try s.relayctl(s.gwA, s.socketA, ["sessions", "--json"]).stdout.utf8))
+            let tcp = sessions.sessions.first { $0.flow.proto == "tcp" && $0.flow.remoteVirtual == "240.2.2.20" && $0.flow.remotePort == 9100 }
+            #expect(tcp?.localReal == "192.168.1.20" && tcp?.flow.localVirtual == "240.1.1.20", "\(sessions.sessions)")
+            #expect((tcp?.flow.bytesOut ?? 0) > 50 * marker.count)
+            #expect(sessions.sessions.contains { $0.flow.proto == "icmp" })
+            let human = try s.relayctl(s.gwB, s.socketB, ["sessions", "--host", "192.168.1.20"])
+            #expect(human.status == 0 && human.stdout.contains("240.1.1.20"))
+        }
+    }
+}
