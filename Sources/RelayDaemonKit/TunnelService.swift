@@ -298,6 +298,7 @@ public final class TunnelService: @unchecked Sendable {
         for pkt in peer.queue {
             send(s.seal(pkt[...]), to: ep)
             peer.txBytes += UInt64(pkt.count); peer.txPackets += 1
+            flows.record(pkt[...], outbound: true, peer: peer.name, now: now)
         }
         if !peer.queue.isEmpty { peer.lastSent = now }
         peer.queue.removeAll()

@@ -1,17 +1,13 @@
 import Foundation
-import RelayCore
-import RelayIPC
 import RelayTestHarness
 
-/// `make demo`: two sites that both use 192.168.1.0/24, each behind a gateway running the real
-/// relay-helper, joined by an underlay. The helper programs prefix NAT so that A's 192.168.1.20
-/// reaches B's 192.168.1.20 as 240.2.2.20 and is seen there as 240.1.1.20.
-/// (The encrypted tunnel between relayds replaces the plain underlay route in a later version.)
+/// `make demo`: two sites that both use 192.168.1.0/24. Each gateway runs the real relay-helper
+/// (CAP_NET_ADMIN only) and relayd (as an unprivileged uid); the relayds join the sites with an
+/// encrypted Noise IK tunnel over the underlay, and the helpers' prefix NAT makes A's 192.168.1.20
+/// reach B's 192.168.1.20 as 240.2.2.20, seen there as 240.1.1.20.
 struct DemoScenario {
     static let keptPrefix = "rdemo-"
     var keep: Bool
-
-    func P(_ s: String) -> IPPrefix { try! IPPrefix(parsing: s) }
 
     func say(_ s: String) { print(s); fflush(stdout) }
 
@@ -25,60 +21,50 @@ struct DemoScenario {
         }
     }
 
+    func indent(_ s: String) -> String { s.split(separator: "\n", omittingEmptySubsequences: false).map { "   " + $0 }.joined(separator: "\n") }
+
     func scenario(_ lab: Lab) throws {
-        say("== Relay demo: two sites that both use 192.168.1.0/24")
-        let a = try lab.host("siteA_host"), ga = try lab.host("siteA_gw"), u = try lab.host("underlay")
-        let gb = try lab.host("siteB_gw"), b = try lab.host("siteB_host")
-        try lab.link(a, "eth0", ["192.168.1.20/24"], ga, "lan0", ["192.168.1.1/24"])
-        try lab.link(b, "eth0", ["192.168.1.20/24", "192.168.1.77/24"], gb, "lan0", ["192.168.1.1/24"])
-        try lab.link(ga, "wan0", ["10.10.10.10/24"], u, "a0", ["10.10.10.1/24"])
-        try lab.link(gb, "wan0", ["10.20.20.20/24"], u, "b0", ["10.20.20.1/24"])
-        for g in [ga, gb, u] { try g.enableForwarding() }
-        try a.route("default", via: "192.168.1.1")
-        try b.route("default", via: "192.168.1.1")
-        try ga.route("default", via: "10.10.10.1")
-        try gb.route("default", via: "10.20.20.1")
-        try ga.route("240.2.2.0/24", via: "10.10.10.1")
-        try gb.route("240.1.1.0/24", via: "10.20.20.1")
-        try u.route("240.1.1.0/24", via: "10.10.10.10")
-        try u.route("240.2.2.0/24", via: "10.20.20.20")
-        say("   site A: host 192.168.1.20, gateway 192.168.1.1 / 10.10.10.10, virtual 240.1.1.0/24")
-        say("   site B: host 192.168.1.20 (+ .77), gateway 192.168.1.1 / 10.20.20.20, virtual 240.2.2.0/24")
+        say("== Relay demo: two sites that both use 192.168.1.0/24, joined by Relay")
+        let s = try SiteToSite(lab)
+        say("   site A: host 192.168.1.20 (+ .21, .77), gateway 192.168.1.1 / 10.10.10.10, virtual 240.1.1.0/24")
+        say("   site B: host 192.168.1.20 (+ .21, .77), gateway 192.168.1.1 / 10.20.20.20, virtual 240.2.2.0/24")
+        say("   the hosts are not reconfigured: their only route is the default via 192.168.1.1")
+        say("== starting relay-helper (CAP_NET_ADMIN only) and relayd (uid \(s.relaydUID), no privileges) on both gateways")
+        try s.start()
+        say(indent(try s.relayctl(s.gwA, s.socketA, ["status"]).stdout.trimmingCharacters(in: .newlines)))
+        say("== gateway A's nftables table, as relayd asked the helper to program it:")
+        say(indent(try s.gwA.run(["nft", "list", "table", "inet", "relay"]).stdout.trimmingCharacters(in: .newlines)))
+        say("== and its routes into the tunnel device:")
+        say(indent(try s.relayctl(s.gwA, s.socketA, ["routes"]).stdout.trimmingCharacters(in: .newlines)))
 
-        say("== starting relay-helper on both gateways (CAP_NET_ADMIN only, policy-checked)")
-        let ha = try HelperFixture.start(in: ga), hb = try HelperFixture.start(in: gb)
-        let stateA = NATState(dnat: [PrefixMapping(P("240.1.1.0/24"), P("192.168.1.0/24"))],
-                              snat: [PrefixMapping(P("192.168.1.0/24"), P("240.1.1.0/24"))], remote: [P("240.2.2.0/24")])
-        let stateB = NATState(dnat: [PrefixMapping(P("240.2.2.0/24"), P("192.168.1.0/24"))],
-                              snat: [PrefixMapping(P("192.168.1.0/24"), P("240.2.2.0/24"))], remote: [P("240.1.1.0/24")])
-        let ra = try HelperClient(path: ha.socketPath).apply(stateA)
-        let rb = try HelperClient(path: hb.socketPath).apply(stateB)
-        say("   applied: A \(ra.messages) netlink messages in one batch, B \(rb.messages)")
-        say("== gateway A's table, as the kernel holds it (nft list table inet relay):")
-        say(try ga.run(["nft", "list", "table", "inet", "relay"]).stdout)
-
-        try b.spawn(["socat", "TCP-LISTEN:8080,fork,reuseaddr", "SYSTEM:echo hello from B - you are $SOCAT_PEERADDR and reached $SOCAT_SOCKADDR"], label: "web")
-        try b.spawn(["socat", "UDP-RECVFROM:5353,fork,reuseaddr", "SYSTEM:echo udp from B sees $SOCAT_PEERADDR"], label: "udp")
-        try waitUntil("B's services") { let o = try b.run(["ss", "-lntuH"]).stdout; return o.contains(":8080") && o.contains(":5353") }
-
+        try SiteToSite.startWhoami(s.hostB)
+        try SiteToSite.startWhoami(s.hostA)
         say("== A's 192.168.1.20 pings B's 192.168.1.20 as 240.2.2.20")
-        say(try a.run(["ping", "-c2", "-i0.2", "240.2.2.20"]).stdout.split(separator: "\n").filter { $0.contains("bytes from") || $0.contains("packet loss") }.joined(separator: "\n"))
-        say("== TCP from A to 240.2.2.20 and 240.2.2.77 (host bits kept)")
-        for n in [20, 77] {
-            say("   " + (try a.run(["socat", "-T", "3", "-", "TCP:240.2.2.\(n):8080"], stdin: "").stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
+        say(indent(try s.hostA.run(["ping", "-c3", "-i0.2", "240.2.2.20"]).stdout.split(separator: "\n").filter { $0.contains("bytes from") || $0.contains("packet loss") }.joined(separator: "\n")))
+        say("== TCP from A: B's whoami service prints who it sees and which address was reached")
+        for (src, dst) in [(20, 20), (21, 77)] {
+            let out = try s.hostA.run(["socat", "-T", "3", "-", "TCP:240.2.2.\(dst):9001,bind=192.168.1.\(src)"], stdin: "").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            say("   A 192.168.1.\(src) -> 240.2.2.\(dst): B sees \(out.replacingOccurrences(of: " ", with: ", reached "))")
         }
-        say("== UDP from A to 240.2.2.20")
-        say("   " + (try a.run(["socat", "-T", "2", "-", "UDP:240.2.2.20:5353"], stdin: "x\n").stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
-        say("== conntrack on gateway B (the kernel keeps replies symmetric):")
-        say(try gb.run(["conntrack", "-L", "-p", "tcp"], check: false).stdout.split(separator: "\n").prefix(2).joined(separator: "\n"))
-        let obs = try HelperClient(path: hb.socketPath).observe()
-        say("== relay-helper on B reports: " + obs.table.chains.map { c in "\(c.name): " + c.rules.map { "\($0.packets) pkts" }.joined(separator: ", ") }.joined(separator: "; "))
+        say("== UDP from A to 240.2.2.20: B sees " + (try s.hostA.run(["socat", "-T", "2", "-", "UDP:240.2.2.20:9000"], stdin: "x\n").stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
+        say("== and the other way: B's 192.168.1.20 -> 240.1.1.20 over TCP: A sees " +
+            (try s.hostB.run(["socat", "-T", "3", "-", "TCP:240.1.1.20:9001"], stdin: "").stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
+        say("== relayctl peers on gateway A:")
+        say(indent(try s.relayctl(s.gwA, s.socketA, ["peers"]).stdout.trimmingCharacters(in: .newlines)))
+        say("== relayctl sessions on gateway A:")
+        say(indent(try s.relayctl(s.gwA, s.socketA, ["sessions"]).stdout.trimmingCharacters(in: .newlines)))
+        say("== relayctl sessions on gateway B:")
+        say(indent(try s.relayctl(s.gwB, s.socketB, ["sessions"]).stdout.trimmingCharacters(in: .newlines)))
         if keep {
+            let ctl = try Binaries.path("relayctl")
             say("""
 
             Left running. Try:
-              ip netns exec \(a.namespace) ping 240.2.2.20
-              ip netns exec \(gb.namespace) nft list table inet relay
+              ip netns exec \(s.hostA.namespace) ping 240.2.2.20
+              ip netns exec \(s.gwA.namespace) \(ctl) peers --socket \(s.socketA)
+              ip netns exec \(s.gwB.namespace) \(ctl) sessions --socket \(s.socketB)
+              ip netns exec \(s.gwB.namespace) nft list table inet relay
+              ip netns exec \(s.underlay.namespace) tcpdump -ni a0      # only UDP 51820 between the gateways
             Remove it with: make demo-clean
             """)
         } else {
