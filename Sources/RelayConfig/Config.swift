@@ -14,7 +14,8 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 /// relayd's TOML configuration (`/etc/relay/relayd.toml`; annotated example in contrib/relayd.toml).
 public enum ConfigFile {
     static let known: [String: [String]] = [
-        "": ["node", "site", "peer"],
+        "": ["node", "site", "peer", "sessions"],
+        "sessions": ["tcp_timeout", "udp_timeout", "icmp_timeout", "other_timeout", "max"],
         "node": ["name", "listen_port", "device", "mtu"],
         "site": ["name", "lan4", "virtual4", "virtual6"],
         "peer": ["name", "public_key", "endpoint", "site"],
@@ -76,6 +77,16 @@ public enum ConfigFile {
                 if let d = string(n, "device", "node") { cfg.node.device = d }
                 if let m = int(n, "mtu", "node", 0...1_000_000) { cfg.node.mtu = m }
             } else { err("node", "must be a table: [node]") }
+        }
+        if let v = root["sessions"] {
+            if let t = v.table {
+                checkKeys(t, "sessions", "sessions")
+                if let x = int(t, "tcp_timeout", "sessions", 1...864_000) { cfg.sessions.tcp = Double(x) }
+                if let x = int(t, "udp_timeout", "sessions", 1...864_000) { cfg.sessions.udp = Double(x) }
+                if let x = int(t, "icmp_timeout", "sessions", 1...864_000) { cfg.sessions.icmp = Double(x) }
+                if let x = int(t, "other_timeout", "sessions", 1...864_000) { cfg.sessions.other = Double(x) }
+                if let x = int(t, "max", "sessions", 16...10_000_000) { cfg.sessions.maxFlows = x }
+            } else { err("sessions", "must be a table: [sessions]") }
         }
         if let v = root["site"] {
             if let t = v.table { cfg.site = site(t, "site", own: true) } else { err("site", "must be a table: [site] (one own site)") }

@@ -147,6 +147,7 @@ public func configChanges(from old: RelayConfiguration, to new: RelayConfigurati
     for p in new.peers where oldPeers[p.name] == nil { out.append("peer \(p.name) added") }
     for p in old.peers where newPeers[p.name] == nil { out.append("peer \(p.name) removed") }
     for p in new.peers { if let o = oldPeers[p.name], o != p { out.append("peer \(p.name) changed") } }
+    if old.sessions != new.sessions { out.append("sessions: timeouts/cap changed") }
     return out
 }
 

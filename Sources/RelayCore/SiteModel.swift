@@ -72,8 +72,10 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
     public var node: NodeConfig
     public var site: SiteConfig?
     public var peers: [PeerConfig]
-    public init(node: NodeConfig = NodeConfig(), site: SiteConfig? = nil, peers: [PeerConfig] = []) {
-        self.node = node; self.site = site; self.peers = peers
+    /// Session bookkeeping: idle timeouts per protocol and the table's cap.
+    public var sessions: FlowLimits
+    public init(node: NodeConfig = NodeConfig(), site: SiteConfig? = nil, peers: [PeerConfig] = [], sessions: FlowLimits = FlowLimits()) {
+        self.node = node; self.site = site; self.peers = peers; self.sessions = sessions
     }
 }
 

@@ -71,6 +71,7 @@ public final class Daemon: @unchecked Sendable {
     public func start() throws {
         let cfg = currentConfig
         tunnel.configure(cfg)
+        flows.setLimits(cfg.sessions)
         try tunnel.start(port: cfg.node.listenPort)
         helper.start()
         helper.setDesired(cfg.desiredKernelState)
@@ -101,6 +102,7 @@ public final class Daemon: @unchecked Sendable {
             helper.setDesired(loaded.0.desiredKernelState)
         }
         tunnel.configure(loaded.0)
+        flows.setLimits(loaded.0.sessions)
         if loaded.0.node.listenPort != old.node.listenPort {
             logger.warning("node.listen_port changed: it takes effect when relayd restarts")
         }

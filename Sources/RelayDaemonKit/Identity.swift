@@ -13,7 +13,10 @@ public struct NodeIdentity: @unchecked Sendable {
 
     public var privateKeyBase64: String { privateKey.rawRepresentation.base64EncodedString() }
 
-    public struct Failure: Error, CustomStringConvertible { public var description: String }
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+        public init(description: String) { self.description = description }
+    }
 
     /// Parses a base64 private key (what `relayctl keygen` prints).
     public static func parse(_ text: String) throws -> NodeIdentity {
