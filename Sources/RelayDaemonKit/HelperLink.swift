@@ -33,8 +33,11 @@ public final class HelperLink: @unchecked Sendable {
     /// The TUN fd (or -1), for the packet path.
     public var tunDescriptor: Int32 { lock.lock(); defer { lock.unlock() }; return deviceFD }
 
+    let running = DispatchGroup()
+
     public func start() {
-        let t = Thread { [self] in run() }
+        running.enter()
+        let t = Thread { [self] in run(); running.leave() }
         t.name = "helper-link"
         thread = t
         t.start()
@@ -45,6 +48,7 @@ public final class HelperLink: @unchecked Sendable {
         stopped = true
         lock.broadcast()
         lock.unlock()
+        _ = running.wait(timeout: .now() + 5)
         callLock.lock()
         client = nil
         if deviceFD >= 0 { close(deviceFD); deviceFD = -1 }

@@ -133,15 +133,22 @@ public final class TunnelService: @unchecked Sendable {
         socketFD = s
         self.port = UInt16(bigEndian: bound.sin6_port)
         for (name, body) in [("tunnel-udp", udpLoop), ("tunnel-tun", tunLoop), ("tunnel-timers", timerLoop)] as [(String, () -> Void)] {
-            let t = Thread(block: body)
+            running.enter()
+            let group = running
+            let t = Thread { body(); group.leave() }
             t.name = name
             t.start()
         }
         logger.info("peer tunnels on UDP port \(self.port)")
     }
 
+    let running = DispatchGroup()
+
+    /// Stops the loops and waits for them to finish (each wakes within 250 ms), then closes the socket.
     public func stop() {
         lock.lock(); stopped = true; lock.unlock()
+        _ = running.wait(timeout: .now() + 2)
+        if socketFD >= 0 { close(socketFD); socketFD = -1 }
     }
 
     var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
