@@ -64,9 +64,11 @@ public struct StatusResponse: Codable, Equatable, Sendable {
     public var peers: Int
     /// The UDP port the peer tunnels listen on.
     public var tunnelPort: UInt16?
+    /// Drops and handshakes on the tunnel path.
+    public var tunnel: TunnelCounters?
     public init(version: String, nodeName: String, publicKey: String, startedAt: Date, uptimeSeconds: Double, config: ConfigStatus,
-                helper: HelperLinkStatus, sites: Int, peers: Int, tunnelPort: UInt16? = nil) {
-        self.tunnelPort = tunnelPort
+                helper: HelperLinkStatus, sites: Int, peers: Int, tunnelPort: UInt16? = nil, tunnel: TunnelCounters? = nil) {
+        self.tunnelPort = tunnelPort; self.tunnel = tunnel
         self.version = version; self.nodeName = nodeName; self.publicKey = publicKey; self.startedAt = startedAt; self.uptimeSeconds = uptimeSeconds
         self.config = config; self.helper = helper; self.sites = sites; self.peers = peers
     }
@@ -183,3 +185,11 @@ public struct SessionView: Codable, Equatable, Sendable {
     public var site: String?
     public init(flow: FlowView, localReal: String?, site: String?) { self.flow = flow; self.localReal = localReal; self.site = site }
 }
+
+/// Counters of everything dropped on the tunnel path (never a crash, never an answer to strangers).
+public struct TunnelCounters: Codable, Equatable, Sendable {
+    public var malformed = 0, unknownIndex = 0, authFailed = 0, unknownPeer = 0, replayedInitiation = 0
+    public var spoofedSource = 0, noRoute = 0, queueOverflow = 0, handshakesSent = 0, handshakesCompleted = 0
+    public init() {}
+}
+

@@ -16,6 +16,9 @@ final class TunnelPeer {
     var prefixes: [IPPrefix]
     var current: TunnelSession?
     var previous: TunnelSession?
+    /// Responder side: a new session not used for sending until the initiator's first packet on it
+    /// arrives (otherwise we could send on keys the initiator has not installed yet).
+    var next: TunnelSession?
     var pending: (initiator: Noise.Initiator, index: UInt32, sentAt: Double, firstAt: Double)?
     var queue: [[UInt8]] = []
     var lastInitiationStamp: UInt64 = 0
@@ -25,17 +28,14 @@ final class TunnelPeer {
     var rxBytes: UInt64 = 0, txBytes: UInt64 = 0, rxPackets: UInt64 = 0, txPackets: UInt64 = 0
     var latency: Double?
     var nextRetry: Double = 0
+    /// When we started sending without hearing back (WireGuard: new handshake after 15 s of that).
+    var unansweredSince: Double?
+    /// Responder side: when our response went out, and for which session (latency on first data).
+    var responseSentAt: (index: UInt32, at: Double)?
 
     init(name: String, publicKey: [UInt8], endpoint: sockaddr_in6?, prefixes: [IPPrefix]) {
         self.name = name; self.publicKey = publicKey; self.endpoint = endpoint; self.prefixes = prefixes
     }
-}
-
-/// Counters of everything dropped on the tunnel path (never a crash, never an answer to strangers).
-public struct TunnelCounters: Codable, Equatable, Sendable {
-    public var malformed = 0, unknownIndex = 0, authFailed = 0, unknownPeer = 0, replayedInitiation = 0
-    public var spoofedSource = 0, noRoute = 0, queueOverflow = 0, handshakesSent = 0, handshakesCompleted = 0
-    public init() {}
 }
 
 /// The packet path between the TUN device and the peers: Noise IK sessions over UDP.
@@ -106,7 +106,7 @@ public final class TunnelService: @unchecked Sendable {
         peers = next
         byIndex = [:]
         for p in peers {
-            for s in [p.current, p.previous].compactMap({ $0 }) { byIndex[s.localIndex] = p }
+            for s in [p.current, p.previous, p.next].compactMap({ $0 }) { byIndex[s.localIndex] = p }
             if let pend = p.pending { byIndex[pend.index] = p }
         }
     }
@@ -140,6 +140,12 @@ public final class TunnelService: @unchecked Sendable {
             t.start()
         }
         logger.info("peer tunnels on UDP port \(self.port)")
+        // Say hello to every peer we know how to reach: after a restart the peers learn at once that
+        // our old sessions are gone (instead of after their 15-second no-answer timer).
+        lock.lock()
+        let now = clock()
+        for p in peers where p.endpoint != nil && p.current == nil && p.pending == nil { initiate(p, now: now) }
+        lock.unlock()
     }
 
     let running = DispatchGroup()
@@ -208,6 +214,7 @@ public final class TunnelService: @unchecked Sendable {
             let wire = s.seal(pkt)
             peer.current = s
             peer.lastSent = now; peer.txBytes += UInt64(pkt.count); peer.txPackets += 1
+            if peer.unansweredSince == nil { peer.unansweredSince = now }
             let rekey = s.wantsRekey(now: now) && peer.pending == nil
             lock.unlock()
             send(wire, to: ep)
@@ -267,9 +274,18 @@ public final class TunnelService: @unchecked Sendable {
         guard let (m2, transport) = try? r.writeMessage2() else { counters.authFailed += 1; return }
         peer.lastInitiationStamp = stamp
         let index = freshIndex()
-        install(peer, TunnelSession(localIndex: index, remoteIndex: sender, transport: transport, createdAt: now, isInitiator: false), now: now)
+        let session = TunnelSession(localIndex: index, remoteIndex: sender, transport: transport, createdAt: now, isInitiator: false)
+        if peer.current == nil {
+            install(peer, session, now: now)  // nothing to keep sending on: use it at once
+        } else {
+            if let old = peer.next { byIndex[old.localIndex] = nil }
+            peer.next = session
+            byIndex[index] = peer
+            peer.lastHandshake = now
+        }
         peer.endpoint = from
         counters.handshakesCompleted += 1
+        peer.responseSentAt = (index, now)
         send(TunnelMessage.response(sender: index, receiver: sender, noise: m2), to: from)
         flushQueue(peer, now: now)
     }
@@ -320,10 +336,23 @@ public final class TunnelService: @unchecked Sendable {
             plaintext = s.open(counter: counter, ct, now: now); peer.current = s
         } else if var s = peer.previous, s.localIndex == receiver {
             plaintext = s.open(counter: counter, ct, now: now); peer.previous = s
+        } else if var s = peer.next, s.localIndex == receiver {
+            plaintext = s.open(counter: counter, ct, now: now)
+            if plaintext != nil {
+                // Confirmed by the initiator: it becomes the session we send on.
+                peer.next = nil
+                install(peer, s, now: s.createdAt)
+            } else { peer.next = s }
         }
         guard let pt = plaintext else { counters.authFailed += 1; lock.unlock(); return }
         peer.endpoint = from  // roaming: the last authenticated source
         peer.lastReceived = now
+        peer.unansweredSince = nil
+        if let r = peer.responseSentAt, r.index == receiver {
+            // The initiator confirms a new session at once: response-to-first-data is a round trip.
+            peer.latency = now - r.at
+            peer.responseSentAt = nil
+        }
         if pt.isEmpty { lock.unlock(); return }  // keepalive
         // The inner source must belong to this peer's sites: no peer may speak for another site.
         guard let (src, _) = IPHeader.addresses(pt[...]), peer.prefixes.contains(where: { $0.contains(src) }) else {
@@ -353,8 +382,14 @@ public final class TunnelService: @unchecked Sendable {
                     initiate(peer, now: now)
                 }
             }
+            if let since = peer.unansweredSince, now - since >= TunnelLimits.keepaliveTimeout + TunnelLimits.rekeyTimeout, peer.pending == nil {
+                // We keep sending and hear nothing back: the peer may have restarted and lost our session.
+                peer.unansweredSince = nil
+                initiate(peer, now: now)
+            }
             if let s = peer.current, s.expired(now: now) { byIndex[s.localIndex] = nil; peer.current = nil }
             if let s = peer.previous, s.expired(now: now) { byIndex[s.localIndex] = nil; peer.previous = nil }
+            if let s = peer.next, s.expired(now: now) { byIndex[s.localIndex] = nil; peer.next = nil }
             // Passive keepalive: we heard from the peer but have not said anything for a while.
             if var s = peer.current, let ep = peer.endpoint, peer.lastReceived > peer.lastSent, now - peer.lastSent >= TunnelLimits.keepaliveTimeout {
                 send(s.seal([][...]), to: ep); peer.current = s; peer.lastSent = now
@@ -384,7 +419,7 @@ public final class TunnelService: @unchecked Sendable {
 extension TunnelPeer {
     /// Carries runtime state over from the same peer in the previous configuration.
     func adopting(_ old: TunnelPeer) -> TunnelPeer {
-        current = old.current; previous = old.previous; pending = old.pending; queue = old.queue
+        current = old.current; previous = old.previous; next = old.next; pending = old.pending; queue = old.queue
         lastInitiationStamp = old.lastInitiationStamp; lastSent = old.lastSent; lastReceived = old.lastReceived
         lastHandshake = old.lastHandshake; rxBytes = old.rxBytes; txBytes = old.txBytes; rxPackets = old.rxPackets
         txPackets = old.txPackets; latency = old.latency; nextRetry = old.nextRetry

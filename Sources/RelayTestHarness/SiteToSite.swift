@@ -61,7 +61,7 @@ public final class SiteToSite {
     }
 
     /// Starts both helpers and both relayds; waits until each relayd has applied its state.
-    public func start() throws {
+    public func start(extraConfig: String = "") throws {
         let ka = try SiteToSite.keygen(), kb = try SiteToSite.keygen()
         let policy = HelperFixture.policy(clients: [0, relaydUID])
         helperA = try HelperFixture.start(in: gwA, policy: policy)
@@ -71,8 +71,8 @@ public final class SiteToSite {
                                      peerEndpoint: "10.20.20.20:51820", peerSite: "B", peerVirtual4: "240.2.2.0/24", peerVirtual6: "64:ff9b:2222::/96")
         let cfgB = SiteToSite.config(name: "gw-b", site: "B", virtual4: "240.2.2.0/24", virtual6: "64:ff9b:2222::/96", peerName: "gw-a", peerKey: ka.pub,
                                      peerEndpoint: "10.10.10.10:51820", peerSite: "A", peerVirtual4: "240.1.1.0/24", peerVirtual6: "64:ff9b:1111::/96")
-        relaydA = try startRelayd(gwA, site: "A", key: ka.priv, config: cfgA, helper: helperA)
-        relaydB = try startRelayd(gwB, site: "B", key: kb.priv, config: cfgB, helper: helperB)
+        relaydA = try startRelayd(gwA, site: "A", key: ka.priv, config: cfgA + "\n" + extraConfig, helper: helperA)
+        relaydB = try startRelayd(gwB, site: "B", key: kb.priv, config: cfgB + "\n" + extraConfig, helper: helperB)
         for (gw, sock, p) in [(gwA, socketA, relaydA!), (gwB, socketB, relaydB!)] {
             try waitUntil("relayd on \(gw.name) applied its state", timeout: 20) {
                 if !p.isRunning { throw HarnessError("relayd on \(gw.name) exited: \(p.log())") }
@@ -81,6 +81,13 @@ public final class SiteToSite {
                 return out.contains("\"lastAppliedAt\"") && out.contains("\"connected\" : true")
             }
         }
+    }
+
+    /// Starts relayd A again with its existing state and config (after a crash).
+    public func restartRelaydA() throws {
+        let d = dir("A")
+        relaydA = try gwA.spawn([try Binaries.path("relayd"), "--config", d + "/relayd.toml", "--state-dir", d + "/state", "--socket", d + "/relayd.sock",
+                                 "--helper-socket", helperA.socketPath, "--log-level", "debug"], label: "relayd-A-2", as: relaydUID)
     }
 
     func startRelayd(_ gw: LabHost, site: String, key: String, config: String, helper: HelperFixture) throws -> LabProcess {

@@ -18,7 +18,10 @@ struct SiteToSiteTests {
             // Capture the underlay at the router while everything happens.
             let pcap = lab.logDirectory.appendingPathComponent("underlay.pcap").path
             let dump = try s.underlay.spawn(["tcpdump", "-i", "a0", "-U", "-n", "-w", pcap], label: "tcpdump")
-            try waitUntil("tcpdump running") { FileManager.default.fileExists(atPath: pcap) }
+            try waitUntil("the capture runs", timeout: 10) {
+                _ = try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false)
+                return ((try? FileManager.default.attributesOfItem(atPath: pcap)[.size] as? Int) ?? 0) > 100
+            }
 
             // A -> B: ping, then TCP and UDP, with host numbers kept both sides.
             let ping = try s.hostA.run(["ping", "-c3", "-i0.2", "-W2", "240.2.2.20"], check: false)
@@ -68,6 +71,97 @@ struct SiteToSiteTests {
             #expect(sessions.sessions.contains { $0.flow.proto == "icmp" })
             let human = try s.relayctl(s.gwB, s.socketB, ["sessions", "--host", "192.168.1.20"])
             #expect(human.status == 0 && human.stdout.contains("240.1.1.20"))
+        }
+    }
+}
+
+extension SiteToSiteTests {
+    func status(_ s: SiteToSite) throws -> StatusResponse {
+        try ControlJSON.decoder().decode(StatusResponse.self, from: Data(try s.relayctl(s.gwA, s.socketA, ["status", "--json"]).stdout.utf8))
+    }
+    func sessions(_ s: SiteToSite) throws -> SessionsResponse {
+        try ControlJSON.decoder().decode(SessionsResponse.self, from: Data(try s.relayctl(s.gwA, s.socketA, ["sessions", "--json"]).stdout.utf8))
+    }
+
+    @Test("a third party's garbage, forged and replayed datagrams get no answer and change nothing; kill -9 relayd and restart: traffic resumes without duplicates; idle flows expire; a flood stays within the cap")
+    func robustness() throws {
+        try KernelGate.check()
+        try Lab.with("s2s-robust") { lab in
+            let s = try SiteToSite(lab)
+            try s.start(extraConfig: "[sessions]\nudp_timeout = 3\nmax = 64\n")
+            #expect(try s.hostA.run(["ping", "-c2", "-i0.2", "-W2", "240.2.2.20"], check: false).succeeded)
+
+            // Capture tunnel traffic at the router, then replay it from there (a third party on the underlay).
+            let pcap = lab.logDirectory.appendingPathComponent("u.pcap").path
+            let dump = try s.underlay.spawn(["tcpdump", "-i", "a0", "-U", "-n", "-w", pcap, "udp"], label: "tcpdump")
+            // tcpdump writes its file header before it captures: ping until packets land in the file.
+            try waitUntil("the capture sees tunnel traffic", timeout: 10) {
+                _ = try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false)
+                return ((try? FileManager.default.attributesOfItem(atPath: pcap)[.size] as? Int) ?? 0) > 400
+            }
+            let before = try status(s).tunnel!
+            let attack = """
+            import socket, struct, sys, os
+            data = open(sys.argv[1], 'rb').read()
+            off, pkts, seen = 24, [], []
+            while off + 16 <= len(data):
+                incl = struct.unpack('<I', data[off+8:off+12])[0]
+                frame = data[off+16:off+16+incl]; off += 16 + incl
+                ihl = (frame[14] & 15) * 4
+                udp = frame[14+ihl:]
+                seen.append(socket.inet_ntoa(frame[14+12:14+16]))
+                if len(udp) > 8 and frame[14+12:14+16] == socket.inet_aton('10.20.20.20'):
+                    pkts.append(udp[8:])
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(('10.10.10.1', 40000))
+            for p in pkts: s.sendto(p, ('10.10.10.10', 51820))            # replays of B's datagrams
+            s.sendto(b'\\xc1\\x00\\x00\\x00' + os.urandom(108), ('10.10.10.10', 51820))  # forged initiation
+            s.sendto(b'\\xc4\\x00\\x00\\x00' + os.urandom(60), ('10.10.10.10', 51820))   # forged data
+            s.sendto(b'GET / HTTP/1.0\\r\\n\\r\\n', ('10.10.10.10', 51820))                 # garbage
+            s.settimeout(1.0)
+            try:
+                s.recvfrom(2048); print('ANSWERED')
+            except socket.timeout:
+                print('silence', len(pkts))
+            print(len(data), seen[:5], file=sys.stderr)
+            """
+            usleep(300_000)
+            let out = try s.underlay.run(["python3", "-c", attack, pcap], check: false)
+            dump.signal(SIGINT); _ = try? dump.waitForExit(timeout: 5)
+            #expect(out.stdout.hasPrefix("silence"), "\(out.stdout) \(out.stderr)")
+            let replayed = Int(out.stdout.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "0") ?? 0
+            #expect(replayed >= 3, "replayed \(replayed) captured datagrams: \(out.stderr)")
+            let after = try status(s).tunnel!
+            #expect(after.malformed > before.malformed && after.authFailed >= before.authFailed + replayed, "before \(before) after \(after)")
+            #expect(after.handshakesCompleted == before.handshakesCompleted, "a forged or replayed handshake made a session")
+            #expect(try s.hostA.run(["ping", "-c2", "-i0.2", "-W2", "240.2.2.20"], check: false).succeeded, "flows continue")
+
+            // Idle UDP flows leave after udp_timeout = 3 s; a flood of distinct flows stays within max = 64.
+            try SiteToSite.startWhoami(s.hostB)
+            _ = try s.hostA.run(["socat", "-T", "2", "-", "UDP:240.2.2.20:9000"], stdin: "x\n")
+            #expect(try sessions(s).sessions.contains { $0.flow.proto == "udp" })
+            try waitUntil("idle UDP flows expire", timeout: 10) { try !sessions(s).sessions.contains { $0.flow.proto == "udp" } }
+            try s.hostA.run(["bash", "-c", "for p in $(seq 20000 20199); do echo x > /dev/udp/240.2.2.20/$p; done"])
+            try waitUntil("flood counted", timeout: 5) { try sessions(s).stats.created >= 200 }
+            let st = try sessions(s).stats
+            #expect(st.active <= 64 && st.evicted >= 136, "\(st)")
+
+            // kill -9 relayd on A, start it again: the helper keeps its objects, relayd re-attaches.
+            func table() throws -> String {
+                // Handles and rules as they are; counter values move with traffic.
+                try s.gwA.run(["nft", "-a", "list", "table", "inet", "relay"]).stdout
+                    .replacingOccurrences(of: #"packets \d+ bytes \d+"#, with: "packets N bytes N", options: .regularExpression)
+            }
+            let tables = try table()
+            s.relaydA.signal(SIGKILL)
+            _ = try s.relaydA.waitForExit()
+            try s.restartRelaydA()
+            try waitUntil("relayd A back", timeout: 20) { (try? status(s).helper.lastAppliedAt) != nil }
+            try waitUntil("traffic resumes A -> B", timeout: 20) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
+            try waitUntil("traffic resumes B -> A", timeout: 20) { try s.hostB.run(["ping", "-c1", "-W1", "240.1.1.20"], check: false).succeeded }
+            #expect(try s.gwA.ipJSON("-d", "link", "show", "type", "tun").count == 1, "one TUN device")
+            #expect(try s.gwA.ipJSON("route", "show", "proto", "196").count == 1)
+            #expect(try table() == tables, "the table is untouched (same handles, no duplicates)")
         }
     }
 }

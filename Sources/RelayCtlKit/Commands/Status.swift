@@ -22,6 +22,10 @@ struct Status: ParsableCommand {
             if let e = s.helper.lastError { lines.append("          last error: \(e)") }
             if let d = s.helper.device { lines.append("device    \(d)") }
             lines.append("sites     \(s.sites)   peers \(s.peers)")
+            if let t = s.tunnel {
+                lines.append("tunnel    UDP \(s.tunnelPort.map(String.init) ?? "-"); handshakes \(t.handshakesCompleted) completed / \(t.handshakesSent) sent")
+                lines.append("          dropped: \(t.malformed) malformed, \(t.authFailed) unauthenticated, \(t.unknownIndex) unknown index, \(t.unknownPeer) unknown peer, \(t.replayedInitiation) replayed handshakes, \(t.spoofedSource) spoofed sources, \(t.noRoute) without a route, \(t.queueOverflow) queue overflow")
+            }
             print(lines.joined(separator: "\n"))
         }
     }
