@@ -38,9 +38,11 @@ test-unit:
 test-component:
 	$(TEST_ENV) $(SWIFT) test --skip-build --filter RelayComponentTests
 test-kernel:
+	@ip netns list 2>/dev/null | awk '/^rlab-/ {print $$1}' | sort > .kernel-netns-before || true
 	$(TEST_ENV) $(SWIFT) test --skip-build --no-parallel --filter RelayKernelTests
-	@left=$$(ip netns list 2>/dev/null | grep -c '^rlab-' || true); \
-	if [ "$$left" != 0 ]; then echo "kernel tests left $$left namespace(s) behind:"; ip netns list | grep '^rlab-'; exit 1; fi
+	@ip netns list 2>/dev/null | awk '/^rlab-/ {print $$1}' | sort > .kernel-netns-after || true; \
+	left=$$(comm -13 .kernel-netns-before .kernel-netns-after); rm -f .kernel-netns-before .kernel-netns-after; \
+	if [ -n "$$left" ]; then echo "kernel tests left namespace(s) behind:"; echo "$$left"; exit 1; fi
 
 bench: build
 	$(SWIFT) build -c release --product relay-lab
