@@ -66,9 +66,11 @@ public struct StatusResponse: Codable, Equatable, Sendable {
     public var tunnelPort: UInt16?
     /// Drops and handshakes on the tunnel path.
     public var tunnel: TunnelCounters?
+    /// Session bookkeeping totals.
+    public var sessions: FlowStats?
     public init(version: String, nodeName: String, publicKey: String, startedAt: Date, uptimeSeconds: Double, config: ConfigStatus,
-                helper: HelperLinkStatus, sites: Int, peers: Int, tunnelPort: UInt16? = nil, tunnel: TunnelCounters? = nil) {
-        self.tunnelPort = tunnelPort; self.tunnel = tunnel
+                helper: HelperLinkStatus, sites: Int, peers: Int, tunnelPort: UInt16? = nil, tunnel: TunnelCounters? = nil, sessions: FlowStats? = nil) {
+        self.tunnelPort = tunnelPort; self.tunnel = tunnel; self.sessions = sessions
         self.version = version; self.nodeName = nodeName; self.publicKey = publicKey; self.startedAt = startedAt; self.uptimeSeconds = uptimeSeconds
         self.config = config; self.helper = helper; self.sites = sites; self.peers = peers
     }

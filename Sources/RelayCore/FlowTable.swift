@@ -144,6 +144,11 @@ public final class FlowTable: @unchecked Sendable {
         cursor = max(c, target)
     }
 
+    public func stats() -> FlowStats {
+        lock.lock(); defer { lock.unlock() }
+        return FlowStats(active: flows.count, created: created, expired: expiredCount, evicted: evicted, maxFlows: limits.maxFlows)
+    }
+
     public func snapshot() -> ([FlowView], FlowStats) {
         lock.lock(); defer { lock.unlock() }
         func name(_ p: UInt8) -> String { [1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"][p] ?? "ip/\(p)" }

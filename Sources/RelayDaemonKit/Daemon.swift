@@ -115,7 +115,7 @@ public final class Daemon: @unchecked Sendable {
         return StatusResponse(version: RelayVersion.string, nodeName: config.node.name, publicKey: identity.publicKeyBase64, startedAt: startedAt,
                               uptimeSeconds: Date().timeIntervalSince(startedAt), config: configStatus, helper: helper.snapshot,
                               sites: (config.site == nil ? 0 : 1) + config.peers.reduce(0) { $0 + $1.sites.count }, peers: config.peers.count,
-                              tunnelPort: tunnel.port, tunnel: tunnel.countersSnapshot())
+                              tunnelPort: tunnel.port, tunnel: tunnel.countersSnapshot(), sessions: flows.stats())
     }
 
     public func sites() -> SitesResponse {

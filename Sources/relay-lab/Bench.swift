@@ -10,11 +10,14 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run the benchmarks and print a table of ratios against anchors measured in the same run.")
     @Option(help: "Map sizes to measure.") var sizes: [Int] = [10_000, 100_000]
     @Option(help: "Repetitions per measurement (the median is reported).") var repeats = 3
+    @Flag(help: "Skip the site-to-site path benchmark.") var noPaths = false
+    @Flag(help: "Skip the helper apply benchmark.") var noApply = false
+    @Option(help: "Flow counts for relayd's memory figures.") var memoryFlows: [Int] = [10_000, 100_000]
 
     func run() throws {
         print("Relay benchmarks (\(ProcessInfo.processInfo.activeProcessorCount) cores); median of \(repeats)")
         var rows: [(String, Double, Double)] = []
-        try Lab.with("bench") { lab in
+        if !noApply { try Lab.with("bench") { lab in
             let gw = try lab.host("gw"), ref = try lab.host("ref")
             let helper = try HelperFixture.start(in: gw)
             for n in sizes {
@@ -47,11 +50,39 @@ struct Bench: ParsableCommand {
             if ProcessInfo.processInfo.environment["RELAY_BENCH_VERBOSE"] == "1" {
                 print(helper.process.log().split(separator: "\n").filter { $0.contains(" ms") }.joined(separator: "\n"))
             }
-        }
+        } }
         print("")
         print(pad("benchmark", 40) + pad("relay-helper", 14) + pad("anchor: nft -f", 16) + "ratio (anchor/relay, >1 = faster)")
         for (name, r, a) in rows {
             print(pad(name, 40) + pad(String(format: "%.3f s", r), 14) + pad(String(format: "%.3f s", a), 16) + String(format: "%.2fx", a / r))
+        }
+        if !noPaths { try paths() }
+    }
+
+    func paths() throws {
+        print("")
+        print("Site to site, host A to host B (iperf3 3 s, ping x30, TCP 1-byte request/response 2 s):")
+        let relay = try Lab.with("bench-relay") { lab -> (PathBench.Figures, [(Int, Int, Double)]) in
+            let (f, s) = try PathBench.relayPath(lab)
+            return (f, try PathBench.memory(s, flows: memoryFlows))
+        }
+        let kernel = try Lab.with("bench-kernel") { try PathBench.kernelPath($0) }
+        let stunnel = try Lab.with("bench-stunnel") { try PathBench.stunnelPath($0) }
+        func v(_ x: Double?, _ fmt: String) -> String { x.map { String(format: fmt, $0) } ?? "-" }
+        func ratio(_ a: Double?, _ b: Double?) -> String { (a != nil && b != nil && b! > 0) ? String(format: "%.2fx", a! / b!) : "-" }
+        print(pad("metric", 30) + pad("Relay", 12) + pad("kernel+NAT", 12) + pad("stunnel", 12) + pad("Relay/kernel", 14) + "Relay/stunnel")
+        let r = relay.0
+        print(pad("TCP Gbit/s", 30) + pad(v(r.tcpGbps, "%.2f"), 12) + pad(v(kernel.tcpGbps, "%.2f"), 12) + pad(v(stunnel?.tcpGbps, "%.2f"), 12)
+              + pad(ratio(r.tcpGbps, kernel.tcpGbps), 14) + ratio(r.tcpGbps, stunnel?.tcpGbps))
+        print(pad("UDP Gbit/s (received)", 30) + pad(v(r.udpGbps, "%.2f"), 12) + pad(v(kernel.udpGbps, "%.2f"), 12) + pad("-", 12)
+              + pad(ratio(r.udpGbps, kernel.udpGbps), 14) + "-")
+        print(pad("ping RTT ms (lower is better)", 30) + pad(v(r.rttMs, "%.3f"), 12) + pad(v(kernel.rttMs, "%.3f"), 12) + pad("-", 12)
+              + pad(ratio(r.rttMs, kernel.rttMs), 14) + "-")
+        print(pad("TCP request/response per s", 30) + pad(v(r.rrPerSec, "%.0f"), 12) + pad(v(kernel.rrPerSec, "%.0f"), 12) + pad(v(stunnel?.rrPerSec, "%.0f"), 12)
+              + pad(ratio(r.rrPerSec, kernel.rrPerSec), 14) + ratio(r.rrPerSec, stunnel?.rrPerSec))
+        print("goals: TCP above the stunnel pair (Relay/stunnel > 1); RTT under 2x the kernel path's")
+        for (n, active, mb) in relay.1 {
+            print(pad("relayd peak RSS, \(n) flows", 30) + String(format: "%.1f MiB (%d tracked)", mb, active))
         }
     }
 

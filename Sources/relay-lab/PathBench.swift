@@ -1,0 +1,142 @@
+import Foundation
+import RelayCore
+import RelayIPC
+import RelayTestHarness
+
+/// The site-to-site path benchmark: host A to host B through Relay, against anchors measured in the
+/// same run on the same kind of topology: (a) plain kernel routing with the same prefix NAT and no
+/// tunnel, (b) a TLS tunnel made of two stunnel processes.
+struct PathBench {
+    struct Figures { var tcpGbps: Double?; var udpGbps: Double?; var rttMs: Double?; var rrPerSec: Double? }
+
+    static let rrScript = """
+    import socket, sys, time
+    if sys.argv[1] == 'server':
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', int(sys.argv[2]))); s.listen(8)
+        while True:
+            c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while True:
+                d = c.recv(64)
+                if not d: break
+                c.sendall(d)
+    else:
+        c = socket.create_connection((sys.argv[2], int(sys.argv[3]))); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        n, t0 = 0, time.time()
+        while time.time() - t0 < float(sys.argv[4]) and n < 200000:
+            c.sendall(b'x'); c.recv(64); n += 1
+        print(n / (time.time() - t0))
+    """
+
+    /// iperf3 TCP and UDP, ping RTT, TCP request/response from `client` to `server` reached as `address`.
+    static func measure(client: LabHost, server: LabHost, address: String, port: Int = 5201, udp: Bool = true, seconds: Int = 3) throws -> Figures {
+        var f = Figures()
+        let srv = try server.spawn(["iperf3", "-s", "-p", String(port)], label: "iperf3-\(port)")
+        try server.spawn(["python3", "-c", rrScript, "server", String(port + 100)], label: "rr-\(port)")
+        try waitUntil("iperf3 server") { try server.run(["ss", "-lntH"]).stdout.contains(":\(port) ") }
+        defer { srv.stop() }
+        func bps(_ json: String, _ key: String) -> Double? {
+            guard let o = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+                  let end = o["end"] as? [String: Any], let s = end[key] as? [String: Any] else { return nil }
+            return s["bits_per_second"] as? Double
+        }
+        let tcp = try client.run(["iperf3", "-c", address, "-p", String(port), "-t", String(seconds), "-J"], timeout: Double(seconds + 20), check: false)
+        f.tcpGbps = bps(tcp.stdout, "sum_received").map { $0 / 1e9 }
+        if udp {
+            let u = try client.run(["iperf3", "-u", "-b", "0", "-l", "1300", "-c", address, "-p", String(port), "-t", String(seconds), "-J"], timeout: Double(seconds + 20), check: false)
+            f.udpGbps = bps(u.stdout, "sum").map { $0 / 1e9 }
+            // (iperf3's UDP "sum" on the client side is what the server received, per its report.)
+        }
+        let ping = try client.run(["ping", "-c", "30", "-i", "0.02", "-q", address], check: false).stdout
+        if let line = ping.split(separator: "\n").first(where: { $0.contains("rtt") }),
+           let avg = line.split(separator: "=").last?.split(separator: "/").dropFirst().first { f.rttMs = Double(avg) }
+        try waitUntil("rr server") { try server.run(["ss", "-lntH"]).stdout.contains(":\(port + 100) ") }
+        let rr = try client.run(["python3", "-c", rrScript, "client", address, String(port + 100), "2"], timeout: 20, check: false).stdout
+        f.rrPerSec = Double(rr.trimmingCharacters(in: .whitespacesAndNewlines))
+        return f
+    }
+
+    /// The kernel anchor: the same sites and prefix NAT, routed over the underlay without a tunnel.
+    static func kernelPath(_ lab: Lab) throws -> Figures {
+        let s = try SiteToSite(lab, extraHostNumbers: [])
+        let policy = HelperFixture.policy()
+        let ha = try HelperFixture.start(in: s.gwA, policy: policy, name: "kh"), hb = try HelperFixture.start(in: s.gwB, policy: policy, name: "kh")
+        func P(_ x: String) -> IPPrefix { IPPrefix(x)! }
+        try HelperClient(path: ha.socketPath).apply(NATState(dnat: [PrefixMapping(P("240.1.1.0/24"), P("192.168.1.0/24"))],
+                                                            snat: [PrefixMapping(P("192.168.1.0/24"), P("240.1.1.0/24"))], remote: [P("240.2.2.0/24")]))
+        try HelperClient(path: hb.socketPath).apply(NATState(dnat: [PrefixMapping(P("240.2.2.0/24"), P("192.168.1.0/24"))],
+                                                            snat: [PrefixMapping(P("192.168.1.0/24"), P("240.2.2.0/24"))], remote: [P("240.1.1.0/24")]))
+        try s.gwA.route("240.2.2.0/24", via: "10.10.10.1"); try s.gwB.route("240.1.1.0/24", via: "10.20.20.1")
+        try s.underlay.route("240.1.1.0/24", via: "10.10.10.10"); try s.underlay.route("240.2.2.0/24", via: "10.20.20.20")
+        return try measure(client: s.hostA, server: s.hostB, address: "240.2.2.20")
+    }
+
+    /// The stunnel anchor: host A connects to a stunnel client on gateway A, which speaks TLS 1.3 to a
+    /// stunnel server on gateway B, which connects to host B (TCP only).
+    static func stunnelPath(_ lab: Lab) throws -> Figures? {
+        guard (try? Command.run(["which", "stunnel4"]))?.succeeded == true else { return nil }
+        let s = try SiteToSite(lab, extraHostNumbers: [])
+        let dir = lab.logDirectory.path
+        try Command.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                         "-subj", "/CN=relay-bench", "-keyout", dir + "/st.key", "-out", dir + "/st.crt"])
+        for port in [5201, 5301] {
+            try """
+            foreground = yes
+            pid =
+            [b]
+            accept = 10.20.20.20:\(port + 1000)
+            connect = 192.168.1.20:\(port)
+            cert = \(dir)/st.crt
+            key = \(dir)/st.key
+            sslVersionMin = TLSv1.3
+            """.write(toFile: dir + "/st-server-\(port).conf", atomically: true, encoding: .utf8)
+            try """
+            foreground = yes
+            pid =
+            [a]
+            client = yes
+            accept = 192.168.1.1:\(port)
+            connect = 10.20.20.20:\(port + 1000)
+            sslVersionMin = TLSv1.3
+            """.write(toFile: dir + "/st-client-\(port).conf", atomically: true, encoding: .utf8)
+            try s.gwB.spawn(["stunnel4", dir + "/st-server-\(port).conf"], label: "stunnel-b-\(port)")
+            try s.gwA.spawn(["stunnel4", dir + "/st-client-\(port).conf"], label: "stunnel-a-\(port)")
+        }
+        try waitUntil("stunnel") { try s.gwA.run(["ss", "-lntH"]).stdout.contains("192.168.1.1:5201") && s.gwA.run(["ss", "-lntH"]).stdout.contains("192.168.1.1:5301") }
+        // iperf3 on 5201 and the request/response service on 5301 (= 5201 + 100), both through stunnel.
+        var f = try measure(client: s.hostA, server: s.hostB, address: "192.168.1.1", udp: false)
+        f.rttMs = nil  // ping does not go through a TCP tunnel
+        return f
+    }
+
+    /// Relay: the real scenario.
+    static func relayPath(_ lab: Lab) throws -> (Figures, SiteToSite) {
+        let s = try SiteToSite(lab, extraHostNumbers: [])
+        try s.start(extraConfig: "[sessions]\nmax = 200000\nudp_timeout = 600\n")
+        _ = try s.hostA.run(["ping", "-c2", "-W2", "240.2.2.20"], check: false)
+        return (try measure(client: s.hostA, server: s.hostB, address: "240.2.2.20"), s)
+    }
+
+    /// relayd's peak resident memory (VmHWM) after the tunnel has carried `flows` distinct UDP flows.
+    static func memory(_ s: SiteToSite, flows: [Int]) throws -> [(Int, Int, Double)] {
+        var out: [(Int, Int, Double)] = []
+        var sent = 0
+        for target in flows {
+            let script = """
+            import socket, time
+            socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(\(target / 50000 + 1))]
+            for i in range(\(sent), \(target)):
+                socks[i // 50000].sendto(b'x', ('240.2.2.20', 1024 + i % 50000))
+                if i % 500 == 0: time.sleep(0.002)
+            """
+            _ = try s.hostA.run(["python3", "-c", script], timeout: 900, check: false)
+            sent = target
+            usleep(500_000)
+            let st = try s.relayctl(s.gwA, s.socketA, ["status", "--json"]).stdout
+            let active = (try? JSONSerialization.jsonObject(with: Data(st.utf8)) as? [String: Any]).flatMap { ($0["sessions"] as? [String: Any])?["active"] as? Int } ?? -1
+            let status = try String(contentsOfFile: "/proc/\(s.relaydA.pid)/status", encoding: .utf8)
+            let hwm = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }?.split(separator: " ").dropFirst().first.flatMap { Double($0) } ?? 0
+            out.append((target, active, hwm / 1024))
+        }
+        return out
+    }
+}
