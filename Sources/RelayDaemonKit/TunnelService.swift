@@ -120,6 +120,11 @@ public final class TunnelService: @unchecked Sendable {
         setsockopt(s, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size))
         setsockopt(s, SOL_SOCKET, SO_RCVBUF, &big, socklen_t(MemoryLayout<Int32>.size))
         setsockopt(s, SOL_SOCKET, SO_SNDBUF, &big, socklen_t(MemoryLayout<Int32>.size))
+        // Never fragment the sealed datagrams: an oversized one fails with EMSGSIZE and relayd tells
+        // the inner sender the size that fits (path MTU discovery end to end).
+        var pmtudo: Int32 = 2  // IP_PMTUDISC_DO / IPV6_PMTUDISC_DO
+        setsockopt(s, Int32(IPPROTO_IP), IP_MTU_DISCOVER, &pmtudo, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(s, Int32(IPPROTO_IPV6), IPV6_MTU_DISCOVER, &pmtudo, socklen_t(MemoryLayout<Int32>.size))
         var addr = sockaddr_in6()
         addr.sin6_family = sa_family_t(AF_INET6)
         addr.sin6_port = port.bigEndian
@@ -159,11 +164,41 @@ public final class TunnelService: @unchecked Sendable {
 
     var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
 
-    func send(_ bytes: [UInt8], to sa: sockaddr_in6) {
+    /// Sends one datagram; returns 0 or the errno (EMSGSIZE: the path MTU to the peer is smaller).
+    @discardableResult
+    func send(_ bytes: [UInt8], to sa: sockaddr_in6) -> Int32 {
         var a = sa
-        _ = withUnsafePointer(to: &a) { p in
+        let n = withUnsafePointer(to: &a) { p in
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(socketFD, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
         }
+        return n < 0 ? errno : 0
+    }
+
+    /// The kernel's path MTU towards `sa` (from its route cache, via a connected probe socket).
+    func pathMTU(_ sa: sockaddr_in6) -> Int? {
+        let s = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { return nil }
+        defer { close(s) }
+        var a = sa
+        guard withUnsafePointer(to: &a, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }) == 0 else { return nil }
+        var mtu: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(s, Int32(IPPROTO_IPV6), IPV6_MTU, &mtu, &len) == 0, mtu > 0 { return Int(mtu) }
+        len = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(s, Int32(IPPROTO_IP), IP_MTU, &mtu, &len) == 0, mtu > 0 { return Int(mtu) }
+        return nil
+    }
+
+    /// The underlay cannot carry `pkt` sealed: tell its sender the largest inner size that fits.
+    func answerTooBig(_ pkt: ArraySlice<UInt8>, to ep: sockaddr_in6) {
+        let b = withUnsafeBytes(of: ep.sin6_addr) { Array($0) }
+        let mapped = b[0..<10].allSatisfy { $0 == 0 } && b[10] == 0xff && b[11] == 0xff
+        guard let pmtu = pathMTU(ep) else { return }
+        let inner = pmtu - (mapped ? 20 : 40) - 8 - TunnelLimits.overhead
+        guard inner >= 576, inner < pkt.count, let icmp = IPHeader.packetTooBig(pkt, mtu: inner) else { return }
+        lock.lock(); counters.tooBig += 1; lock.unlock()
+        let fd = tunFD()
+        if fd >= 0 { _ = icmp.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
     }
 
     func udpLoop() {
@@ -171,12 +206,15 @@ public final class TunnelService: @unchecked Sendable {
         while !isStopped {
             var pfd = pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0)
             guard poll(&pfd, 1, 200) > 0 else { continue }
-            var from = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
-            let n = withUnsafeMutablePointer(to: &from) { p in
-                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(socketFD, &buf, buf.count, 0, $0, &len) }
+            // Drain everything queued before sleeping in poll again (one syscall per datagram).
+            for _ in 0..<256 {
+                var from = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+                let n = withUnsafeMutablePointer(to: &from) { p in
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(socketFD, &buf, buf.count, Int32(MSG_DONTWAIT), $0, &len) }
+                }
+                guard n > 0 else { break }
+                receive(buf[0..<n], from: from)
             }
-            guard n > 0 else { continue }
-            receive(buf[0..<n], from: from)
         }
     }
 
@@ -185,11 +223,14 @@ public final class TunnelService: @unchecked Sendable {
         while !isStopped {
             let fd = tunFD()
             guard fd >= 0 else { usleep(100_000); continue }
+            if fcntl(fd, F_GETFL) & O_NONBLOCK == 0 { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             guard poll(&pfd, 1, 200) > 0 else { continue }
-            let n = read(fd, &buf, buf.count)
-            guard n > 0 else { continue }
-            outgoing(buf[0..<n])
+            for _ in 0..<256 {
+                let n = read(fd, &buf, buf.count)
+                guard n > 0 else { break }
+                outgoing(buf[0..<n])
+            }
         }
     }
 
@@ -211,14 +252,17 @@ public final class TunnelService: @unchecked Sendable {
             counters.noRoute += 1; lock.unlock(); return
         }
         if var s = peer.current, !s.expired(now: now), let ep = peer.endpoint {
-            let wire = s.seal(pkt)
+            let (key, n, remote) = s.reserve()
             peer.current = s
             peer.lastSent = now; peer.txBytes += UInt64(pkt.count); peer.txPackets += 1
             if peer.unansweredSince == nil { peer.unansweredSince = now }
             let rekey = s.wantsRekey(now: now) && peer.pending == nil
+            let name = peer.name
             lock.unlock()
-            send(wire, to: ep)
-            flows.record(pkt, outbound: true, peer: peer.name, now: now)
+            // Crypto and the syscall outside the lock.
+            let wire = TunnelSession.seal(pkt, key: key, counter: n, remoteIndex: remote)
+            if send(wire, to: ep) == EMSGSIZE { answerTooBig(pkt, to: ep) }
+            flows.record(pkt, outbound: true, peer: name, now: now)
             if rekey { lock.lock(); initiate(peer, now: now); lock.unlock() }
             _ = src
             return
@@ -329,22 +373,32 @@ public final class TunnelService: @unchecked Sendable {
     }
 
     func handleData(receiver: UInt32, counter: UInt64, _ ct: ArraySlice<UInt8>, from: sockaddr_in6, now: Double) {
+        // 1. Find the session's key (locked), 2. decrypt (unlocked), 3. replay window and state (locked).
         lock.lock()
         guard let peer = byIndex[receiver] else { counters.unknownIndex += 1; lock.unlock(); return }
-        var plaintext: [UInt8]?
-        if var s = peer.current, s.localIndex == receiver {
-            plaintext = s.open(counter: counter, ct, now: now); peer.current = s
-        } else if var s = peer.previous, s.localIndex == receiver {
-            plaintext = s.open(counter: counter, ct, now: now); peer.previous = s
-        } else if var s = peer.next, s.localIndex == receiver {
-            plaintext = s.open(counter: counter, ct, now: now)
-            if plaintext != nil {
+        enum Slot { case current, previous, next }
+        var slot: Slot?, key: SymmetricKey?
+        if let s = peer.current, s.localIndex == receiver { slot = .current; key = s.receiveState(now: now) }
+        else if let s = peer.previous, s.localIndex == receiver { slot = .previous; key = s.receiveState(now: now) }
+        else if let s = peer.next, s.localIndex == receiver { slot = .next; key = s.receiveState(now: now) }
+        lock.unlock()
+        guard let slot, let key, let pt = try? Noise.open(key: key, counter: counter, ad: [], ct) else {
+            lock.lock(); counters.authFailed += 1; lock.unlock(); return
+        }
+        lock.lock()
+        var fresh = false
+        switch slot {
+        case .current: if var s = peer.current, s.localIndex == receiver { fresh = s.acceptCounter(counter); peer.current = s }
+        case .previous: if var s = peer.previous, s.localIndex == receiver { fresh = s.acceptCounter(counter); peer.previous = s }
+        case .next:
+            if var s = peer.next, s.localIndex == receiver {
+                fresh = s.acceptCounter(counter)
                 // Confirmed by the initiator: it becomes the session we send on.
                 peer.next = nil
-                install(peer, s, now: s.createdAt)
-            } else { peer.next = s }
+                if fresh { install(peer, s, now: s.createdAt) }
+            }
         }
-        guard let pt = plaintext else { counters.authFailed += 1; lock.unlock(); return }
+        guard fresh else { counters.authFailed += 1; lock.unlock(); return }  // a replay
         peer.endpoint = from  // roaming: the last authenticated source
         peer.lastReceived = now
         peer.unansweredSince = nil
@@ -441,6 +495,53 @@ public enum IPHeader {
         case 6:
             guard p.count >= 40, let a = IPv6Address(bytes: Array(p[(s + 8)..<(s + 24)])), let b = IPv6Address(bytes: Array(p[(s + 24)..<(s + 40)])) else { return nil }
             return (.v6(a), .v6(b))
+        default: return nil
+        }
+    }
+}
+
+extension IPHeader {
+    /// The Internet checksum (RFC 1071); 0 over data that includes a correct checksum.
+    public static func checksum(_ b: ArraySlice<UInt8>) -> UInt16 {
+        var sum: UInt32 = 0
+        var i = b.startIndex
+        while i + 1 < b.endIndex { sum += UInt32(b[i]) << 8 | UInt32(b[i + 1]); i += 2 }
+        if i < b.endIndex { sum += UInt32(b[i]) << 8 }
+        while sum >> 16 != 0 { sum = (sum & 0xffff) + (sum >> 16) }
+        return ~UInt16(sum)
+    }
+
+    /// The ICMP error that tells `original`'s sender to send smaller packets: IPv4 "fragmentation
+    /// needed" (RFC 1191) with the next-hop MTU, or ICMPv6 "packet too big" (RFC 4443). It comes
+    /// from the original destination, so the sender's conntrack sees it as related to its flow.
+    /// nil when no error may be sent (not IPv4/IPv6, IPv4 without DF, or an ICMP error itself).
+    public static func packetTooBig(_ original: ArraySlice<UInt8>, mtu: Int) -> [UInt8]? {
+        guard let (src, dst) = addresses(original) else { return nil }
+        let o = Array(original)
+        switch (src, dst) {
+        case (.v4(let s), .v4(let d)):
+            let ihl = Int(o[0] & 0x0f) * 4
+            guard o.count >= ihl, o[6] & 0x40 != 0 else { return nil }                 // DF not set: it may fragment
+            if o[9] == 1, o.count > ihl, [3, 4, 5, 11, 12].contains(o[ihl]) { return nil } // never answer an ICMP error
+            let quote = Array(o.prefix(min(o.count, 548 - 28)))
+            var icmp: [UInt8] = [3, 4, 0, 0, 0, 0, UInt8(mtu >> 8 & 0xff), UInt8(mtu & 0xff)] + quote
+            let c = checksum(icmp[...]); icmp[2] = UInt8(c >> 8); icmp[3] = UInt8(c & 0xff)
+            let total = 20 + icmp.count
+            var ip: [UInt8] = [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), 0, 0, 0, 0, 64, 1, 0, 0] + d.bytes + s.bytes
+            let h = checksum(ip[...]); ip[10] = UInt8(h >> 8); ip[11] = UInt8(h & 0xff)
+            return ip + icmp
+        case (.v6(let s), .v6(let d)):
+            if o[6] == 58, o.count > 40, o[40] < 128 { return nil }                     // an ICMPv6 error
+            let quote = Array(o.prefix(min(o.count, 1280 - 48)))
+            var icmp: [UInt8] = [2, 0, 0, 0, UInt8(mtu >> 24 & 0xff), UInt8(mtu >> 16 & 0xff), UInt8(mtu >> 8 & 0xff), UInt8(mtu & 0xff)] + quote
+            // Checksum over the pseudo-header (source, destination, length, next header 58).
+            let len = UInt32(icmp.count)
+            var pseudo = d.bytes + s.bytes
+            pseudo += [UInt8(len >> 24), UInt8(len >> 16 & 0xff), UInt8(len >> 8 & 0xff), UInt8(len & 0xff), 0, 0, 0, 58]
+            let c = checksum((pseudo + icmp)[...]); icmp[2] = UInt8(c >> 8); icmp[3] = UInt8(c & 0xff)
+            var ip: [UInt8] = [0x60, 0, 0, 0, UInt8(icmp.count >> 8), UInt8(icmp.count & 0xff), 58, 64]
+            ip += d.bytes + s.bytes
+            return ip + icmp
         default: return nil
         }
     }

@@ -133,17 +133,33 @@ public struct TunnelSession {
 
     /// Seals `plaintext` into a data message.
     public mutating func seal(_ plaintext: ArraySlice<UInt8>) -> [UInt8] {
+        let (key, n, remote) = reserve()
+        return TunnelSession.seal(plaintext, key: key, counter: n, remoteIndex: remote)
+    }
+
+    /// Takes the next counter (under the caller's lock); the sealing itself can then run unlocked.
+    public mutating func reserve() -> (SymmetricKey, UInt64, UInt32) {
         let n = send.n
         send.n += 1
         sent += 1
+        return (send.key, n, remoteIndex)
+    }
+
+    public static func seal(_ plaintext: ArraySlice<UInt8>, key: SymmetricKey, counter n: UInt64, remoteIndex: UInt32) -> [UInt8] {
         var out: [UInt8] = [WireType.data.rawValue, 0, 0, 0]
         out.reserveCapacity(16 + plaintext.count + 16)
         put32(remoteIndex, &out); put64(n, &out)
-        let box = try! ChaChaPoly.seal(plaintext, using: send.key, nonce: Noise.nonce(n), authenticating: [UInt8]())
-        out += box.ciphertext
-        out += box.tag
+        let box = try! ChaChaPoly.seal(plaintext, using: key, nonce: Noise.nonce(n), authenticating: [UInt8]())
+        box.ciphertext.withUnsafeBytes { out += $0 }
+        box.tag.withUnsafeBytes { out += $0 }
         return out
     }
+
+    /// For unlocked decryption: the key, and whether the session may still receive.
+    public func receiveState(now: Double) -> SymmetricKey? { expired(now: now) ? nil : receiveKey }
+
+    /// Records a counter after an unlocked decryption succeeded (under the caller's lock).
+    public mutating func acceptCounter(_ c: UInt64) -> Bool { window.accept(c) }
 
     /// Opens a data message's ciphertext; nil when it does not authenticate or is a replay.
     /// (The counter is recorded only after authentication, so forgeries cannot move the window.)

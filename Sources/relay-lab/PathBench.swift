@@ -43,8 +43,12 @@ struct PathBench {
         f.tcpGbps = bps(tcp.stdout, "sum_received").map { $0 / 1e9 }
         if udp {
             let u = try client.run(["iperf3", "-u", "-b", "0", "-l", "1300", "-c", address, "-p", String(port), "-t", String(seconds), "-J"], timeout: Double(seconds + 20), check: false)
-            f.udpGbps = bps(u.stdout, "sum").map { $0 / 1e9 }
-            // (iperf3's UDP "sum" on the client side is what the server received, per its report.)
+            // iperf3's UDP "sum" is the offered rate with the loss the server reported: received = rate x (1 - loss).
+            if let o = try? JSONSerialization.jsonObject(with: Data(u.stdout.utf8)) as? [String: Any],
+               let sum = (o["end"] as? [String: Any])?["sum"] as? [String: Any], let rate = sum["bits_per_second"] as? Double {
+                let lost = (sum["lost_percent"] as? Double) ?? 0
+                f.udpGbps = rate * (1 - lost / 100) / 1e9
+            }
         }
         let ping = try client.run(["ping", "-c", "30", "-i", "0.02", "-q", address], check: false).stdout
         if let line = ping.split(separator: "\n").first(where: { $0.contains("rtt") }),

@@ -165,3 +165,30 @@ extension SiteToSiteTests {
         }
     }
 }
+
+extension SiteToSiteTests {
+    @Test("path MTU: with a 1400-byte link on the underlay, relayd answers oversized packets with ICMP 'fragmentation needed', TCP adapts, the underlay never fragments")
+    func pathMTU() throws {
+        try KernelGate.check()
+        try Lab.with("s2s-pmtu") { lab in
+            let s = try SiteToSite(lab, extraHostNumbers: [])
+            // B's side of the underlay carries at most 1400 bytes; the router says so with ICMP.
+            try s.underlay.ip("link", "set", "b0", "mtu", "1400")
+            try s.gwB.ip("link", "set", "wan0", "mtu", "1400")
+            try s.start()
+            try s.hostB.spawn(["socat", "-u", "TCP-LISTEN:9200,reuseaddr", "CREATE:/dev/null"], label: "sink")
+            try waitUntil("sink") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":9200") }
+            // 2 MB with full-size segments: only works if the sender learns the smaller MTU.
+            let send = try s.hostA.run(["bash", "-c", "head -c 2000000 /dev/zero | socat -u - TCP:240.2.2.20:9200"], timeout: 30, check: false)
+            #expect(send.succeeded, "transfer: \(send.stderr)")
+            let st = try ControlJSON.decoder().decode(StatusResponse.self, from: Data(try s.relayctl(s.gwA, s.socketA, ["status", "--json"]).stdout.utf8))
+            #expect((st.tunnel?.tooBig ?? 0) > 0, "relayd answered no oversized packet: \(String(describing: st.tunnel))")
+            // Host A's kernel learned the path MTU towards 240.2.2.20 from relayd's ICMP error.
+            let cache = try s.hostA.run(["ip", "route", "get", "240.2.2.20"]).stdout
+            #expect(cache.contains("mtu 1340"), "route cache: \(cache)")   // 1400 - 20 IP - 8 UDP - 16 header - 16 tag
+            // No fragments on the underlay between the router and B.
+            let frags = try s.underlay.run(["nstat", "-az", "IpFragCreates"]).stdout
+            #expect(frags.contains("IpFragCreates                   0") || !frags.contains("IpFragCreates"), "\(frags)")
+        }
+    }
+}
