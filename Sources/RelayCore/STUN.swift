@@ -1,0 +1,252 @@
+import Foundation
+
+/// STUN (RFC 8489) messages: just what a Binding reflector and client need, parsed strictly.
+public enum STUN {
+    public static let magicCookie: UInt32 = 0x2112_A442
+    public static let bindingRequest: UInt16 = 0x0001
+    public static let bindingSuccess: UInt16 = 0x0101
+    public static let bindingError: UInt16 = 0x0111
+
+    public enum Attr {
+        public static let mappedAddress: UInt16 = 0x0001
+        public static let changeRequest: UInt16 = 0x0003
+        public static let errorCode: UInt16 = 0x0009
+        public static let unknownAttributes: UInt16 = 0x000A
+        public static let xorMappedAddress: UInt16 = 0x0020
+        public static let padding: UInt16 = 0x0026
+        public static let responsePort: UInt16 = 0x0027
+        public static let software: UInt16 = 0x8022
+        public static let fingerprint: UInt16 = 0x8028
+        public static let responseOrigin: UInt16 = 0x802B
+        public static let otherAddress: UInt16 = 0x802C
+        /// Comprehension-required attributes this implementation understands.
+        public static let understood: Set<UInt16> = [mappedAddress, xorMappedAddress, errorCode, unknownAttributes]
+    }
+
+    public struct Message: Equatable, Sendable {
+        public var type: UInt16
+        /// 12 bytes (RFC 5389+); for an RFC 3489 message, the whole 16-byte id with no cookie.
+        public var transactionID: [UInt8]
+        public var classic: Bool
+        public var attributes: [(type: UInt16, value: [UInt8])]
+        public var hasFingerprint: Bool
+
+        public static func == (l: Message, r: Message) -> Bool {
+            l.type == r.type && l.transactionID == r.transactionID && l.classic == r.classic && l.hasFingerprint == r.hasFingerprint
+                && l.attributes.map(\.type) == r.attributes.map(\.type) && l.attributes.map(\.value) == r.attributes.map(\.value)
+        }
+
+        public func attribute(_ t: UInt16) -> [UInt8]? { attributes.first { $0.type == t }?.value }
+    }
+
+    public enum ParseError: Error, Equatable { case tooShort, notSTUN, badLength, badAttribute, badFingerprint }
+
+    /// True when the first bytes look like STUN (two top bits zero, and the magic cookie): lets the
+    /// tunnel port tell STUN from Relay's own messages (whose first byte has its top bits set).
+    public static func looksLikeSTUN(_ b: ArraySlice<UInt8>) -> Bool {
+        guard b.count >= 20 else { return false }
+        let s = b.startIndex
+        return b[s] & 0xC0 == 0 && be32(b, 4) == magicCookie
+    }
+
+    static func be16(_ b: ArraySlice<UInt8>, _ at: Int) -> UInt16 { UInt16(b[b.startIndex + at]) << 8 | UInt16(b[b.startIndex + at + 1]) }
+    static func be32(_ b: ArraySlice<UInt8>, _ at: Int) -> UInt32 { UInt32(be16(b, at)) << 16 | UInt32(be16(b, at + 2)) }
+
+    /// Parses one message. A FINGERPRINT, when present, must be last and correct.
+    public static func parse(_ b: ArraySlice<UInt8>, allowClassic: Bool = true) throws -> Message {
+        guard b.count >= 20 else { throw ParseError.tooShort }
+        let s = b.startIndex
+        guard b[s] & 0xC0 == 0 else { throw ParseError.notSTUN }
+        let type = be16(b, 0), len = Int(be16(b, 2))
+        guard len % 4 == 0, b.count == 20 + len else { throw ParseError.badLength }
+        let classic = be32(b, 4) != magicCookie
+        if classic && !allowClassic { throw ParseError.notSTUN }
+        var m = Message(type: type, transactionID: Array(b[(s + (classic ? 4 : 8))..<(s + 20)]), classic: classic, attributes: [], hasFingerprint: false)
+        var off = 20
+        while off < b.count {
+            guard off + 4 <= b.count else { throw ParseError.badAttribute }
+            let t = be16(b, off), l = Int(be16(b, off + 2))
+            let padded = (l + 3) & ~3
+            guard off + 4 + padded <= b.count else { throw ParseError.badAttribute }
+            let value = Array(b[(s + off + 4)..<(s + off + 4 + l)])
+            if m.hasFingerprint { throw ParseError.badAttribute }  // nothing may follow FINGERPRINT
+            if t == Attr.fingerprint {
+                guard l == 4 else { throw ParseError.badAttribute }
+                let want = crc32(b[s..<(s + off)]) ^ 0x5354_554e
+                guard be32(value[...], 0) == want else { throw ParseError.badFingerprint }
+                m.hasFingerprint = true
+            } else {
+                m.attributes.append((t, value))
+            }
+            off += 4 + padded
+        }
+        return m
+    }
+
+    /// Encodes a message; `fingerprint` appends FINGERPRINT (not for classic messages).
+    public static func encode(type: UInt16, transactionID: [UInt8], classic: Bool = false, attributes: [(UInt16, [UInt8])], fingerprint: Bool = true) -> [UInt8] {
+        var body: [UInt8] = []
+        for (t, v) in attributes {
+            body += [UInt8(t >> 8), UInt8(t & 0xff), UInt8(v.count >> 8), UInt8(v.count & 0xff)] + v
+            while body.count % 4 != 0 { body.append(0) }
+        }
+        func header(_ len: Int) -> [UInt8] {
+            var h: [UInt8] = [UInt8(type >> 8), UInt8(type & 0xff), UInt8(len >> 8), UInt8(len & 0xff)]
+            if !classic { h += [0x21, 0x12, 0xA4, 0x42] }
+            return h + transactionID
+        }
+        guard fingerprint && !classic else { return header(body.count) + body }
+        let withFP = header(body.count + 8) + body
+        let crc = crc32(withFP[...]) ^ 0x5354_554e
+        return withFP + [0x80, 0x28, 0, 4, UInt8(crc >> 24), UInt8(crc >> 16 & 0xff), UInt8(crc >> 8 & 0xff), UInt8(crc & 0xff)]
+    }
+
+    /// (X)OR-MAPPED-ADDRESS value for an endpoint.
+    public static func addressValue(_ e: Endpoint, xor: Bool, transactionID: [UInt8]) -> [UInt8] {
+        let cookie: [UInt8] = [0x21, 0x12, 0xA4, 0x42]
+        let port = xor ? e.port ^ 0x2112 : e.port
+        var addr = e.address.bytes
+        if xor {
+            let mask = cookie + transactionID
+            for i in addr.indices { addr[i] ^= mask[i] }
+        }
+        return [0, e.address.family == .ipv4 ? 1 : 2, UInt8(port >> 8), UInt8(port & 0xff)] + addr
+    }
+
+    /// Decodes a (XOR-)MAPPED-ADDRESS value.
+    public static func decodeAddress(_ v: [UInt8], xor: Bool, transactionID: [UInt8]) -> Endpoint? {
+        guard v.count >= 8 else { return nil }
+        var port = UInt16(v[2]) << 8 | UInt16(v[3])
+        var addr = Array(v[4...])
+        if xor {
+            port ^= 0x2112
+            let mask: [UInt8] = [0x21, 0x12, 0xA4, 0x42] + transactionID
+            for i in addr.indices where i < mask.count { addr[i] ^= mask[i] }
+        }
+        switch (v[1], addr.count) {
+        case (1, 4): return Endpoint(.v4(IPv4Address(addr[0], addr[1], addr[2], addr[3])), port: port)
+        case (2, 16): return IPv6Address(bytes: addr).map { Endpoint(.v6($0), port: port) }
+        default: return nil
+        }
+    }
+
+    public static func errorValue(_ code: Int, _ reason: String) -> [UInt8] {
+        [0, 0, UInt8(code / 100), UInt8(code % 100)] + Array(reason.utf8)
+    }
+
+    static let crcTable: [UInt32] = (0..<256).map { i -> UInt32 in
+        var c = UInt32(i)
+        for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+        return c
+    }
+
+    /// CRC-32 (ISO 3309 / ITU-T V.42, as FINGERPRINT uses).
+    public static func crc32(_ b: ArraySlice<UInt8>) -> UInt32 {
+        var c: UInt32 = 0xFFFF_FFFF
+        for x in b { c = crcTable[Int((c ^ UInt32(x)) & 0xff)] ^ (c >> 8) }
+        return c ^ 0xFFFF_FFFF
+    }
+}
+
+/// The reflector's decision for one datagram (pure: the service does the I/O).
+public enum ReflectorAnswer: Equatable {
+    case respond([UInt8])
+    case drop(reason: String)
+}
+
+public enum Reflector {
+    public static let software = "Relay reflector"
+
+    /// Answers a Binding request from `source` (its transport address as this server sees it).
+    /// Unknown comprehension-required attributes get 420; anything that is not a well-formed Binding
+    /// request is dropped (the caller counts it).
+    public static func answer(_ datagram: ArraySlice<UInt8>, from source: Endpoint, software: String = Reflector.software) -> ReflectorAnswer {
+        let m: STUN.Message
+        do { m = try STUN.parse(datagram) } catch { return .drop(reason: "malformed") }
+        guard m.type == STUN.bindingRequest else { return .drop(reason: "not a binding request") }
+        let unknown = m.attributes.map(\.type).filter { $0 < 0x8000 && !STUN.Attr.understood.contains($0) }
+        if !unknown.isEmpty && !m.classic {
+            var list: [UInt8] = []
+            for t in unknown { list += [UInt8(t >> 8), UInt8(t & 0xff)] }
+            return .respond(STUN.encode(type: STUN.bindingError, transactionID: m.transactionID, attributes: [
+                (STUN.Attr.errorCode, STUN.errorValue(420, "Unknown Attribute")),
+                (STUN.Attr.unknownAttributes, list),
+                (STUN.Attr.software, Array(software.utf8)),
+            ]))
+        }
+        if m.classic {
+            // RFC 3489 clients: MAPPED-ADDRESS only, their 16-byte id echoed, no FINGERPRINT.
+            guard source.address.family == .ipv4 else { return .drop(reason: "classic request over IPv6") }
+            return .respond(STUN.encode(type: STUN.bindingSuccess, transactionID: m.transactionID, classic: true,
+                                        attributes: [(STUN.Attr.mappedAddress, STUN.addressValue(source, xor: false, transactionID: []))], fingerprint: false))
+        }
+        return .respond(STUN.encode(type: STUN.bindingSuccess, transactionID: m.transactionID, attributes: [
+            (STUN.Attr.xorMappedAddress, STUN.addressValue(source, xor: true, transactionID: m.transactionID)),
+            (STUN.Attr.mappedAddress, STUN.addressValue(source, xor: false, transactionID: m.transactionID)),
+            (STUN.Attr.software, Array(software.utf8)),
+        ]))
+    }
+}
+
+/// Token bucket per source address with bounded state: at most `capacity` sources tracked; the
+/// least recently seen is forgotten first.
+public struct RateLimiter {
+    public let rate: Double, burst: Double, capacity: Int
+    private var buckets: [IPAddress: (tokens: Double, last: Double)] = [:]
+    public init(rate: Double = 20, burst: Double = 40, capacity: Int = 4096) { self.rate = rate; self.burst = burst; self.capacity = capacity }
+
+    public mutating func allow(_ a: IPAddress, now: Double) -> Bool {
+        var b = buckets[a] ?? (burst, now)
+        b.tokens = min(burst, b.tokens + (now - b.last) * rate)
+        b.last = now
+        let ok = b.tokens >= 1
+        if ok { b.tokens -= 1 }
+        if buckets[a] == nil && buckets.count >= capacity, let oldest = buckets.min(by: { $0.value.last < $1.value.last })?.key {
+            buckets[oldest] = nil
+        }
+        buckets[a] = b
+        return ok
+    }
+    public var tracked: Int { buckets.count }
+}
+
+/// Majority vote over reflectors' observations of this node's public address (per family).
+public struct ReflectionVote: Codable, Equatable, Sendable {
+    public struct Observation: Codable, Equatable, Sendable {
+        public var observer: String
+        public var mapped: Endpoint
+        public var at: Date
+        public init(observer: String, mapped: Endpoint, at: Date) { self.observer = observer; self.mapped = mapped; self.at = at }
+    }
+    public enum Mapping: String, Codable, Sendable { case endpointIndependent = "endpoint-independent", endpointDependent = "endpoint-dependent", unknown }
+
+    /// The address a quorum of distinct observers agree on, or nil.
+    public var address: String?
+    public var votes: Int
+    public var observers: Int
+    public var quorum: Int
+    public var mapping: Mapping
+    public var explanation: String
+
+    /// One vote per observer (its latest observation): a chatty observer cannot outvote others.
+    /// Quorum: a strict majority of the distinct observers, and at least 2.
+    public static func decide(_ obs: [Observation]) -> ReflectionVote {
+        var latest: [String: Observation] = [:]
+        for o in obs where latest[o.observer].map({ $0.at < o.at }) ?? true { latest[o.observer] = o }
+        let n = latest.count
+        let quorum = max(2, n / 2 + 1)
+        var counts: [String: Int] = [:]
+        for o in latest.values { counts[o.mapped.description, default: 0] += 1 }
+        let best = counts.max { $0.value < $1.value || ($0.value == $1.value && $0.key > $1.key) }
+        let addresses = Set(latest.values.map { $0.mapped.address })
+        let ports = Set(latest.values.map { $0.mapped.port })
+        let mapping: Mapping = n < 2 ? .unknown : (counts.count == 1 ? .endpointIndependent : (addresses.count == 1 && ports.count > 1 ? .endpointDependent : .unknown))
+        if let best, best.value >= quorum {
+            return ReflectionVote(address: best.key, votes: best.value, observers: n, quorum: quorum, mapping: mapping,
+                                  explanation: "\(best.value) of \(n) observers agree")
+        }
+        let why = n < 2 ? "only \(n) observer: evidence, not truth (need \(quorum) agreeing)"
+                        : "no quorum: \(counts.count) different answers from \(n) observers (need \(quorum) agreeing)"
+        return ReflectionVote(address: nil, votes: best?.value ?? 0, observers: n, quorum: quorum, mapping: mapping, explanation: why)
+    }
+}
