@@ -14,7 +14,8 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 /// relayd's TOML configuration (`/etc/relay/relayd.toml`; annotated example in contrib/relayd.toml).
 public enum ConfigFile {
     static let known: [String: [String]] = [
-        "": ["node", "site", "peer", "sessions"],
+        "": ["node", "site", "peer", "sessions", "reflector"],
+        "reflector": ["enabled", "port", "rate", "burst"],
         "sessions": ["tcp_timeout", "udp_timeout", "icmp_timeout", "other_timeout", "max"],
         "node": ["name", "listen_port", "device", "mtu"],
         "site": ["name", "lan4", "virtual4", "virtual6"],
@@ -87,6 +88,15 @@ public enum ConfigFile {
                 if let x = int(t, "other_timeout", "sessions", 1...864_000) { cfg.sessions.other = Double(x) }
                 if let x = int(t, "max", "sessions", 16...10_000_000) { cfg.sessions.maxFlows = x }
             } else { err("sessions", "must be a table: [sessions]") }
+        }
+        if let v = root["reflector"] {
+            if let t = v.table {
+                checkKeys(t, "reflector", "reflector")
+                if let e = t["enabled"] { if let b = e.bool { cfg.reflector.enabled = b } else { err("reflector.enabled", "must be true or false") } }
+                if let x = int(t, "port", "reflector", 0...65535) { cfg.reflector.port = UInt16(x) }
+                if let x = int(t, "rate", "reflector", 1...100_000) { cfg.reflector.rate = Double(x) }
+                if let x = int(t, "burst", "reflector", 1...100_000) { cfg.reflector.burst = Double(x) }
+            } else { err("reflector", "must be a table: [reflector]") }
         }
         if let v = root["site"] {
             if let t = v.table { cfg.site = site(t, "site", own: true) } else { err("site", "must be a table: [site] (one own site)") }

@@ -22,6 +22,7 @@ public enum ControlRoute: String, CaseIterable, Sendable {
     case config = "/v1/config"
     case reload = "/v1/reload"
     case sessions = "/v1/sessions"
+    case reflect = "/v1/reflect"
 
     public var method: String { self == .reload ? "POST" : "GET" }
     public var needsWrite: Bool { self == .reload }
@@ -68,9 +69,11 @@ public struct StatusResponse: Codable, Equatable, Sendable {
     public var tunnel: TunnelCounters?
     /// Session bookkeeping totals.
     public var sessions: FlowStats?
+    /// The STUN reflector (nil when disabled).
+    public var reflector: ReflectorCounters?
     public init(version: String, nodeName: String, publicKey: String, startedAt: Date, uptimeSeconds: Double, config: ConfigStatus,
-                helper: HelperLinkStatus, sites: Int, peers: Int, tunnelPort: UInt16? = nil, tunnel: TunnelCounters? = nil, sessions: FlowStats? = nil) {
-        self.tunnelPort = tunnelPort; self.tunnel = tunnel; self.sessions = sessions
+                helper: HelperLinkStatus, sites: Int, peers: Int, tunnelPort: UInt16? = nil, tunnel: TunnelCounters? = nil, sessions: FlowStats? = nil, reflector: ReflectorCounters? = nil) {
+        self.tunnelPort = tunnelPort; self.tunnel = tunnel; self.sessions = sessions; self.reflector = reflector
         self.version = version; self.nodeName = nodeName; self.publicKey = publicKey; self.startedAt = startedAt; self.uptimeSeconds = uptimeSeconds
         self.config = config; self.helper = helper; self.sites = sites; self.peers = peers
     }
@@ -197,3 +200,21 @@ public struct TunnelCounters: Codable, Equatable, Sendable {
     public init() {}
 }
 
+
+/// What the STUN reflector did.
+public struct ReflectorCounters: Codable, Equatable, Sendable {
+    public var port: UInt16 = 0
+    public var answered = 0, errors = 0, malformed = 0, rateLimited = 0, trackedSources = 0
+    public init() {}
+}
+
+/// This node's public address as its peers' reflectors see it, decided by majority vote per family.
+public struct ReflectResponse: Codable, Equatable, Sendable {
+    public var ipv4: ReflectionVote
+    public var ipv6: ReflectionVote
+    public var observations: [ReflectionVote.Observation]
+    public var reflector: ReflectorCounters?
+    public init(ipv4: ReflectionVote, ipv6: ReflectionVote, observations: [ReflectionVote.Observation], reflector: ReflectorCounters?) {
+        self.ipv4 = ipv4; self.ipv6 = ipv6; self.observations = observations; self.reflector = reflector
+    }
+}

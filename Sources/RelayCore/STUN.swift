@@ -20,7 +20,7 @@ public enum STUN {
         public static let responseOrigin: UInt16 = 0x802B
         public static let otherAddress: UInt16 = 0x802C
         /// Comprehension-required attributes this implementation understands.
-        public static let understood: Set<UInt16> = [mappedAddress, xorMappedAddress, errorCode, unknownAttributes]
+        public static let understood: Set<UInt16> = [mappedAddress, xorMappedAddress, errorCode, unknownAttributes, changeRequest]
     }
 
     public struct Message: Equatable, Sendable {
@@ -164,15 +164,20 @@ public enum Reflector {
         let m: STUN.Message
         do { m = try STUN.parse(datagram) } catch { return .drop(reason: "malformed") }
         guard m.type == STUN.bindingRequest else { return .drop(reason: "not a binding request") }
-        let unknown = m.attributes.map(\.type).filter { $0 < 0x8000 && !STUN.Attr.understood.contains($0) }
-        if !unknown.isEmpty && !m.classic {
+        var unknown = m.attributes.map(\.type).filter { $0 < 0x8000 && !STUN.Attr.understood.contains($0) }
+        // CHANGE-REQUEST with "change IP" or "change port" set: a single-address reflector cannot do
+        // it. (Flags zero, as RFC 3489 clients send in their first test, is just a request.)
+        if let c = m.attribute(STUN.Attr.changeRequest), c.count == 4, c[3] & 0x06 != 0 { unknown.append(STUN.Attr.changeRequest) }
+        if !unknown.isEmpty {
+            // Includes CHANGE-REQUEST: without a second address this reflector cannot honour it, and
+            // RFC 5780 section 7.2 says to answer 420 rather than pretend (also for RFC 3489 clients).
             var list: [UInt8] = []
             for t in unknown { list += [UInt8(t >> 8), UInt8(t & 0xff)] }
-            return .respond(STUN.encode(type: STUN.bindingError, transactionID: m.transactionID, attributes: [
+            return .respond(STUN.encode(type: STUN.bindingError, transactionID: m.transactionID, classic: m.classic, attributes: [
                 (STUN.Attr.errorCode, STUN.errorValue(420, "Unknown Attribute")),
                 (STUN.Attr.unknownAttributes, list),
                 (STUN.Attr.software, Array(software.utf8)),
-            ]))
+            ], fingerprint: !m.classic))
         }
         if m.classic {
             // RFC 3489 clients: MAPPED-ADDRESS only, their 16-byte id echoed, no FINGERPRINT.
@@ -240,7 +245,11 @@ public struct ReflectionVote: Codable, Equatable, Sendable {
         let best = counts.max { $0.value < $1.value || ($0.value == $1.value && $0.key > $1.key) }
         let addresses = Set(latest.values.map { $0.mapped.address })
         let ports = Set(latest.values.map { $0.mapped.port })
-        let mapping: Mapping = n < 2 ? .unknown : (counts.count == 1 ? .endpointIndependent : (addresses.count == 1 && ports.count > 1 ? .endpointDependent : .unknown))
+        // RFC 4787 terms from one local socket: the same mapped port towards every observer means
+        // endpoint-independent mapping (a multi-homed NAT may show other addresses on other sides);
+        // a different port per observer means endpoint-dependent mapping.
+        _ = addresses
+        let mapping: Mapping = n < 2 ? .unknown : (ports.count == 1 ? .endpointIndependent : (ports.count == n ? .endpointDependent : .unknown))
         if let best, best.value >= quorum {
             return ReflectionVote(address: best.key, votes: best.value, observers: n, quorum: quorum, mapping: mapping,
                                   explanation: "\(best.value) of \(n) observers agree")

@@ -74,6 +74,7 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
     public var peers: [PeerConfig]
     /// Session bookkeeping: idle timeouts per protocol and the table's cap.
     public var sessions: FlowLimits
+    public var reflector = ReflectorConfig()
     public init(node: NodeConfig = NodeConfig(), site: SiteConfig? = nil, peers: [PeerConfig] = [], sessions: FlowLimits = FlowLimits()) {
         self.node = node; self.site = site; self.peers = peers; self.sessions = sessions
     }
@@ -212,4 +213,15 @@ extension IPPrefix {
         return ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8"]
             .compactMap { IPPrefix($0) }.contains { $0.contains(address) && $0.length <= length }
     }
+}
+
+/// The STUN reflector: on by default on UDP 3478 (and always on the tunnel port while enabled).
+public struct ReflectorConfig: Codable, Equatable, Sendable {
+    public var enabled = true
+    /// 0 picks a free port (tests).
+    public var port: UInt16 = 3478
+    /// Requests per second per source, and the burst.
+    public var rate: Double = 20
+    public var burst: Double = 40
+    public init() {}
 }

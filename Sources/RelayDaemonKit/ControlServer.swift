@@ -111,6 +111,7 @@ public final class ControlServer: @unchecked Sendable {
         case .peers: return ok(daemon.peers())
         case .config: return ok(daemon.currentConfig)
         case .sessions: return ok(daemon.sessions())
+        case .reflect: return ok(daemon.reflect())
         case .kernel:
             do { return ok(try daemon.helper.observe()) } catch let e as WireError {
                 return fail(.serviceUnavailable, e)

@@ -33,6 +33,7 @@ public final class Daemon: @unchecked Sendable {
     public let helper: HelperLink
     public let flows = FlowTable()
     public private(set) var tunnel: TunnelService!
+    public private(set) var reflector: ReflectorService?
 
     /// Loads the configuration (or the embedded default) and the identity. Throws with a message
     /// that says what to fix; nothing is started yet.
@@ -72,12 +73,18 @@ public final class Daemon: @unchecked Sendable {
         let cfg = currentConfig
         tunnel.configure(cfg)
         flows.setLimits(cfg.sessions)
+        if cfg.reflector.enabled {
+            let r = ReflectorService(logger: logger, rate: cfg.reflector.rate, burst: cfg.reflector.burst)
+            try r.start(port: cfg.reflector.port)
+            reflector = r
+            tunnel.reflector = r
+        }
         try tunnel.start(port: cfg.node.listenPort)
         helper.start()
         helper.setDesired(cfg.desiredKernelState)
     }
 
-    public func stop() { tunnel.stop(); helper.stop() }
+    public func stop() { tunnel.stop(); reflector?.stop(); helper.stop() }
 
     /// Re-reads the configuration. A valid one is applied as a diff; an invalid one is refused and
     /// the running configuration stays in force.
@@ -115,7 +122,7 @@ public final class Daemon: @unchecked Sendable {
         return StatusResponse(version: RelayVersion.string, nodeName: config.node.name, publicKey: identity.publicKeyBase64, startedAt: startedAt,
                               uptimeSeconds: Date().timeIntervalSince(startedAt), config: configStatus, helper: helper.snapshot,
                               sites: (config.site == nil ? 0 : 1) + config.peers.reduce(0) { $0 + $1.sites.count }, peers: config.peers.count,
-                              tunnelPort: tunnel.port, tunnel: tunnel.countersSnapshot(), sessions: flows.stats())
+                              tunnelPort: tunnel.port, tunnel: tunnel.countersSnapshot(), sessions: flows.stats(), reflector: reflector?.snapshot)
     }
 
     public func sites() -> SitesResponse {
@@ -131,6 +138,13 @@ public final class Daemon: @unchecked Sendable {
             PeerView(name: $0.name, publicKey: $0.publicKey, endpoint: $0.endpoint, sites: $0.sites.map(\.name),
                      state: live[$0.name]?.state ?? "configured", runtime: live[$0.name])
         })
+    }
+
+    public func reflect() -> ReflectResponse {
+        let obs = tunnel.reflection()
+        return ReflectResponse(ipv4: ReflectionVote.decide(obs.filter { $0.mapped.address.family == .ipv4 }),
+                               ipv6: ReflectionVote.decide(obs.filter { $0.mapped.address.family == .ipv6 }),
+                               observations: obs, reflector: reflector?.snapshot)
     }
 
     /// The flows the tunnel carries, with the LAN address of the local side where this site maps it.

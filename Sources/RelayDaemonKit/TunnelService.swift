@@ -53,6 +53,8 @@ public final class TunnelService: @unchecked Sendable {
     var stopped = false
     let clock: () -> Double
     public let flows: FlowTable
+    /// STUN on the tunnel port: datagrams with STUN's top bits and magic cookie go to the reflector.
+    public var reflector: ReflectorService?
 
     public init(identity: NodeIdentity, logger: Logger, flows: FlowTable, tunFD: @escaping () -> Int32, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }) {
         self.identity = identity
@@ -76,6 +78,16 @@ public final class TunnelService: @unchecked Sendable {
         }
         withUnsafeMutableBytes(of: &sa.sin6_addr) { for i in 0..<16 { $0[i] = bytes[i] } }
         return sa
+    }
+
+    /// The endpoint a socket address stands for (v4-mapped addresses as IPv4).
+    public static func endpoint(_ sa: sockaddr_in6) -> Endpoint? {
+        let b = withUnsafeBytes(of: sa.sin6_addr) { Array($0) }
+        let port = UInt16(bigEndian: sa.sin6_port)
+        if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff {
+            return Endpoint(.v4(IPv4Address(b[12], b[13], b[14], b[15])), port: port)
+        }
+        return IPv6Address(bytes: b).map { Endpoint(.v6($0), port: port) }
     }
 
     static func describe(_ sa: sockaddr_in6) -> String {
@@ -299,6 +311,16 @@ public final class TunnelService: @unchecked Sendable {
     // MARK: incoming
 
     func receive(_ b: ArraySlice<UInt8>, from: sockaddr_in6) {
+        if STUN.looksLikeSTUN(b) {
+            // A response to our own reflection request, or a request for our reflector.
+            if b[b.startIndex] & 0x01 == 0x01 || b[b.startIndex + 1] & 0x10 == 0x10 {
+                if let m = try? STUN.parse(b, allowClassic: false), m.type == STUN.bindingSuccess { reflectionAnswer(m, from: from) }
+                else { lock.lock(); counters.malformed += 1; lock.unlock() }
+                return
+            }
+            if let r = reflector, let answer = r.handle(b, from: from) { send(answer, to: from) }
+            return
+        }
         guard let msg = TunnelMessage.parse(b) else { lock.lock(); counters.malformed += 1; lock.unlock(); return }
         let now = clock()
         switch msg {
@@ -450,7 +472,39 @@ public final class TunnelService: @unchecked Sendable {
             }
         }
         flows.expire(now: now)
+        // Re-check the public address every 60 s (the first time right after start).
+        if now - lastReflection >= 60 || (lastReflection == 0) { askPeers(now: now) }
     }
+
+    // MARK: reflection (this node's public address, as its peers see it)
+
+    var reflectionPending: [[UInt8]: (peer: String, sentAt: Double)] = [:]
+    var observations: [ReflectionVote.Observation] = []
+    var lastReflection: Double = 0
+
+    /// Asks every peer with a known endpoint for our mapped address (lock held).
+    func askPeers(now: Double) {
+        lastReflection = now
+        reflectionPending = reflectionPending.filter { now - $0.value.sentAt < 10 }
+        for p in peers {
+            guard let ep = p.endpoint else { continue }
+            let tid = (0..<12).map { _ in UInt8.random(in: 0...255) }
+            reflectionPending[tid] = (p.name, now)
+            send(STUN.encode(type: STUN.bindingRequest, transactionID: tid, attributes: [(STUN.Attr.software, Array(Reflector.software.utf8))]), to: ep)
+        }
+    }
+
+    func reflectionAnswer(_ m: STUN.Message, from: sockaddr_in6) {
+        lock.lock(); defer { lock.unlock() }
+        guard let pend = reflectionPending.removeValue(forKey: m.transactionID),
+              let v = m.attribute(STUN.Attr.xorMappedAddress), let mapped = STUN.decodeAddress(v, xor: true, transactionID: m.transactionID) else {
+            counters.malformed += 1; return
+        }
+        observations.removeAll { $0.observer == pend.peer && $0.mapped.address.family == mapped.address.family }
+        observations.append(ReflectionVote.Observation(observer: pend.peer, mapped: mapped, at: Date()))
+    }
+
+    public func reflection() -> [ReflectionVote.Observation] { lock.lock(); defer { lock.unlock() }; return observations }
 
     // MARK: views
 

@@ -8,7 +8,7 @@ let peerKeyB = "lGkyXqDvFAp8pZWVpYgLybW0x38CWs1wLZEY0c4kZwQ="
 let peerKeyC = "7tYQsqPB7sXwkHuOjyqXgiLDTXSbmlBLQ5naBkraWzY="
 
 func relaydConfig(peers: [(String, String, String)]) -> String {
-    var s = "[node]\nname = \"gw-a\"\nlisten_port = 0\n[site]\nname = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\n"
+    var s = "[node]\nname = \"gw-a\"\nlisten_port = 0\n[reflector]\nport = 0\n[site]\nname = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\n"
     for (name, key, v4) in peers {
         s += "[[peer]]\nname = \"\(name)\"\npublic_key = \"\(key)\"\n[[peer.site]]\nname = \"site-\(name)\"\nvirtual4 = \"\(v4)\"\n"
     }

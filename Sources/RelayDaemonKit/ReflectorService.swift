@@ -1,0 +1,88 @@
+import Foundation
+import Logging
+import RelayControlAPI
+import RelayCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The STUN reflector (RFC 8489 Binding): on its own UDP port (default 3478, IPv4 and IPv6) and on
+/// the tunnel port, where STUN's top bits and magic cookie tell it apart from Relay's messages.
+/// Rate-limited per source with bounded state; every drop is counted.
+public final class ReflectorService: @unchecked Sendable {
+    let logger: Logger
+    let lock = NSLock()
+    var limiter: RateLimiter
+    var counters = ReflectorCounters()
+    var fd: Int32 = -1
+    public private(set) var port: UInt16 = 0
+    var stopped = false
+    let running = DispatchGroup()
+
+    public init(logger: Logger, rate: Double = 20, burst: Double = 40) {
+        self.logger = logger
+        limiter = RateLimiter(rate: rate, burst: burst, capacity: 4096)
+    }
+
+    public var snapshot: ReflectorCounters { lock.lock(); defer { lock.unlock() }; var c = counters; c.trackedSources = limiter.tracked; c.port = port; return c }
+
+    /// Decides on one datagram from `from`; returns the bytes to send back, if any.
+    public func handle(_ b: ArraySlice<UInt8>, from: sockaddr_in6) -> [UInt8]? {
+        guard let src = TunnelService.endpoint(from) else { return nil }
+        lock.lock()
+        guard limiter.allow(src.address, now: Date().timeIntervalSince1970) else { counters.rateLimited += 1; lock.unlock(); return nil }
+        lock.unlock()
+        switch Reflector.answer(b, from: src) {
+        case .respond(let r):
+            lock.lock(); if r.count > 1, r[1] == 0x11 { counters.errors += 1 } else { counters.answered += 1 }; lock.unlock()
+            return r
+        case .drop:
+            lock.lock(); counters.malformed += 1; lock.unlock()
+            return nil
+        }
+    }
+
+    public func start(port: UInt16) throws {
+        let s = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw NodeIdentity.Failure(description: "cannot open the reflector's UDP socket: \(String(cString: strerror(errno)))") }
+        var zero: Int32 = 0
+        setsockopt(s, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in6(); addr.sin6_family = sa_family_t(AF_INET6); addr.sin6_port = port.bigEndian
+        guard withUnsafePointer(to: &addr, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }) == 0 else {
+            let e = errno; close(s)
+            throw NodeIdentity.Failure(description: "cannot bind the reflector to UDP port \(port): \(String(cString: strerror(e))) (reflector.port, or reflector.enabled = false)")
+        }
+        var bound = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
+        fd = s
+        self.port = UInt16(bigEndian: bound.sin6_port)
+        running.enter()
+        let t = Thread { [self] in loop(); running.leave() }
+        t.name = "reflector"
+        t.start()
+        logger.info("STUN reflector on UDP port \(self.port)")
+    }
+
+    func loop() {
+        var buf = [UInt8](repeating: 0, count: 2048)
+        while true {
+            lock.lock(); let stop = stopped; lock.unlock()
+            if stop { return }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 200) > 0 else { continue }
+            var from = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            let n = withUnsafeMutablePointer(to: &from) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, &buf, buf.count, Int32(MSG_DONTWAIT), $0, &len) } }
+            guard n > 0 else { continue }
+            if n >= buf.count { lock.lock(); counters.malformed += 1; lock.unlock(); continue }  // oversized: truncated
+            if let r = handle(buf[0..<n], from: from) {
+                _ = withUnsafePointer(to: &from) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, r, r.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+            }
+        }
+    }
+
+    public func stop() {
+        lock.lock(); stopped = true; lock.unlock()
+        _ = running.wait(timeout: .now() + 2)
+        if fd >= 0 { close(fd); fd = -1 }
+    }
+}
