@@ -139,3 +139,47 @@ int CRelayShim_keep_only_cap(int cap) {
 int CRelayShim_set_no_new_privs(void) {
     return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 ? 0 : -errno;
 }
+
+int CRelayShim_recv_batch(int fd, uint8_t *bufs, size_t slot, int count, int *lens, void *addrs) {
+    struct mmsghdr msgs[64];
+    struct iovec iovs[64];
+    if (count > 64) count = 64;
+    memset(msgs, 0, sizeof(struct mmsghdr) * count);
+    struct sockaddr_in6 *a = addrs;
+    for (int i = 0; i < count; i++) {
+        iovs[i].iov_base = bufs + (size_t)i * slot;
+        iovs[i].iov_len = slot;
+        msgs[i].msg_hdr.msg_iov = &iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &a[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in6);
+    }
+    int n;
+    do { n = recvmmsg(fd, msgs, count, MSG_DONTWAIT, NULL); } while (n < 0 && errno == EINTR);
+    if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+    for (int i = 0; i < n; i++) lens[i] = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? -1 : (int)msgs[i].msg_len;
+    return n;
+}
+
+int CRelayShim_send_batch(int fd, const uint8_t *bufs, size_t slot, int count, const int *lens, const void *addrs) {
+    struct mmsghdr msgs[64];
+    struct iovec iovs[64];
+    if (count > 64) count = 64;
+    memset(msgs, 0, sizeof(struct mmsghdr) * count);
+    const struct sockaddr_in6 *a = addrs;
+    for (int i = 0; i < count; i++) {
+        iovs[i].iov_base = (void *)(bufs + (size_t)i * slot);
+        iovs[i].iov_len = (size_t)lens[i];
+        msgs[i].msg_hdr.msg_iov = &iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = (void *)&a[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in6);
+    }
+    int sent = 0;
+    while (sent < count) {
+        int n = sendmmsg(fd, msgs + sent, count - sent, 0);
+        if (n < 0) { if (errno == EINTR) continue; return sent > 0 ? sent : -errno; }
+        sent += n;
+    }
+    return sent;
+}

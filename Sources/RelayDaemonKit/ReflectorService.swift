@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import RelayControlAPI
+import CRelayShim
 import RelayCore
 #if canImport(Glibc)
 import Glibc
@@ -63,19 +64,31 @@ public final class ReflectorService: @unchecked Sendable {
         logger.info("STUN reflector on UDP port \(self.port)")
     }
 
+    /// Receives and answers in batches (recvmmsg / sendmmsg, up to 64 datagrams per syscall).
     func loop() {
-        var buf = [UInt8](repeating: 0, count: 2048)
+        let batch = 64, slot = 1536
+        let rx = UnsafeMutablePointer<UInt8>.allocate(capacity: batch * slot), tx = UnsafeMutablePointer<UInt8>.allocate(capacity: batch * slot)
+        defer { rx.deallocate(); tx.deallocate() }
+        var lens = [Int32](repeating: 0, count: batch), outLens = [Int32](repeating: 0, count: batch)
+        var from = [sockaddr_in6](repeating: sockaddr_in6(), count: batch), to = [sockaddr_in6](repeating: sockaddr_in6(), count: batch)
         while true {
             lock.lock(); let stop = stopped; lock.unlock()
             if stop { return }
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             guard poll(&pfd, 1, 200) > 0 else { continue }
-            var from = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
-            let n = withUnsafeMutablePointer(to: &from) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, &buf, buf.count, Int32(MSG_DONTWAIT), $0, &len) } }
-            guard n > 0 else { continue }
-            if n >= buf.count { lock.lock(); counters.malformed += 1; lock.unlock(); continue }  // oversized: truncated
-            if let r = handle(buf[0..<n], from: from) {
-                _ = withUnsafePointer(to: &from) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, r, r.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+            for _ in 0..<64 {
+                let n = Int(from.withUnsafeMutableBytes { CRelayShim_recv_batch(fd, rx, slot, Int32(batch), &lens, $0.baseAddress) })
+                guard n > 0 else { break }
+                var out = 0
+                for i in 0..<n {
+                    guard lens[i] > 0 else { lock.lock(); counters.malformed += 1; lock.unlock(); continue }  // truncated: oversized
+                    let b = Array(UnsafeBufferPointer(start: rx + i * slot, count: Int(lens[i])))
+                    guard let r = handle(b[...], from: from[i]), r.count <= slot else { continue }
+                    r.withUnsafeBytes { (tx + out * slot).update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: r.count) }
+                    outLens[out] = Int32(r.count); to[out] = from[i]; out += 1
+                }
+                if out > 0 { _ = to.withUnsafeBytes { CRelayShim_send_batch(fd, tx, slot, Int32(out), outLens, $0.baseAddress) } }
+                if n < batch { break }
             }
         }
     }

@@ -12,6 +12,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Repetitions per measurement (the median is reported).") var repeats = 3
     @Flag(help: "Skip the site-to-site path benchmark.") var noPaths = false
     @Flag(help: "Skip the helper apply benchmark.") var noApply = false
+    @Flag(help: "Skip the STUN reflector benchmark.") var noStun = false
     @Option(help: "Flow counts for relayd's memory figures.") var memoryFlows: [Int] = [10_000, 100_000]
 
     func run() throws {
@@ -57,6 +58,11 @@ struct Bench: ParsableCommand {
             print(pad(name, 40) + pad(String(format: "%.3f s", r), 14) + pad(String(format: "%.3f s", a), 16) + String(format: "%.2fx", a / r))
         }
         if !noPaths { try paths() }
+        if !noStun {
+            let (r, c) = try Lab.with("bench-stun") { try StunBench.run($0) }
+            print("")
+            print(pad("STUN Binding answers/s (one core)", 40) + pad(String(format: "%.0f", r), 14) + pad(String(format: "%.0f coturn", c), 16) + String(format: "%.2fx (goal >= 1)", r / max(c, 1)))
+        }
     }
 
     func paths() throws {

@@ -46,4 +46,12 @@ int CRelayShim_set_no_new_privs(void);
 /// posix_spawn_file_actions_addclosefrom_np (glibc >= 2.34, needs _GNU_SOURCE). Returns 0 or errno.
 int CRelayShim_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
 
+/// recvmmsg of up to `count` datagrams into `count` slots of `slot` bytes at `bufs`; lengths in
+/// `lens`, sources in `addrs` (sockaddr_in6 each). Non-blocking. Returns the number received, 0 when
+/// none is queued, or -errno. A datagram longer than `slot` is reported with length -1 (truncated).
+int CRelayShim_recv_batch(int fd, uint8_t *bufs, size_t slot, int count, int *lens, void *addrs);
+
+/// sendmmsg of `count` datagrams (slot-strided buffers, lengths, sockaddr_in6 destinations).
+/// Returns the number sent or -errno.
+int CRelayShim_send_batch(int fd, const uint8_t *bufs, size_t slot, int count, const int *lens, const void *addrs);
 #endif
