@@ -259,3 +259,66 @@ public struct ReflectionVote: Codable, Equatable, Sendable {
         return ReflectionVote(address: nil, votes: best?.value ?? 0, observers: n, quorum: quorum, mapping: mapping, explanation: why)
     }
 }
+
+extension Reflector {
+    /// The common case without allocations: an RFC 8489 Binding request with no attributes, or
+    /// only a valid FINGERPRINT. Writes the success response into `out` (at least 128 bytes) and
+    /// returns its length; nil means "take the general path" (which handles everything else).
+    public static func answerFast(_ req: UnsafeRawBufferPointer, from source: Endpoint, into out: UnsafeMutableRawBufferPointer) -> Int? {
+        guard req.count == 20 || req.count == 28, out.count >= 128,
+              req[0] == 0x00, req[1] == 0x01, req[2] == 0x00, Int(req[3]) == req.count - 20,
+              req[4] == 0x21, req[5] == 0x12, req[6] == 0xA4, req[7] == 0x42 else { return nil }
+        if req.count == 28 {
+            guard req[20] == 0x80, req[21] == 0x28, req[22] == 0, req[23] == 4 else { return nil }
+            let want = STUN.crc32(UnsafeRawBufferPointer(rebasing: req[0..<20])) ^ 0x5354_554e
+            let have = UInt32(req[24]) << 24 | UInt32(req[25]) << 16 | UInt32(req[26]) << 8 | UInt32(req[27])
+            guard want == have else { return nil }
+        }
+        var n = 20
+        func put(_ b: UInt8) { out[n] = b; n += 1 }
+        func put16(_ v: UInt16) { put(UInt8(v >> 8)); put(UInt8(v & 0xff)) }
+        let v4: Bool, addr: (UInt64, UInt64)
+        switch source.address {
+        case .v4(let a): v4 = true; addr = (UInt64(a.value), 0)
+        case .v6(let a): v4 = false; addr = (a.high, a.low)
+        }
+        func address(xor: Bool) {
+            put16(xor ? STUN.Attr.xorMappedAddress : STUN.Attr.mappedAddress); put16(v4 ? 8 : 20)
+            put(0); put(v4 ? 1 : 2); put16(xor ? source.port ^ 0x2112 : source.port)
+            if v4 {
+                let x = UInt32(truncatingIfNeeded: addr.0) ^ (xor ? STUN.magicCookie : 0)
+                put(UInt8(x >> 24)); put(UInt8(x >> 16 & 0xff)); put(UInt8(x >> 8 & 0xff)); put(UInt8(x & 0xff))
+            } else {
+                for i in 0..<16 {
+                    let word = i < 8 ? addr.0 : addr.1
+                    var b = UInt8(truncatingIfNeeded: word >> (UInt64(7 - i % 8) * 8))
+                    if xor { b ^= i < 4 ? UInt8(truncatingIfNeeded: STUN.magicCookie >> (UInt32(3 - i) * 8)) : req[8 + i - 4] }
+                    put(b)
+                }
+            }
+        }
+        address(xor: true)
+        address(xor: false)
+        let sw = software.utf8
+        put16(STUN.Attr.software); put16(UInt16(sw.count))
+        for b in sw { put(b) }
+        while n % 4 != 0 { put(0) }
+        let length = n - 20 + 8
+        out[0] = 0x01; out[1] = 0x01; out[2] = UInt8(length >> 8); out[3] = UInt8(length & 0xff)
+        for i in 4..<20 { out[i] = req[i] }
+        let crc = STUN.crc32(UnsafeRawBufferPointer(rebasing: out[0..<n])) ^ 0x5354_554e
+        put16(STUN.Attr.fingerprint); put16(4)
+        put(UInt8(crc >> 24)); put(UInt8(crc >> 16 & 0xff)); put(UInt8(crc >> 8 & 0xff)); put(UInt8(crc & 0xff))
+        return n
+    }
+}
+
+extension STUN {
+    public static func crc32(_ b: UnsafeRawBufferPointer) -> UInt32 {
+        var c: UInt32 = 0xFFFF_FFFF
+        crcTable.withUnsafeBufferPointer { t in
+            for x in b { c = t[Int((c ^ UInt32(x)) & 0xff)] ^ (c >> 8) }
+        }
+        return c ^ 0xFFFF_FFFF
+    }
+}

@@ -1,8 +1,8 @@
 import Foundation
 import Logging
 import RelayControlAPI
-import CRelayShim
 import RelayCore
+import RelayIPC
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -77,17 +77,32 @@ public final class ReflectorService: @unchecked Sendable {
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             guard poll(&pfd, 1, 200) > 0 else { continue }
             for _ in 0..<64 {
-                let n = Int(from.withUnsafeMutableBytes { CRelayShim_recv_batch(fd, rx, slot, Int32(batch), &lens, $0.baseAddress) })
+                let n = UDPBatch.receive(fd, rx, slot: slot, count: batch, lens: &lens, addrs: &from)
                 guard n > 0 else { break }
                 var out = 0
+                let now = Date().timeIntervalSince1970
+                lock.lock()
                 for i in 0..<n {
-                    guard lens[i] > 0 else { lock.lock(); counters.malformed += 1; lock.unlock(); continue }  // truncated: oversized
-                    let b = Array(UnsafeBufferPointer(start: rx + i * slot, count: Int(lens[i])))
-                    guard let r = handle(b[...], from: from[i]), r.count <= slot else { continue }
-                    r.withUnsafeBytes { (tx + out * slot).update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: r.count) }
-                    outLens[out] = Int32(r.count); to[out] = from[i]; out += 1
+                    guard lens[i] > 0 else { counters.malformed += 1; continue }  // truncated: oversized
+                    guard let src = TunnelService.endpoint(from[i]) else { continue }
+                    guard limiter.allow(src.address, now: now) else { counters.rateLimited += 1; continue }
+                    let req = UnsafeRawBufferPointer(start: rx + i * slot, count: Int(lens[i]))
+                    let dst = UnsafeMutableRawBufferPointer(start: tx + out * slot, count: slot)
+                    if let len = Reflector.answerFast(req, from: src, into: dst) {
+                        counters.answered += 1
+                        outLens[out] = Int32(len); to[out] = from[i]; out += 1
+                        continue
+                    }
+                    switch Reflector.answer(Array(req)[...], from: src) {
+                    case .respond(let r) where r.count <= slot:
+                        if r.count > 1, r[1] == 0x11 { counters.errors += 1 } else { counters.answered += 1 }
+                        r.withUnsafeBytes { dst.copyMemory(from: $0) }
+                        outLens[out] = Int32(r.count); to[out] = from[i]; out += 1
+                    default: counters.malformed += 1
+                    }
                 }
-                if out > 0 { _ = to.withUnsafeBytes { CRelayShim_send_batch(fd, tx, slot, Int32(out), outLens, $0.baseAddress) } }
+                lock.unlock()
+                if out > 0 { UDPBatch.send(fd, tx, slot: slot, count: out, lens: outLens, addrs: to) }
                 if n < batch { break }
             }
         }

@@ -110,3 +110,27 @@ struct STUNTests {
         #expect(ReflectionVote.decide([o("a", "203.0.113.5:4000"), o("b", "203.0.113.5:4000")]).mapping == .endpointIndependent)
     }
 }
+
+@Suite("STUN fast path")
+struct STUNFastPathTests {
+    @Test("the allocation-free answer is byte-identical to the general one (IPv4 and IPv6, with and without FINGERPRINT); anything else falls back")
+    func sameBytes() throws {
+        var rng = SystemRandomNumberGenerator()
+        for src in ["203.0.113.7:4242", "[2001:db8::7]:5353", "0.0.0.0:1", "[::ffff:1.2.3.4]:65535"] {
+            for fp in [false, true] {
+                let tid = (0..<12).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                let req = STUN.encode(type: STUN.bindingRequest, transactionID: tid, attributes: [], fingerprint: fp)
+                guard case .respond(let general) = Reflector.answer(req[...], from: Endpoint(src)!) else { Issue.record("no answer"); continue }
+                var out = [UInt8](repeating: 0, count: 256)
+                let n = req.withUnsafeBytes { r in out.withUnsafeMutableBytes { Reflector.answerFast(r, from: Endpoint(src)!, into: $0) } }
+                #expect(n.map { Array(out[0..<$0]) } == general, "\(src) fingerprint \(fp)")
+            }
+        }
+        let withAttr = STUN.encode(type: STUN.bindingRequest, transactionID: [UInt8](repeating: 1, count: 12), attributes: [(STUN.Attr.software, [65])])
+        var out = [UInt8](repeating: 0, count: 256)
+        #expect(withAttr.withUnsafeBytes { r in out.withUnsafeMutableBytes { Reflector.answerFast(r, from: Endpoint("1.2.3.4:5")!, into: $0) } } == nil)
+        var badFP = STUN.encode(type: STUN.bindingRequest, transactionID: [UInt8](repeating: 1, count: 12), attributes: [], fingerprint: true)
+        badFP[27] ^= 1
+        #expect(badFP.withUnsafeBytes { r in out.withUnsafeMutableBytes { Reflector.answerFast(r, from: Endpoint("1.2.3.4:5")!, into: $0) } } == nil)
+    }
+}
