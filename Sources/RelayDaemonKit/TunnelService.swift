@@ -4,6 +4,7 @@ import Logging
 import RelayControlAPI
 import RelayCore
 import RelayTunnel
+import RelayIPC
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -213,35 +214,63 @@ public final class TunnelService: @unchecked Sendable {
         if fd >= 0 { _ = icmp.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
     }
 
+    /// Peers to TUN: recvmmsg up to 64 datagrams per syscall, then handle each.
     func udpLoop() {
-        var buf = [UInt8](repeating: 0, count: 65536)
+        let batch = 64, slot = 65536
+        let rx = UnsafeMutablePointer<UInt8>.allocate(capacity: batch * slot)
+        defer { rx.deallocate() }
+        var lens = [Int32](repeating: 0, count: batch), from = [sockaddr_in6](repeating: sockaddr_in6(), count: batch)
         while !isStopped {
             var pfd = pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0)
             guard poll(&pfd, 1, 200) > 0 else { continue }
-            // Drain everything queued before sleeping in poll again (one syscall per datagram).
-            for _ in 0..<256 {
-                var from = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
-                let n = withUnsafeMutablePointer(to: &from) { p in
-                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(socketFD, &buf, buf.count, Int32(MSG_DONTWAIT), $0, &len) }
-                }
+            for _ in 0..<16 {
+                let n = UDPBatch.receive(socketFD, rx, slot: slot, count: batch, lens: &lens, addrs: &from)
                 guard n > 0 else { break }
-                receive(buf[0..<n], from: from)
+                for i in 0..<n where lens[i] > 0 {
+                    receive(Array(UnsafeBufferPointer(start: rx + i * slot, count: Int(lens[i])))[...], from: from[i])
+                }
+                if n < batch { break }
             }
         }
     }
 
+    /// TUN to peers: reads every queued packet, seals each, and sends them with one sendmmsg per
+    /// batch of up to 64.
     func tunLoop() {
+        let batch = 64, slot = 65536 + TunnelLimits.overhead
+        let tx = UnsafeMutablePointer<UInt8>.allocate(capacity: batch * slot)
+        defer { tx.deallocate() }
         var buf = [UInt8](repeating: 0, count: 65536)
+        var lens = [Int32](repeating: 0, count: batch), to = [sockaddr_in6](repeating: sockaddr_in6(), count: batch)
+        var originals: [ArraySlice<UInt8>] = []
         while !isStopped {
             let fd = tunFD()
             guard fd >= 0 else { usleep(100_000); continue }
             if fcntl(fd, F_GETFL) & O_NONBLOCK == 0 { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             guard poll(&pfd, 1, 200) > 0 else { continue }
-            for _ in 0..<256 {
-                let n = read(fd, &buf, buf.count)
-                guard n > 0 else { break }
-                outgoing(buf[0..<n])
+            var drained = false
+            for _ in 0..<16 where !drained {
+                var count = 0
+                originals.removeAll(keepingCapacity: true)
+                while count < batch {
+                    let n = read(fd, &buf, buf.count)
+                    guard n > 0 else { drained = true; break }
+                    let pkt = buf[0..<n]
+                    guard let (wire, ep) = prepare(pkt) else { continue }
+                    wire.withUnsafeBytes { (tx + count * slot).update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: wire.count) }
+                    lens[count] = Int32(wire.count); to[count] = ep
+                    originals.append(ArraySlice(Array(pkt)))
+                    count += 1
+                }
+                guard count > 0 else { continue }
+                let sent = count == 1 ? (send(Array(UnsafeBufferPointer(start: tx, count: Int(lens[0]))), to: to[0]) == 0 ? 1 : 0)
+                                      : UDPBatch.send(socketFD, tx, slot: slot, count: count, lens: lens, addrs: to)
+                // What did not go (EMSGSIZE: the path is narrower): one by one, to learn why.
+                for i in max(sent, 0)..<count {
+                    let wire = Array(UnsafeBufferPointer(start: tx + i * slot, count: Int(lens[i])))
+                    if send(wire, to: to[i]) == EMSGSIZE { answerTooBig(originals[i], to: to[i]) }
+                }
             }
         }
     }
@@ -257,11 +286,17 @@ public final class TunnelService: @unchecked Sendable {
 
     /// A packet from the TUN device: to the peer whose site owns its destination.
     func outgoing(_ pkt: ArraySlice<UInt8>) {
-        guard let (src, dst) = IPHeader.addresses(pkt) else { lock.lock(); counters.malformed += 1; lock.unlock(); return }
+        if let (wire, ep) = prepare(pkt), send(wire, to: ep) == EMSGSIZE { answerTooBig(pkt, to: ep) }
+    }
+
+    /// Seals a packet from the TUN device for its peer; nil when it was queued (handshake pending)
+    /// or dropped. The caller sends the datagram (alone, or in a batch).
+    func prepare(_ pkt: ArraySlice<UInt8>) -> ([UInt8], sockaddr_in6)? {
+        guard let (src, dst) = IPHeader.addresses(pkt) else { lock.lock(); counters.malformed += 1; lock.unlock(); return nil }
         let now = clock()
         lock.lock()
         guard let peer = peers.first(where: { p in p.prefixes.contains { $0.contains(dst) } }) else {
-            counters.noRoute += 1; lock.unlock(); return
+            counters.noRoute += 1; lock.unlock(); return nil
         }
         if var s = peer.current, !s.expired(now: now), let ep = peer.endpoint {
             let (key, n, remote) = s.reserve()
@@ -271,18 +306,18 @@ public final class TunnelService: @unchecked Sendable {
             let rekey = s.wantsRekey(now: now) && peer.pending == nil
             let name = peer.name
             lock.unlock()
-            // Crypto and the syscall outside the lock.
+            // Crypto outside the lock.
             let wire = TunnelSession.seal(pkt, key: key, counter: n, remoteIndex: remote)
-            if send(wire, to: ep) == EMSGSIZE { answerTooBig(pkt, to: ep) }
             flows.record(pkt, outbound: true, peer: name, now: now)
             if rekey { lock.lock(); initiate(peer, now: now); lock.unlock() }
             _ = src
-            return
+            return (wire, ep)
         }
         if peer.queue.count >= 32 { peer.queue.removeFirst(); counters.queueOverflow += 1 }
         peer.queue.append(Array(pkt))
         if peer.pending == nil { initiate(peer, now: now) }
         lock.unlock()
+        return nil
     }
 
     /// Sends a handshake initiation (lock held).
