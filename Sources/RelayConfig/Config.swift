@@ -15,7 +15,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 public enum ConfigFile {
     static let known: [String: [String]] = [
         "": ["node", "site", "peer", "sessions", "reflector"],
-        "reflector": ["enabled", "port", "rate", "burst"],
+        "reflector": ["enabled", "port", "rate", "burst", "servers"],
         "sessions": ["tcp_timeout", "udp_timeout", "icmp_timeout", "other_timeout", "max"],
         "node": ["name", "listen_port", "device", "mtu"],
         "site": ["name", "lan4", "virtual4", "virtual6"],
@@ -96,6 +96,15 @@ public enum ConfigFile {
                 if let x = int(t, "port", "reflector", 0...65535) { cfg.reflector.port = UInt16(x) }
                 if let x = int(t, "rate", "reflector", 1...100_000) { cfg.reflector.rate = Double(x) }
                 if let x = int(t, "burst", "reflector", 1...100_000) { cfg.reflector.burst = Double(x) }
+                if let v = t["servers"] {
+                    if let arr = v.array {
+                        for (i, e) in arr.enumerated() {
+                            if let str = e.string, let ep = Endpoint(str) { cfg.reflector.servers.append(ep) } else {
+                                err("reflector.servers[\(i)]", "\(e) is not ADDRESS:PORT (e.g. 198.51.100.7:3478 or [2001:db8::7]:3478)")
+                            }
+                        }
+                    } else { err("reflector.servers", "must be an array of \"ADDRESS:PORT\" strings") }
+                }
             } else { err("reflector", "must be a table: [reflector]") }
         }
         if let v = root["site"] {

@@ -223,5 +223,8 @@ public struct ReflectorConfig: Codable, Equatable, Sendable {
     /// Requests per second per source, and the burst.
     public var rate: Double = 20
     public var burst: Double = 40
+    /// Extra reflectors to ask for this node's public address (besides the peers), e.g. a STUN
+    /// server of your own. Never a public one by default.
+    public var servers: [Endpoint] = []
     public init() {}
 }

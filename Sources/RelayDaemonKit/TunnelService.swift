@@ -117,6 +117,7 @@ public final class TunnelService: @unchecked Sendable {
             }
         }
         peers = next
+        if reflectionServers != cfg.reflector.servers { reflectionServers = cfg.reflector.servers; lastReflection = 0 }
         byIndex = [:]
         for p in peers {
             for s in [p.current, p.previous, p.next].compactMap({ $0 }) { byIndex[s.localIndex] = p }
@@ -514,6 +515,7 @@ public final class TunnelService: @unchecked Sendable {
     // MARK: reflection (this node's public address, as its peers see it)
 
     var reflectionPending: [[UInt8]: (peer: String, sentAt: Double)] = [:]
+    var reflectionServers: [Endpoint] = []
     var observations: [ReflectionVote.Observation] = []
     var lastReflection: Double = 0
 
@@ -521,10 +523,11 @@ public final class TunnelService: @unchecked Sendable {
     func askPeers(now: Double) {
         lastReflection = now
         reflectionPending = reflectionPending.filter { now - $0.value.sentAt < 10 }
-        for p in peers {
-            guard let ep = p.endpoint else { continue }
+        var targets: [(String, sockaddr_in6)] = peers.compactMap { p in p.endpoint.map { (p.name, $0) } }
+        targets += reflectionServers.map { ("stun \($0)", TunnelService.socketAddress($0)) }
+        for (name, ep) in targets {
             let tid = (0..<12).map { _ in UInt8.random(in: 0...255) }
-            reflectionPending[tid] = (p.name, now)
+            reflectionPending[tid] = (name, now)
             send(STUN.encode(type: STUN.bindingRequest, transactionID: tid, attributes: [(STUN.Attr.software, Array(Reflector.software.utf8))]), to: ep)
         }
     }

@@ -74,5 +74,18 @@ struct ReflectorTests {
         let obj = try JSONSerialization.jsonObject(with: Data(out!.stdout.utf8)) as? [String: Any]
         #expect((obj?["mapped"] as? String)?.hasPrefix("127.0.0.1:") == true, "\(out!.stdout)")
         #expect((obj?["software"] as? String)?.lowercased().contains("coturn") == true)
+
+        // relayd's own client, with coturn configured as a reflector: it learns its tunnel port's
+        // mapped address from coturn.
+        let d = try RelaydProcess(config: "[node]\nname = \"c\"\nlisten_port = 0\n[reflector]\nport = 0\nservers = [\"127.0.0.1:\(port)\"]\n")
+        let tunnelPort = try d.json(StatusResponse.self, "status").tunnelPort!
+        var r: ReflectResponse?
+        try waitUntil("an observation from coturn", timeout: 5) {
+            r = try d.json(ReflectResponse.self, "reflect")
+            return r?.observations.isEmpty == false
+        }
+        #expect(r?.observations.first?.observer == "stun 127.0.0.1:\(port)")
+        #expect(r?.observations.first?.mapped.description == "127.0.0.1:\(tunnelPort)")
+        #expect(r?.ipv4.address == nil && r?.ipv4.explanation.contains("evidence") == true, "one observer is not a quorum")
     }
 }
