@@ -151,7 +151,7 @@ public final class TunnelService: @unchecked Sendable {
         _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
         socketFD = s
         self.port = UInt16(bigEndian: bound.sin6_port)
-        for (name, body) in [("tunnel-udp", udpLoop), ("tunnel-tun", tunLoop), ("tunnel-timers", timerLoop)] as [(String, () -> Void)] {
+        for (name, body) in [("tunnel-udp", udpLoop), ("tunnel-tun", tunLoop), ("tunnel-timers", timerLoop), ("address-watch", addressWatch)] as [(String, () -> Void)] {
             running.enter()
             let group = running
             let t = Thread { body(); group.leave() }
@@ -541,6 +541,31 @@ public final class TunnelService: @unchecked Sendable {
         observations.removeAll { $0.observer == pend.peer && $0.mapped.address.family == mapped.address.family }
         observations.append(ReflectionVote.Observation(observer: pend.peer, mapped: mapped, at: Date()))
     }
+
+    /// Local addresses changed (rtnetlink RTM_NEWADDR/RTM_DELADDR, no privilege needed to listen):
+    /// ask the reflectors again now instead of at the next 60-second check.
+    func addressWatch() {
+        let s = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0 /* NETLINK_ROUTE */)
+        guard s >= 0 else { return }
+        defer { close(s) }
+        // struct sockaddr_nl (linux/netlink.h): family, pad, pid, groups.
+        struct SockaddrNL { var family: UInt16; var pad: UInt16 = 0; var pid: UInt32 = 0; var groups: UInt32 }
+        var addr = SockaddrNL(family: UInt16(AF_NETLINK), groups: 0x10 | 0x100)  // RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+        guard withUnsafePointer(to: &addr, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<SockaddrNL>.size)) } }) == 0 else { return }
+        var buf = [UInt8](repeating: 0, count: 16384)
+        while !isStopped {
+            var pfd = pollfd(fd: s, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 200) > 0 else { continue }
+            var changed = false
+            while recv(s, &buf, buf.count, Int32(MSG_DONTWAIT)) > 0 { changed = true }
+            if changed {
+                lock.lock(); lastReflection = 0; addressChanges += 1; lock.unlock()
+                logger.info("local addresses changed: asking the reflectors again")
+            }
+        }
+    }
+
+    var addressChanges = 0
 
     public func reflection() -> [ReflectionVote.Observation] { lock.lock(); defer { lock.unlock() }; return observations }
 

@@ -55,6 +55,14 @@ struct ReflectionNATTests {
                 r = try ControlJSON.decoder().decode(ReflectResponse.self, from: Data(out.utf8))
                 return r?.observations.count == 3
             }
+            // A local address change makes relayd ask again at once (not after its 60-second timer).
+            let firstAt = r!.observations.map(\.at).max()!
+            usleep(1_100_000)  // the API's timestamps have one-second resolution
+            try node.ip("addr", "add", "10.0.0.3/24", "dev", "eth0")
+            try waitUntil("re-asked after the address change", timeout: 5) {
+                let out = try node.run([try Binaries.path("relayctl"), "reflect", "--json", "--socket", sock]).stdout
+                return try ControlJSON.decoder().decode(ReflectResponse.self, from: Data(out.utf8)).observations.allSatisfy { $0.at > firstAt }
+            }
             let v = r!.ipv4
             let seen = Set(r!.observations.map(\.mapped.description))
             #expect(r!.observations.allSatisfy { $0.mapped.address.description.hasPrefix("198.51.") }, "each reflector sees the router's address on its side: \(seen)")
@@ -78,7 +86,7 @@ struct ReflectionNATTests {
         }
     }
 
-    @Test("plain masquerade: the same mapped port from all three reflectors, matching conntrack")
+    @Test("plain masquerade: the same mapped port from all three reflectors, matching conntrack; a local address change triggers a new check")
     func endpointIndependent() throws { try KernelGate.check(); try run(randomFully: false) }
 
     @Test("fully-random masquerade: a different port per reflector (endpoint-dependent), no quorum, matching conntrack")
