@@ -206,3 +206,13 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible, Codable, Com
         try c.encode(description)
     }
 }
+
+/// The Internet checksum (RFC 1071): 0 over data that already includes a correct checksum.
+public func internetChecksum(_ b: ArraySlice<UInt8>) -> UInt16 {
+    var sum: UInt32 = 0
+    var i = b.startIndex
+    while i + 1 < b.endIndex { sum += UInt32(b[i]) << 8 | UInt32(b[i + 1]); i += 2 }
+    if i < b.endIndex { sum += UInt32(b[i]) << 8 }
+    while sum >> 16 != 0 { sum = (sum & 0xffff) + (sum >> 16) }
+    return ~UInt16(sum)
+}

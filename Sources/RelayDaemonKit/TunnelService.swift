@@ -619,14 +619,7 @@ public enum IPHeader {
 
 extension IPHeader {
     /// The Internet checksum (RFC 1071); 0 over data that includes a correct checksum.
-    public static func checksum(_ b: ArraySlice<UInt8>) -> UInt16 {
-        var sum: UInt32 = 0
-        var i = b.startIndex
-        while i + 1 < b.endIndex { sum += UInt32(b[i]) << 8 | UInt32(b[i + 1]); i += 2 }
-        if i < b.endIndex { sum += UInt32(b[i]) << 8 }
-        while sum >> 16 != 0 { sum = (sum & 0xffff) + (sum >> 16) }
-        return ~UInt16(sum)
-    }
+    public static func checksum(_ b: ArraySlice<UInt8>) -> UInt16 { internetChecksum(b) }
 
     /// The ICMP error that tells `original`'s sender to send smaller packets: IPv4 "fragmentation
     /// needed" (RFC 1191) with the next-hop MTU, or ICMPv6 "packet too big" (RFC 4443). It comes

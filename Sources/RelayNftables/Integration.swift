@@ -57,7 +57,7 @@ public struct Integration: Sendable {
 }
 
 extension NftablesTable {
-    struct ForeignRule { var handle: UInt64; var comment: String?; var packets: UInt64; var bytes: UInt64 }
+    typealias ForeignRule = ObservedRule
 
     func foreignChainExists(_ p: IntegrationPoint, chain: String) throws -> Bool {
         let c = nftnl_chain_alloc()!; defer { nftnl_chain_free(c) }
@@ -88,20 +88,7 @@ extension NftablesTable {
             guard m.bytes.withUnsafeBytes({ nftnl_rule_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), r) }) >= 0 else { continue }
             guard String(cString: nftnl_rule_get_str(r, attr(NFTNL_RULE_TABLE))) == p.table,
                   String(cString: nftnl_rule_get_str(r, attr(NFTNL_RULE_CHAIN))) == chain else { continue }
-            var comment: String?
-            var len: UInt32 = 0
-            if nftnl_rule_is_set(r, attr(NFTNL_RULE_USERDATA)), let ud = nftnl_rule_get_data(r, attr(NFTNL_RULE_USERDATA), &len) {
-                comment = NftablesTable.commentFromUserdata(UnsafeRawBufferPointer(start: ud, count: Int(len)))
-            }
-            var packets: UInt64 = 0, bytes: UInt64 = 0
-            let it = nftnl_expr_iter_create(r)
-            while let e = nftnl_expr_iter_next(it) {
-                if String(cString: nftnl_expr_get_str(e, attr(NFTNL_EXPR_NAME))) == "counter" {
-                    packets = nftnl_expr_get_u64(e, attr(NFTNL_EXPR_CTR_PACKETS)); bytes = nftnl_expr_get_u64(e, attr(NFTNL_EXPR_CTR_BYTES))
-                }
-            }
-            nftnl_expr_iter_destroy(it)
-            out.append(ForeignRule(handle: nftnl_rule_get_u64(r, attr(NFTNL_RULE_HANDLE)), comment: comment, packets: packets, bytes: bytes))
+            out.append(NftablesTable.summary(r))
         }
         return out
     }

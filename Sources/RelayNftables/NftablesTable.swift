@@ -73,24 +73,28 @@ public final class NftablesTable {
             let r = nftnl_rule_alloc()!; defer { nftnl_rule_free(r) }
             guard m.bytes.withUnsafeBytes({ nftnl_rule_nlmsg_parse($0.baseAddress!.assumingMemoryBound(to: nlmsghdr.self), r) }) >= 0 else { continue }
             guard isOurs(nftnl_rule_get_str(r, attr(NFTNL_RULE_TABLE)), nftnl_rule_get_u32(r, attr(NFTNL_RULE_FAMILY))) else { continue }
-            var comment: String?
-            var len: UInt32 = 0
-            if nftnl_rule_is_set(r, attr(NFTNL_RULE_USERDATA)), let ud = nftnl_rule_get_data(r, attr(NFTNL_RULE_USERDATA), &len) {
-                comment = NftablesTable.commentFromUserdata(UnsafeRawBufferPointer(start: ud, count: Int(len)))
-            }
-            var packets: UInt64 = 0, bytes: UInt64 = 0
-            let it = nftnl_expr_iter_create(r)
-            while let e = nftnl_expr_iter_next(it) {
-                if String(cString: nftnl_expr_get_str(e, attr(NFTNL_EXPR_NAME))) == "counter" {
-                    packets = nftnl_expr_get_u64(e, attr(NFTNL_EXPR_CTR_PACKETS))
-                    bytes = nftnl_expr_get_u64(e, attr(NFTNL_EXPR_CTR_BYTES))
-                }
-            }
-            nftnl_expr_iter_destroy(it)
-            out.append((String(cString: nftnl_rule_get_str(r, attr(NFTNL_RULE_CHAIN))),
-                        ObservedRule(handle: nftnl_rule_get_u64(r, attr(NFTNL_RULE_HANDLE)), comment: comment, packets: packets, bytes: bytes)))
+            out.append((String(cString: nftnl_rule_get_str(r, attr(NFTNL_RULE_CHAIN))), NftablesTable.summary(r)))
         }
         return out
+    }
+
+    /// A parsed rule's handle, comment (its tag) and counter.
+    static func summary(_ r: OpaquePointer) -> ObservedRule {
+        var comment: String?
+        var len: UInt32 = 0
+        if nftnl_rule_is_set(r, attr(NFTNL_RULE_USERDATA)), let ud = nftnl_rule_get_data(r, attr(NFTNL_RULE_USERDATA), &len) {
+            comment = commentFromUserdata(UnsafeRawBufferPointer(start: ud, count: Int(len)))
+        }
+        var packets: UInt64 = 0, bytes: UInt64 = 0
+        let it = nftnl_expr_iter_create(r)
+        while let e = nftnl_expr_iter_next(it) {
+            if String(cString: nftnl_expr_get_str(e, attr(NFTNL_EXPR_NAME))) == "counter" {
+                packets = nftnl_expr_get_u64(e, attr(NFTNL_EXPR_CTR_PACKETS))
+                bytes = nftnl_expr_get_u64(e, attr(NFTNL_EXPR_CTR_BYTES))
+            }
+        }
+        nftnl_expr_iter_destroy(it)
+        return ObservedRule(handle: nftnl_rule_get_u64(r, attr(NFTNL_RULE_HANDLE)), comment: comment, packets: packets, bytes: bytes)
     }
 
     /// TLV userdata (type 0 = comment, NUL-terminated), parsed by hand with bounds checks.

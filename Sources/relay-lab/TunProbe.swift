@@ -49,14 +49,7 @@ struct TunProbe: ParsableCommand {
 
 /// Minimal IPv4/ICMP for the probe (the real codecs live in RelayCore's packet path).
 enum ProbePacket {
-    static func checksum(_ b: ArraySlice<UInt8>) -> UInt16 {
-        var sum: UInt32 = 0
-        var i = b.startIndex
-        while i + 1 < b.endIndex { sum += UInt32(b[i]) << 8 | UInt32(b[i + 1]); i += 2 }
-        if i < b.endIndex { sum += UInt32(b[i]) << 8 }
-        while sum >> 16 != 0 { sum = (sum & 0xffff) + (sum >> 16) }
-        return ~UInt16(sum)
-    }
+    static func checksum(_ b: ArraySlice<UInt8>) -> UInt16 { internetChecksum(b) }
 
     static func echoRequest(src: IPv4Address, dst: IPv4Address, ident: UInt16, seq: UInt16) -> [UInt8] {
         let payload = Array("relay-tun-probe".utf8)
