@@ -110,7 +110,9 @@ extension SiteToSiteTests {
                 ihl = (frame[14] & 15) * 4
                 udp = frame[14+ihl:]
                 seen.append(socket.inet_ntoa(frame[14+12:14+16]))
-                if len(udp) > 8 and frame[14+12:14+16] == socket.inet_aton('10.20.20.20'):
+                # Tunnel messages only (0xC1/0xC2/0xC4): a STUN request on the shared port would
+                # rightly be answered by the reflector, which anyone may ask.
+                if len(udp) > 8 and frame[14+12:14+16] == socket.inet_aton('10.20.20.20') and udp[8] in (0xc1, 0xc2, 0xc4):
                     pkts.append(udp[8:])
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(('10.10.10.1', 40000))
