@@ -44,19 +44,7 @@ public final class ReflectorService: @unchecked Sendable {
     }
 
     public func start(port: UInt16) throws {
-        let s = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard s >= 0 else { throw NodeIdentity.Failure(description: "cannot open the reflector's UDP socket: \(String(cString: strerror(errno)))") }
-        var zero: Int32 = 0
-        setsockopt(s, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size))
-        var addr = sockaddr_in6(); addr.sin6_family = sa_family_t(AF_INET6); addr.sin6_port = port.bigEndian
-        guard withUnsafePointer(to: &addr, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }) == 0 else {
-            let e = errno; close(s)
-            throw NodeIdentity.Failure(description: "cannot bind the reflector to UDP port \(port): \(String(cString: strerror(e))) (reflector.port, or reflector.enabled = false)")
-        }
-        var bound = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
-        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
-        fd = s
-        self.port = UInt16(bigEndian: bound.sin6_port)
+        (fd, self.port) = try bindDualStackUDP(port: port, what: "the STUN reflector on UDP port \(port)", key: "reflector.port, or reflector.enabled = false")
         running.enter()
         let t = Thread { [self] in loop(); running.leave() }
         t.name = "reflector"

@@ -128,29 +128,14 @@ public final class TunnelService: @unchecked Sendable {
     // MARK: sockets and threads
 
     public func start(port: UInt16) throws {
-        let s = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard s >= 0 else { throw NodeIdentity.Failure(description: "cannot open a UDP socket: \(String(cString: strerror(errno)))") }
-        var zero: Int32 = 0, big: Int32 = 4 << 20
-        setsockopt(s, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size))
-        setsockopt(s, SOL_SOCKET, SO_RCVBUF, &big, socklen_t(MemoryLayout<Int32>.size))
-        setsockopt(s, SOL_SOCKET, SO_SNDBUF, &big, socklen_t(MemoryLayout<Int32>.size))
+        let (s, bound) = try bindDualStackUDP(port: port, what: "UDP port \(port) for peer tunnels", key: "node.listen_port", buffers: 4 << 20)
         // Never fragment the sealed datagrams: an oversized one fails with EMSGSIZE and relayd tells
         // the inner sender the size that fits (path MTU discovery end to end).
         var pmtudo: Int32 = 2  // IP_PMTUDISC_DO / IPV6_PMTUDISC_DO
         setsockopt(s, Int32(IPPROTO_IP), IP_MTU_DISCOVER, &pmtudo, socklen_t(MemoryLayout<Int32>.size))
         setsockopt(s, Int32(IPPROTO_IPV6), IPV6_MTU_DISCOVER, &pmtudo, socklen_t(MemoryLayout<Int32>.size))
-        var addr = sockaddr_in6()
-        addr.sin6_family = sa_family_t(AF_INET6)
-        addr.sin6_port = port.bigEndian
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
-        guard rc == 0 else {
-            let e = errno; close(s)
-            throw NodeIdentity.Failure(description: "cannot bind UDP port \(port) for peer tunnels: \(String(cString: strerror(e))) (node.listen_port)")
-        }
-        var bound = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
-        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
         socketFD = s
-        self.port = UInt16(bigEndian: bound.sin6_port)
+        self.port = bound
         for (name, body) in [("tunnel-udp", udpLoop), ("tunnel-tun", tunLoop), ("tunnel-timers", timerLoop), ("address-watch", addressWatch)] as [(String, () -> Void)] {
             running.enter()
             let group = running
@@ -655,4 +640,25 @@ extension IPHeader {
         default: return nil
         }
     }
+}
+
+/// A dual-stack (IPv4-mapped) UDP socket bound to `port` (0 = any free one). Returns it and the bound port;
+/// the error names the setting to change.
+func bindDualStackUDP(port: UInt16, what: String, key: String, buffers: Int32? = nil) throws -> (Int32, UInt16) {
+    let s = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard s >= 0 else { throw NodeIdentity.Failure(description: "cannot open a UDP socket for \(what): \(String(cString: strerror(errno)))") }
+    var zero: Int32 = 0
+    setsockopt(s, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size))
+    if var big = buffers {
+        setsockopt(s, SOL_SOCKET, SO_RCVBUF, &big, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(s, SOL_SOCKET, SO_SNDBUF, &big, socklen_t(MemoryLayout<Int32>.size))
+    }
+    var addr = sockaddr_in6(); addr.sin6_family = sa_family_t(AF_INET6); addr.sin6_port = port.bigEndian
+    guard withUnsafePointer(to: &addr, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }) == 0 else {
+        let e = errno; close(s)
+        throw NodeIdentity.Failure(description: "cannot bind \(what): \(String(cString: strerror(e))) (\(key))")
+    }
+    var bound = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+    _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
+    return (s, UInt16(bigEndian: bound.sin6_port))
 }
