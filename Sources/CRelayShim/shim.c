@@ -141,6 +141,10 @@ int CRelayShim_set_no_new_privs(void) {
 }
 
 int CRelayShim_recv_batch(int fd, uint8_t *bufs, size_t slot, int count, int *lens, void *addrs) {
+    return CRelayShim_recv_batch_flags(fd, bufs, slot, count, lens, addrs, MSG_DONTWAIT);
+}
+
+int CRelayShim_recv_batch_flags(int fd, uint8_t *bufs, size_t slot, int count, int *lens, void *addrs, int flags) {
     struct mmsghdr msgs[64];
     struct iovec iovs[64];
     if (count > 64) count = 64;
@@ -155,7 +159,7 @@ int CRelayShim_recv_batch(int fd, uint8_t *bufs, size_t slot, int count, int *le
         msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in6);
     }
     int n;
-    do { n = recvmmsg(fd, msgs, count, MSG_DONTWAIT, NULL); } while (n < 0 && errno == EINTR);
+    do { n = recvmmsg(fd, msgs, count, flags, NULL); } while (n < 0 && errno == EINTR);
     if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
     for (int i = 0; i < n; i++) lens[i] = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? -1 : (int)msgs[i].msg_len;
     return n;

@@ -15,7 +15,7 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 public enum ConfigFile {
     static let known: [String: [String]] = [
         "": ["node", "site", "peer", "sessions", "reflector"],
-        "reflector": ["enabled", "port", "rate", "burst", "servers"],
+        "reflector": ["enabled", "port", "rate", "burst", "servers", "address", "other_address", "other_port", "rto_ms", "retransmissions", "interval"],
         "sessions": ["tcp_timeout", "udp_timeout", "icmp_timeout", "other_timeout", "max"],
         "node": ["name", "listen_port", "device", "mtu"],
         "site": ["name", "lan4", "virtual4", "virtual6"],
@@ -96,6 +96,15 @@ public enum ConfigFile {
                 if let x = int(t, "port", "reflector", 0...65535) { cfg.reflector.port = UInt16(x) }
                 if let x = int(t, "rate", "reflector", 1...100_000) { cfg.reflector.rate = Double(x) }
                 if let x = int(t, "burst", "reflector", 1...100_000) { cfg.reflector.burst = Double(x) }
+                for (k, path) in [("address", \RelayConfiguration.reflector.address), ("other_address", \RelayConfiguration.reflector.otherAddress)] {
+                    if let s = string(t, k, "reflector") {
+                        if let a = IPAddress(s) { cfg[keyPath: path] = a } else { err("reflector.\(k)", "'\(s)' is not an IPv4 or IPv6 address") }
+                    }
+                }
+                if let x = int(t, "other_port", "reflector", 1...65535) { cfg.reflector.otherPort = UInt16(x) }
+                if let x = int(t, "rto_ms", "reflector", 10...10_000) { cfg.reflector.rtoMilliseconds = x }
+                if let x = int(t, "retransmissions", "reflector", 1...20) { cfg.reflector.retransmissions = x }
+                if let x = int(t, "interval", "reflector", 5...86_400) { cfg.reflector.interval = x }
                 if let v = t["servers"] {
                     if let arr = v.array {
                         for (i, e) in arr.enumerated() {

@@ -205,6 +205,10 @@ public struct TunnelCounters: Codable, Equatable, Sendable {
 public struct ReflectorCounters: Codable, Equatable, Sendable {
     public var port: UInt16 = 0
     public var answered = 0, errors = 0, malformed = 0, rateLimited = 0, trackedSources = 0
+    /// Answers sent from another address or port, as CHANGE-REQUEST asked (RFC 5780).
+    public var changed = 0
+    /// With RFC 5780 behaviour discovery: the four transport addresses it answers on.
+    public var discoverySockets: [Endpoint]?
     public init() {}
 }
 
@@ -214,7 +218,10 @@ public struct ReflectResponse: Codable, Equatable, Sendable {
     public var ipv6: ReflectionVote
     public var observations: [ReflectionVote.Observation]
     public var reflector: ReflectorCounters?
-    public init(ipv4: ReflectionVote, ipv6: ReflectionVote, observations: [ReflectionVote.Observation], reflector: ReflectorCounters?) {
-        self.ipv4 = ipv4; self.ipv6 = ipv6; self.observations = observations; self.reflector = reflector
+    /// RFC 5780 mapping, filtering and hairpinning behaviour, when a reflector with a second
+    /// address was among those asked.
+    public var behaviour: NATBehaviour?
+    public init(ipv4: ReflectionVote, ipv6: ReflectionVote, observations: [ReflectionVote.Observation], reflector: ReflectorCounters?, behaviour: NATBehaviour? = nil) {
+        self.ipv4 = ipv4; self.ipv6 = ipv6; self.observations = observations; self.reflector = reflector; self.behaviour = behaviour
     }
 }

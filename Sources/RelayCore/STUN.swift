@@ -10,6 +10,9 @@ public enum STUN {
     public enum Attr {
         public static let mappedAddress: UInt16 = 0x0001
         public static let changeRequest: UInt16 = 0x0003
+        /// RFC 3489's names for RESPONSE-ORIGIN and OTHER-ADDRESS.
+        public static let sourceAddress: UInt16 = 0x0004
+        public static let changedAddress: UInt16 = 0x0005
         public static let errorCode: UInt16 = 0x0009
         public static let unknownAttributes: UInt16 = 0x000A
         public static let xorMappedAddress: UInt16 = 0x0020
@@ -130,6 +133,11 @@ public enum STUN {
         }
     }
 
+    /// A CHANGE-REQUEST value (RFC 5780 section 7.2).
+    public static func changeRequestValue(address: Bool, port: Bool) -> [UInt8] {
+        [0, 0, 0, (address ? 0x04 : 0) | (port ? 0x02 : 0)]
+    }
+
     public static func errorValue(_ code: Int, _ reason: String) -> [UInt8] {
         [0, 0, UInt8(code / 100), UInt8(code % 100)] + Array(reason.utf8)
     }
@@ -154,65 +162,146 @@ public enum ReflectorAnswer: Equatable {
     case drop(reason: String)
 }
 
+/// Where a reflector with RFC 5780 behaviour discovery sends an answer: from which of its four
+/// sockets (the receiving one, with the address and/or port changed as CHANGE-REQUEST asked) and to
+/// which port (RESPONSE-PORT, else the source's).
+public struct ReflectorRoute: Equatable, Sendable {
+    public var changeAddress = false
+    public var changePort = false
+    public var responsePort: UInt16?
+    public init(changeAddress: Bool = false, changePort: Bool = false, responsePort: UInt16? = nil) {
+        self.changeAddress = changeAddress; self.changePort = changePort; self.responsePort = responsePort
+    }
+}
+
 public enum Reflector {
     public static let software = "Relay reflector"
+
+    /// An RFC 5780 reflector's view of one receiving socket: the transport address it is bound to
+    /// (RESPONSE-ORIGIN is derived from it) and the alternate address and port (OTHER-ADDRESS).
+    public struct Discovery: Equatable, Sendable {
+        public var primary: Endpoint
+        public var other: Endpoint
+        public init(primary: Endpoint, other: Endpoint) { self.primary = primary; self.other = other }
+
+        /// The four sockets, in the order `socket(changeAddress:changePort:)` indexes them.
+        public var sockets: [Endpoint] {
+            [primary, Endpoint(primary.address, port: other.port), Endpoint(other.address, port: primary.port), other]
+        }
+        /// The socket that answers a request received on socket `i` with these changes.
+        public static func socket(_ i: Int, _ r: ReflectorRoute) -> Int { i ^ (r.changeAddress ? 2 : 0) ^ (r.changePort ? 1 : 0) }
+        /// OTHER-ADDRESS for a request received on socket `i`: both address and port differ from it.
+        public func otherAddress(receivedOn i: Int) -> Endpoint { sockets[i ^ 3] }
+    }
 
     /// Answers a Binding request from `source` (its transport address as this server sees it).
     /// Unknown comprehension-required attributes get 420; anything that is not a well-formed Binding
     /// request is dropped (the caller counts it).
     public static func answer(_ datagram: ArraySlice<UInt8>, from source: Endpoint, software: String = Reflector.software) -> ReflectorAnswer {
+        answer(datagram, from: source, software: software, discovery: nil, receivedOn: 0).0
+    }
+
+    /// The same for a reflector that may have RFC 5780 behaviour discovery (`discovery` non-nil,
+    /// the request having arrived on socket `receivedOn` of `discovery.sockets`).
+    public static func answer(_ datagram: ArraySlice<UInt8>, from source: Endpoint, software: String = Reflector.software,
+                              discovery: Discovery?, receivedOn: Int) -> (ReflectorAnswer, ReflectorRoute) {
         let m: STUN.Message
-        do { m = try STUN.parse(datagram) } catch { return .drop(reason: "malformed") }
-        guard m.type == STUN.bindingRequest else { return .drop(reason: "not a binding request") }
-        var unknown = m.attributes.map(\.type).filter { $0 < 0x8000 && !STUN.Attr.understood.contains($0) }
-        // CHANGE-REQUEST with "change IP" or "change port" set: a single-address reflector cannot do
-        // it. (Flags zero, as RFC 3489 clients send in their first test, is just a request.)
-        if let c = m.attribute(STUN.Attr.changeRequest), c.count == 4, c[3] & 0x06 != 0 { unknown.append(STUN.Attr.changeRequest) }
+        do { m = try STUN.parse(datagram) } catch { return (.drop(reason: "malformed"), ReflectorRoute()) }
+        guard m.type == STUN.bindingRequest else { return (.drop(reason: "not a binding request"), ReflectorRoute()) }
+        var unknown = m.attributes.map(\.type).filter { $0 < 0x8000 && !STUN.Attr.understood.contains($0) && $0 != STUN.Attr.responsePort }
+        var route = ReflectorRoute()
+        if let c = m.attribute(STUN.Attr.changeRequest) {
+            guard c.count == 4 else { return (.drop(reason: "malformed CHANGE-REQUEST"), route) }
+            route.changeAddress = c[3] & 0x04 != 0
+            route.changePort = c[3] & 0x02 != 0
+            // A reflector without a second address cannot change anything: RFC 5780 section 7.2
+            // says to answer 420 rather than pretend. (Flags zero, as RFC 3489 clients send in
+            // their first test, is just a request.)
+            if discovery == nil && (route.changeAddress || route.changePort) { unknown.append(STUN.Attr.changeRequest) }
+        }
+        if let p = m.attribute(STUN.Attr.responsePort) {
+            // RFC 5780 section 7.5: answer to the source address at this port (never another host).
+            guard p.count == 4, !m.classic else { return (.drop(reason: "malformed RESPONSE-PORT"), route) }
+            route.responsePort = UInt16(p[0]) << 8 | UInt16(p[1])
+            if route.responsePort == 0 { return (.drop(reason: "RESPONSE-PORT 0"), route) }
+        }
         if !unknown.isEmpty {
-            // Includes CHANGE-REQUEST: without a second address this reflector cannot honour it, and
-            // RFC 5780 section 7.2 says to answer 420 rather than pretend (also for RFC 3489 clients).
             var list: [UInt8] = []
             for t in unknown { list += [UInt8(t >> 8), UInt8(t & 0xff)] }
-            return .respond(STUN.encode(type: STUN.bindingError, transactionID: m.transactionID, classic: m.classic, attributes: [
+            return (.respond(STUN.encode(type: STUN.bindingError, transactionID: m.transactionID, classic: m.classic, attributes: [
                 (STUN.Attr.errorCode, STUN.errorValue(420, "Unknown Attribute")),
                 (STUN.Attr.unknownAttributes, list),
                 (STUN.Attr.software, Array(software.utf8)),
-            ], fingerprint: !m.classic))
+            ], fingerprint: !m.classic)), ReflectorRoute(responsePort: route.responsePort))
         }
         if m.classic {
-            // RFC 3489 clients: MAPPED-ADDRESS only, their 16-byte id echoed, no FINGERPRINT.
-            guard source.address.family == .ipv4 else { return .drop(reason: "classic request over IPv6") }
-            return .respond(STUN.encode(type: STUN.bindingSuccess, transactionID: m.transactionID, classic: true,
-                                        attributes: [(STUN.Attr.mappedAddress, STUN.addressValue(source, xor: false, transactionID: []))], fingerprint: false))
+            // RFC 3489 clients: MAPPED-ADDRESS (and, with a second address, CHANGED-ADDRESS and
+            // SOURCE-ADDRESS), their 16-byte id echoed, no FINGERPRINT.
+            guard source.address.family == .ipv4 else { return (.drop(reason: "classic request over IPv6"), route) }
+            var attrs: [(UInt16, [UInt8])] = [(STUN.Attr.mappedAddress, STUN.addressValue(source, xor: false, transactionID: []))]
+            if let d = discovery {
+                attrs.append((STUN.Attr.sourceAddress, STUN.addressValue(d.sockets[Discovery.socket(receivedOn, route)], xor: false, transactionID: [])))
+                attrs.append((STUN.Attr.changedAddress, STUN.addressValue(d.otherAddress(receivedOn: receivedOn), xor: false, transactionID: [])))
+            }
+            return (.respond(STUN.encode(type: STUN.bindingSuccess, transactionID: m.transactionID, classic: true, attributes: attrs, fingerprint: false)), route)
         }
-        return .respond(STUN.encode(type: STUN.bindingSuccess, transactionID: m.transactionID, attributes: [
+        var attrs: [(UInt16, [UInt8])] = [
             (STUN.Attr.xorMappedAddress, STUN.addressValue(source, xor: true, transactionID: m.transactionID)),
             (STUN.Attr.mappedAddress, STUN.addressValue(source, xor: false, transactionID: m.transactionID)),
-            (STUN.Attr.software, Array(software.utf8)),
-        ]))
+        ]
+        if let d = discovery {
+            // RFC 5780 section 7.3: where the answer comes from, and the other address and port.
+            attrs.append((STUN.Attr.responseOrigin, STUN.addressValue(d.sockets[Discovery.socket(receivedOn, route)], xor: false, transactionID: [])))
+            attrs.append((STUN.Attr.otherAddress, STUN.addressValue(d.otherAddress(receivedOn: receivedOn), xor: false, transactionID: [])))
+        }
+        attrs.append((STUN.Attr.software, Array(software.utf8)))
+        return (.respond(STUN.encode(type: STUN.bindingSuccess, transactionID: m.transactionID, attributes: attrs)), route)
     }
 }
 
-/// Token bucket per source address with bounded state: at most `capacity` sources tracked; the
-/// least recently seen is forgotten first.
+/// Token bucket per source address with bounded state: at most `capacity` sources tracked. When
+/// full, sources idle long enough to have a full bucket again are forgotten (that changes nothing
+/// for them); if none are, an arbitrary one is. Each decision is one hash lookup; a flood of new
+/// sources costs at most one sweep per second.
 public struct RateLimiter {
     public let rate: Double, burst: Double, capacity: Int
-    private var buckets: [IPAddress: (tokens: Double, last: Double)] = [:]
-    public init(rate: Double = 20, burst: Double = 40, capacity: Int = 4096) { self.rate = rate; self.burst = burst; self.capacity = capacity }
+    private var buckets: [IPAddress: Bucket] = [:]
+    private var lastSweep = -Double.infinity
+    struct Bucket { var tokens: Double; var last: Double }
+    public init(rate: Double = 20, burst: Double = 40, capacity: Int = 4096) {
+        self.rate = rate; self.burst = burst; self.capacity = capacity
+        buckets.reserveCapacity(capacity + 1)
+    }
 
     public mutating func allow(_ a: IPAddress, now: Double) -> Bool {
-        var b = buckets[a] ?? (burst, now)
-        b.tokens = min(burst, b.tokens + (now - b.last) * rate)
-        b.last = now
-        let ok = b.tokens >= 1
-        if ok { b.tokens -= 1 }
-        if buckets[a] == nil && buckets.count >= capacity, let oldest = buckets.min(by: { $0.value.last < $1.value.last })?.key {
-            buckets[oldest] = nil
+        if let i = buckets.index(forKey: a) {
+            var ok = false
+            buckets.values.withUnsafeMutableBufferPointerIfPossible(i) { b in
+                b.tokens = min(burst, b.tokens + (now - b.last) * rate)
+                b.last = now
+                if b.tokens >= 1 { b.tokens -= 1; ok = true }
+            }
+            return ok
         }
-        buckets[a] = b
-        return ok
+        if buckets.count >= capacity { evict(now: now) }
+        buckets[a] = Bucket(tokens: burst - 1, last: now)
+        return true
+    }
+
+    mutating func evict(now: Double) {
+        if now - lastSweep >= 1 {
+            lastSweep = now
+            let full = burst / rate
+            buckets = buckets.filter { now - $0.value.last < full }
+        }
+        if buckets.count >= capacity, let k = buckets.first?.key { buckets[k] = nil }
     }
     public var tracked: Int { buckets.count }
+}
+
+extension Dictionary.Values {
+    /// Mutates one value in place (no rehash, no copy).
+    mutating func withUnsafeMutableBufferPointerIfPossible(_ i: Dictionary.Index, _ body: (inout Value) -> Void) { body(&self[i]) }
 }
 
 /// Majority vote over reflectors' observations of this node's public address (per family).

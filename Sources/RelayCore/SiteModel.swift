@@ -100,6 +100,19 @@ extension RelayConfiguration {
         func err(_ k: String, _ m: String) { out.append(ConfigIssue(.error, k, m)) }
         func warn(_ k: String, _ m: String) { out.append(ConfigIssue(.warning, k, m)) }
 
+        if let other = reflector.otherAddress {
+            if let a = reflector.address {
+                if a == other { err("reflector.other_address", "must differ from reflector.address (\(a)): RFC 5780 needs two addresses") }
+                if a.family != other.family { err("reflector.other_address", "\(other) and reflector.address \(a) must be the same family") }
+            } else {
+                err("reflector.address", "set the reflector's primary address too when reflector.other_address is set (the address clients use; both are bound)")
+            }
+            if reflector.port == 0 { err("reflector.port", "must be a fixed port (not 0) when reflector.other_address is set") }
+            if reflector.alternatePort == reflector.port { err("reflector.other_port", "must differ from reflector.port (\(reflector.port))") }
+        } else if reflector.otherPort != nil {
+            err("reflector.other_port", "only means something with reflector.other_address (RFC 5780 needs a second address as well as a second port)")
+        }
+
         if !RelayConfiguration.isDeviceName(node.device) {
             err("node.device", "'\(node.device)' is not a usable device name (1-15 characters of [a-z0-9_-])")
         }
@@ -226,5 +239,25 @@ public struct ReflectorConfig: Codable, Equatable, Sendable {
     /// Extra reflectors to ask for this node's public address (besides the peers), e.g. a STUN
     /// server of your own. Never a public one by default.
     public var servers: [Endpoint] = []
+    /// RFC 5780 behaviour discovery: with a second address configured, the reflector answers on four
+    /// sockets (address and other_address, each on port and other_port), adds OTHER-ADDRESS and
+    /// RESPONSE-ORIGIN, and honours CHANGE-REQUEST, so NAT-discovery clients can classify a NAT.
+    public var address: IPAddress?
+    public var otherAddress: IPAddress?
+    /// Defaults to port + 1.
+    public var otherPort: UInt16?
+    /// The client side's STUN retransmission (RFC 8489 section 6.2.1): first RTO, and how many
+    /// requests in all (Rc); a transaction gives up 16 RTOs (Rm) after the last one.
+    public var rtoMilliseconds = 500
+    public var retransmissions = 7
+    /// Seconds between re-checks of the public address and NAT behaviour.
+    public var interval = 60
     public init() {}
+
+    public static func with(port: UInt16) -> ReflectorConfig { var c = ReflectorConfig(); c.port = port; return c }
+
+    /// The second port of an RFC 5780 reflector.
+    public var alternatePort: UInt16 { otherPort ?? (port == 65535 ? 3479 : port + 1) }
+    /// True when configured for RFC 5780 behaviour discovery.
+    public var discovery: Bool { otherAddress != nil }
 }

@@ -75,7 +75,7 @@ public final class Daemon: @unchecked Sendable {
         flows.setLimits(cfg.sessions)
         if cfg.reflector.enabled {
             let r = ReflectorService(logger: logger, rate: cfg.reflector.rate, burst: cfg.reflector.burst)
-            try r.start(port: cfg.reflector.port)
+            try r.start(cfg.reflector)
             reflector = r
             tunnel.reflector = r
         }
@@ -113,6 +113,9 @@ public final class Daemon: @unchecked Sendable {
         if loaded.0.node.listenPort != old.node.listenPort {
             logger.warning("node.listen_port changed: it takes effect when relayd restarts")
         }
+        var oldR = old.reflector, newR = loaded.0.reflector
+        (oldR.servers, oldR.rtoMilliseconds, oldR.retransmissions, oldR.interval) = (newR.servers, newR.rtoMilliseconds, newR.retransmissions, newR.interval)
+        if oldR != newR { logger.warning("the reflector's sockets or limits changed: they take effect when relayd restarts") }
         logger.notice("reload (\(trigger)): \(changes.isEmpty ? "no changes" : changes.joined(separator: "; "))")
         return .success(ReloadResponse(changed: !changes.isEmpty, changes: changes, warnings: loaded.1.warnings))
     }
@@ -144,7 +147,7 @@ public final class Daemon: @unchecked Sendable {
         let obs = tunnel.reflection()
         return ReflectResponse(ipv4: ReflectionVote.decide(obs.filter { $0.mapped.address.family == .ipv4 }),
                                ipv6: ReflectionVote.decide(obs.filter { $0.mapped.address.family == .ipv6 }),
-                               observations: obs, reflector: reflector?.snapshot)
+                               observations: obs, reflector: reflector?.snapshot, behaviour: tunnel.behaviourSnapshot())
     }
 
     /// The flows the tunnel carries, with the LAN address of the local side where this site maps it.

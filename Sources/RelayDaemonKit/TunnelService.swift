@@ -83,12 +83,15 @@ public final class TunnelService: @unchecked Sendable {
 
     /// The endpoint a socket address stands for (v4-mapped addresses as IPv4).
     public static func endpoint(_ sa: sockaddr_in6) -> Endpoint? {
-        let b = withUnsafeBytes(of: sa.sin6_addr) { Array($0) }
+        // Without allocating: the address as two big-endian 64-bit halves.
         let port = UInt16(bigEndian: sa.sin6_port)
-        if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff {
-            return Endpoint(.v4(IPv4Address(b[12], b[13], b[14], b[15])), port: port)
+        let (hi, lo) = withUnsafeBytes(of: sa.sin6_addr) { b in
+            (UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 0, as: UInt64.self)), UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
         }
-        return IPv6Address(bytes: b).map { Endpoint(.v6($0), port: port) }
+        if hi == 0 && lo >> 32 == 0xffff {
+            return Endpoint(.v4(IPv4Address(UInt32(truncatingIfNeeded: lo))), port: port)
+        }
+        return Endpoint(.v6(IPv6Address(high: hi, low: lo)), port: port)
     }
 
     static func describe(_ sa: sockaddr_in6) -> String {
@@ -118,6 +121,9 @@ public final class TunnelService: @unchecked Sendable {
         }
         peers = next
         if reflectionServers != cfg.reflector.servers { reflectionServers = cfg.reflector.servers; lastReflection = 0 }
+        reflectionInterval = Double(cfg.reflector.interval)
+        let schedule = STUNSchedule(rto: Double(cfg.reflector.rtoMilliseconds) / 1000, count: cfg.reflector.retransmissions)
+        if schedule != reflecting.schedule { reflecting = STUNTransactions(schedule: schedule) }
         byIndex = [:]
         for p in peers {
             for s in [p.current, p.previous, p.next].compactMap({ $0 }) { byIndex[s.localIndex] = p }
@@ -262,9 +268,12 @@ public final class TunnelService: @unchecked Sendable {
     }
 
     func timerLoop() {
+        var n = 0
         while !isStopped {
-            usleep(250_000)
-            tick()
+            usleep(50_000)
+            lock.lock(); stunTick(now: clock()); lock.unlock()
+            n += 1
+            if n % 5 == 0 { tick() }
         }
     }
 
@@ -335,10 +344,12 @@ public final class TunnelService: @unchecked Sendable {
         if STUN.looksLikeSTUN(b) {
             // A response to our own reflection request, or a request for our reflector.
             if b[b.startIndex] & 0x01 == 0x01 || b[b.startIndex + 1] & 0x10 == 0x10 {
-                if let m = try? STUN.parse(b, allowClassic: false), m.type == STUN.bindingSuccess { reflectionAnswer(m, from: from) }
+                if let m = try? STUN.parse(b, allowClassic: false), m.type == STUN.bindingSuccess || m.type == STUN.bindingError { reflectionAnswer(m, from: from) }
                 else { lock.lock(); counters.malformed += 1; lock.unlock() }
                 return
             }
+            // Our own hairpinning probe, back through the NAT?
+            if b.count >= 20, let m = try? STUN.parse(b, allowClassic: false), m.type == STUN.bindingRequest, hairpinProbe(m, from: from) { return }
             if let r = reflector, let answer = r.handle(b, from: from) { send(answer, to: from) }
             return
         }
@@ -494,37 +505,113 @@ public final class TunnelService: @unchecked Sendable {
         }
         flows.expire(now: now)
         // Re-check the public address every 60 s (the first time right after start).
-        if now - lastReflection >= 60 || (lastReflection == 0) { askPeers(now: now) }
+        if now - lastReflection >= reflectionInterval || (lastReflection == 0) { askPeers(now: now) }
     }
 
     // MARK: reflection (this node's public address, as its peers see it)
 
-    var reflectionPending: [[UInt8]: (peer: String, sentAt: Double)] = [:]
+    /// Test I (RFC 5780 terms) towards every peer and configured reflector, retransmitted on the
+    /// RFC 8489 schedule; the answers are observations for the vote.
+    var reflecting = STUNTransactions<String>(schedule: STUNSchedule())
     var reflectionServers: [Endpoint] = []
+    var reflectionInterval: Double = 60
     var observations: [ReflectionVote.Observation] = []
     var lastReflection: Double = 0
+    /// RFC 5780 behaviour discovery, against the first reflector that names an OTHER-ADDRESS.
+    var discovery: NATDiscovery?
+    var discoveryRound: Double = -1
+    public private(set) var behaviour: NATBehaviour?
 
-    /// Asks every peer with a known endpoint for our mapped address (lock held).
+    /// Asks every peer with a known endpoint and every configured reflector (lock held).
     func askPeers(now: Double) {
         lastReflection = now
-        reflectionPending = reflectionPending.filter { now - $0.value.sentAt < 10 }
-        var targets: [(String, sockaddr_in6)] = peers.compactMap { p in p.endpoint.map { (p.name, $0) } }
-        targets += reflectionServers.map { ("stun \($0)", TunnelService.socketAddress($0)) }
-        for (name, ep) in targets {
-            let tid = (0..<12).map { _ in UInt8.random(in: 0...255) }
-            reflectionPending[tid] = (name, now)
-            send(STUN.encode(type: STUN.bindingRequest, transactionID: tid, attributes: [(STUN.Attr.software, Array(Reflector.software.utf8))]), to: ep)
+        var targets: [(String, Endpoint)] = peers.compactMap { p in p.endpoint.flatMap(TunnelService.endpoint).map { (p.name, $0) } }
+        targets += reflectionServers.map { ("stun \($0)", $0) }
+        for (name, ep) in targets where !reflecting.entries.values.contains(where: { $0.tag == name }) {
+            let (_, m) = reflecting.begin(name, to: ep, now: now)
+            send(m, to: TunnelService.socketAddress(ep))
         }
     }
 
+    /// A STUN response on the tunnel port: to a test I request, or to a discovery test.
     func reflectionAnswer(_ m: STUN.Message, from: sockaddr_in6) {
         lock.lock(); defer { lock.unlock() }
-        guard let pend = reflectionPending.removeValue(forKey: m.transactionID),
-              let v = m.attribute(STUN.Attr.xorMappedAddress), let mapped = STUN.decodeAddress(v, xor: true, transactionID: m.transactionID) else {
-            counters.malformed += 1; return
+        let now = clock()
+        if var d = discovery, d.owns(m.transactionID) {
+            for (msg, to) in d.receive(m, from: TunnelService.endpoint(from) ?? Endpoint(.v4(IPv4Address(0)), port: 0), now: now) { send(msg, to: TunnelService.socketAddress(to)) }
+            discovery = d
+            finishDiscovery()
+            return
         }
-        observations.removeAll { $0.observer == pend.peer && $0.mapped.address.family == mapped.address.family }
-        observations.append(ReflectionVote.Observation(observer: pend.peer, mapped: mapped, at: Date()))
+        guard let pend = reflecting.finish(m.transactionID) else { counters.malformed += 1; return }
+        guard m.type == STUN.bindingSuccess, let v = m.attribute(STUN.Attr.xorMappedAddress),
+              let mapped = STUN.decodeAddress(v, xor: true, transactionID: m.transactionID) else {
+            logger.info("reflector \(pend.tag) answered without a mapped address (error or malformed)")
+            return
+        }
+        observations.removeAll { $0.observer == pend.tag && $0.mapped.address.family == mapped.address.family }
+        observations.append(ReflectionVote.Observation(observer: pend.tag, mapped: mapped, at: Date()))
+        // RFC 5780: a reflector with a second address lets us classify the NAT, once per round.
+        if discovery == nil, discoveryRound != lastReflection, let o = m.attribute(STUN.Attr.otherAddress),
+           let other = STUN.decodeAddress(o, xor: false, transactionID: m.transactionID), other.address != pend.to.address, other.port != pend.to.port {
+            discoveryRound = lastReflection
+            let own = mapped.port == port && TunnelService.localAddresses().contains(mapped.address)
+            var d = NATDiscovery(server: pend.to, other: other, mapped: mapped, behindNAT: !own, schedule: reflecting.schedule)
+            for (msg, to) in d.start(now: now) { send(msg, to: TunnelService.socketAddress(to)) }
+            discovery = d
+        }
+    }
+
+    /// A Binding request that is our own hairpinning probe coming back (lock not held).
+    func hairpinProbe(_ m: STUN.Message, from: sockaddr_in6) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        guard var d = discovery, d.owns(m.transactionID) else { return false }
+        for (msg, to) in d.receive(m, from: TunnelService.endpoint(from) ?? Endpoint(.v4(IPv4Address(0)), port: 0), now: clock()) { send(msg, to: TunnelService.socketAddress(to)) }
+        discovery = d
+        finishDiscovery()
+        return true
+    }
+
+    func finishDiscovery() {
+        guard let r = discovery?.result else { return }
+        behaviour = r
+        discovery = nil
+        logger.info("NAT behaviour: mapping \(r.mapping.rawValue), filtering \(r.filtering.rawValue)\(r.hairpinning.map { $0 ? ", hairpinning" : ", no hairpinning" } ?? "") (\(r.explanation))")
+    }
+
+    /// Retransmissions and timeouts of the STUN client (every 50 ms; lock held).
+    func stunTick(now: Double) {
+        let (resend, failed) = reflecting.tick(now: now)
+        for (m, to) in resend { send(m, to: TunnelService.socketAddress(to)) }
+        for f in failed { logger.info("reflector \(f.tag) at \(f.to) did not answer (\(f.sent) requests)") }
+        if var d = discovery {
+            for (m, to) in d.tick(now: now) { send(m, to: TunnelService.socketAddress(to)) }
+            discovery = d
+            finishDiscovery()
+        }
+    }
+
+    /// This host's interface addresses (to tell "no NAT" from a NAT).
+    static func localAddresses() -> Set<IPAddress> {
+        var out: Set<IPAddress> = []
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return out }
+        defer { freeifaddrs(list) }
+        var p = list
+        while let i = p {
+            if let sa = i.pointee.ifa_addr {
+                if Int32(sa.pointee.sa_family) == AF_INET {
+                    let a = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr.s_addr }
+                    out.insert(.v4(IPv4Address(UInt32(bigEndian: a))))
+                } else if Int32(sa.pointee.sa_family) == AF_INET6 {
+                    var s6 = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee }
+                    s6.sin6_port = 0
+                    if let e = TunnelService.endpoint(s6) { out.insert(e.address) }
+                }
+            }
+            p = i.pointee.ifa_next
+        }
+        return out
     }
 
     /// Local addresses changed (rtnetlink RTM_NEWADDR/RTM_DELADDR, no privilege needed to listen):
@@ -551,6 +638,8 @@ public final class TunnelService: @unchecked Sendable {
     }
 
     var addressChanges = 0
+
+    public func behaviourSnapshot() -> NATBehaviour? { lock.lock(); defer { lock.unlock() }; return behaviour }
 
     public func reflection() -> [ReflectionVote.Observation] { lock.lock(); defer { lock.unlock() }; return observations }
 
@@ -644,7 +733,7 @@ extension IPHeader {
 
 /// A dual-stack (IPv4-mapped) UDP socket bound to `port` (0 = any free one). Returns it and the bound port;
 /// the error names the setting to change.
-func bindDualStackUDP(port: UInt16, what: String, key: String, buffers: Int32? = nil) throws -> (Int32, UInt16) {
+func bindDualStackUDP(port: UInt16, what: String, key: String, buffers: Int32? = nil, address: IPAddress? = nil) throws -> (Int32, UInt16) {
     let s = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     guard s >= 0 else { throw NodeIdentity.Failure(description: "cannot open a UDP socket for \(what): \(String(cString: strerror(errno)))") }
     var zero: Int32 = 0
@@ -654,6 +743,7 @@ func bindDualStackUDP(port: UInt16, what: String, key: String, buffers: Int32? =
         setsockopt(s, SOL_SOCKET, SO_SNDBUF, &big, socklen_t(MemoryLayout<Int32>.size))
     }
     var addr = sockaddr_in6(); addr.sin6_family = sa_family_t(AF_INET6); addr.sin6_port = port.bigEndian
+    if let address { addr = TunnelService.socketAddress(Endpoint(address, port: port)) }
     guard withUnsafePointer(to: &addr, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }) == 0 else {
         let e = errno; close(s)
         throw NodeIdentity.Failure(description: "cannot bind \(what): \(String(cString: strerror(e))) (\(key))")

@@ -50,6 +50,8 @@ int CRelayShim_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
 /// `lens`, sources in `addrs` (sockaddr_in6 each). Non-blocking. Returns the number received, 0 when
 /// none is queued, or -errno. A datagram longer than `slot` is reported with length -1 (truncated).
 int CRelayShim_recv_batch(int fd, uint8_t *bufs, size_t slot, int count, int *lens, void *addrs);
+/* The same with recvmmsg flags: MSG_WAITFORONE blocks (up to SO_RCVTIMEO) for the first datagram. */
+int CRelayShim_recv_batch_flags(int fd, uint8_t *bufs, size_t slot, int count, int *lens, void *addrs, int flags);
 
 /// sendmmsg of `count` datagrams (slot-strided buffers, lengths, sockaddr_in6 destinations).
 /// Returns the number sent or -errno.

@@ -13,14 +13,21 @@ struct Reflect: ParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @Option(help: ArgumentHelp("Query this STUN server (ADDRESS:PORT or [ADDRESS]:PORT) once.", valueName: "addr")) var server: String?
 
-    struct Once: Codable { var server: String; var mapped: String; var rttMs: Double; var software: String? }
+    struct Once: Codable {
+        var server: String; var mapped: String; var rttMs: Double; var software: String?
+        /// RFC 5780 attributes, when the server has a second address.
+        var otherAddress: String?; var responseOrigin: String?
+    }
 
     func run() throws {
         try runCtl {
             if let server {
                 guard let ep = Endpoint(server) else { throw CtlFailure(code: RelayCtlExit.failure, description: "'\(server)' is not ADDRESS:PORT") }
                 let r = try query(ep)
-                if connection.json { printJSON(r) } else { print("\(r.mapped)  (from \(r.server), \(String(format: "%.2f", r.rttMs)) ms\(r.software.map { ", \($0)" } ?? ""))") }
+                if connection.json { printJSON(r) } else {
+                    print("\(r.mapped)  (from \(r.server), \(String(format: "%.2f", r.rttMs)) ms\(r.software.map { ", \($0)" } ?? ""))")
+                    if let o = r.otherAddress { print("other address \(o) (RFC 5780 behaviour discovery)\(r.responseOrigin.map { ", answered from \($0)" } ?? "")") }
+                }
                 return
             }
             let r = try connection.client.get(.reflect, as: ReflectResponse.self)
@@ -30,8 +37,19 @@ struct Reflect: ParsableCommand {
             }
             if r.observations.isEmpty { print("no observations yet (peers with endpoints are asked every 60 s)") }
             print(table(["OBSERVER", "SEES US AS", "WHEN"], r.observations.map { [$0.observer, $0.mapped.description, ago($0.at)] }))
+            if let b = r.behaviour {
+                print("")
+                print("NAT behaviour (RFC 5780 tests against \(b.server), other address \(b.otherAddress), \(ago(b.measuredAt))):")
+                print("  mapping      \(b.mapping.rawValue)")
+                print("  filtering    \(b.filtering.rawValue)")
+                print("  hairpinning  \(b.hairpinning.map { $0 ? "yes" : "no" } ?? "not measured")")
+                print(table(["TEST", "SENT TO", "ANSWER"], b.tests.map { [$0.name, $0.to.description, $0.answered ? ($0.mapped.map { "sees us as \($0)" } ?? "yes") : "none"] }))
+            } else if !r.observations.isEmpty {
+                print("NAT behaviour: not measured (needs a reflector with a second address: reflector.other_address on a peer, or a server in reflector.servers)")
+            }
             if let c = r.reflector {
-                print("reflector on UDP \(c.port): \(c.answered) answered, \(c.errors) errors, \(c.malformed) malformed, \(c.rateLimited) rate-limited, \(c.trackedSources) sources tracked")
+                let where_ = c.discoverySockets.map { $0.map(\.description).joined(separator: ", ") + " (RFC 5780)" } ?? "UDP \(c.port)"
+                print("reflector on \(where_): \(c.answered) answered (\(c.changed) from another address/port), \(c.errors) errors, \(c.malformed) malformed, \(c.rateLimited) rate-limited, \(c.trackedSources) sources tracked")
             }
         }
     }
@@ -71,8 +89,10 @@ struct Reflect: ParsableCommand {
                       let mapped = STUN.decodeAddress(v, xor: true, transactionID: tid) else {
                     throw CtlFailure(code: RelayCtlExit.failure, description: "\(ep) answered with an error or without XOR-MAPPED-ADDRESS")
                 }
+                func addr(_ t: UInt16) -> String? { m.attribute(t).flatMap { STUN.decodeAddress($0, xor: false, transactionID: tid) }?.description }
                 return Once(server: ep.description, mapped: mapped.description, rttMs: Date().timeIntervalSince(start) * 1000,
-                            software: m.attribute(STUN.Attr.software).map { String(decoding: $0, as: UTF8.self) })
+                            software: m.attribute(STUN.Attr.software).map { String(decoding: $0, as: UTF8.self) },
+                            otherAddress: addr(STUN.Attr.otherAddress), responseOrigin: addr(STUN.Attr.responseOrigin))
             }
             rto *= 2
         }
