@@ -88,4 +88,59 @@ struct ReflectorTests {
         #expect(r?.observations.first?.mapped.description == "127.0.0.1:\(tunnelPort)")
         #expect(r?.ipv4.address == nil && r?.ipv4.explanation.contains("evidence") == true, "one observer is not a quorum")
     }
+
+    @Test("RFC 5780 on two loopback addresses: turnutils_natdiscovery and stun classify against relayd; relayd's client classifies against coturn and against relayd")
+    func behaviourDiscovery() throws {
+        let port = Self.freePort()
+        let cfg = "[node]\nname = \"r\"\nlisten_port = 0\n[reflector]\nport = \(port)\nother_port = \(port + 1)\naddress = \"127.0.0.1\"\nother_address = \"127.0.0.2\"\nrate = 1000\nburst = 1000\n"
+        let d = try RelaydProcess(config: cfg)
+        let c = try d.json(StatusResponse.self, "status").reflector!
+        #expect(c.discoverySockets?.map(\.description) == ["127.0.0.1:\(port)", "127.0.0.1:\(port + 1)", "127.0.0.2:\(port)", "127.0.0.2:\(port + 1)"])
+        // coturn's NAT discovery client: all three tests, against relayd. Loopback has no NAT.
+        let nd = try Command.run(["turnutils_natdiscovery", "-m", "-f", "-H", "-p", String(port), "127.0.0.1"], timeout: 60, check: false)
+        #expect(nd.stdout.contains("Response origin: : 127.0.0.2:\(port + 1)"), "a CHANGE-REQUEST answer came from the other address and port: \(nd.stdout)")
+        #expect(nd.stdout.contains("Other addr: : 127.0.0.2:\(port + 1)"))
+        #expect(nd.stdout.contains("NAT with Endpoint Independent Mapping!"), "\(nd.stdout)")
+        #expect(nd.stdout.contains("NAT with Endpoint Independent Filtering!"), "\(nd.stdout)")
+        // The RFC 3489 client: its tests II and III are answered from the changed address/port now.
+        let classic = try Command.run(["stun", "127.0.0.1:\(port)", "-v"], timeout: 30, check: false)
+        let text = classic.stdout + classic.stderr
+        #expect(text.contains("ChangedAddress = 127.0.0.2:\(port + 1)"), "\(text)")
+        #expect(text.contains("Open"), "stun classifies loopback as open: \(text)")
+        #expect(try d.json(StatusResponse.self, "status").reflector!.changed > 0)
+        // relayctl's one-shot client shows the RFC 5780 attributes.
+        let once = try d.ctl("reflect", "--server", "127.0.0.1:\(port)")
+        #expect(once.stdout.contains("other address 127.0.0.2:\(port + 1)") && once.stdout.contains("answered from 127.0.0.1:\(port)"), "\(once.stdout)")
+
+        // relayd's own client with this relayd as its reflector: no NAT, open filtering.
+        let client = try RelaydProcess(config: "[node]\nname = \"c\"\nlisten_port = 0\n[reflector]\nport = 0\nrto_ms = 50\nretransmissions = 3\nservers = [\"127.0.0.1:\(port)\"]\n")
+        var r: ReflectResponse?
+        try waitUntil("behaviour measured against relayd", timeout: 10) {
+            r = try client.json(ReflectResponse.self, "reflect"); return r?.behaviour != nil
+        }
+        #expect(r?.behaviour?.mapping == .noNAT && r?.behaviour?.filtering == .endpointIndependent && r?.behaviour?.hairpinning == nil, "\(String(describing: r?.behaviour))")
+        #expect(r?.behaviour?.tests.count == 4, "two filtering and two mapping tests: \(String(describing: r?.behaviour?.tests))")
+        let shown = try client.ctl("reflect")
+        #expect(shown.stdout.contains("mapping      no NAT") && shown.stdout.contains("filtering    endpoint-independent"), "\(shown.stdout)")
+        _ = client.stop(); _ = d.stop()
+
+        // The same client against coturn with two addresses (RFC 5780 on by default then).
+        let cport = Self.freePort()
+        let dir = NSTemporaryDirectory() + "coturn5780-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let pid = try Spawn.start(["turnserver", "-n", "-S", "-z", "--no-cli", "--no-tls", "--no-dtls", "-L", "127.0.0.1", "-L", "127.0.0.2", "-p", String(cport),
+                                   "--log-file", "stdout", "--pidfile", dir + "/pid", "--userdb", dir + "/db"],
+                                  stdoutPath: dir + "/log", stderrPath: dir + "/log")
+        defer { kill(pid, SIGTERM); _ = Spawn.reap(pid, block: true) }
+        try waitUntil("turnserver answers", timeout: 10) {
+            try Command.run([try Binaries.path("relayctl"), "reflect", "--server", "127.0.0.1:\(cport)"], check: false).stdout.contains("other address")
+        }
+        let client2 = try RelaydProcess(config: "[node]\nname = \"c2\"\nlisten_port = 0\n[reflector]\nport = 0\nrto_ms = 50\nretransmissions = 3\nservers = [\"127.0.0.1:\(cport)\"]\n")
+        try waitUntil("behaviour measured against coturn", timeout: 10) {
+            r = try client2.json(ReflectResponse.self, "reflect"); return r?.behaviour != nil
+        }
+        #expect(r?.behaviour?.mapping == .noNAT && r?.behaviour?.filtering == .endpointIndependent, "\(String(describing: r?.behaviour))")
+        #expect(r?.behaviour?.otherAddress.address.description == "127.0.0.2")
+    }
 }
