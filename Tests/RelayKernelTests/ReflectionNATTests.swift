@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import RelayControlAPI
+import RelayCore
 import RelayTestHarness
 
 /// A node behind an nftables NAT router asks three reflectors on the "internet" side (three relayds)
@@ -91,4 +92,106 @@ struct ReflectionNATTests {
 
     @Test("fully-random masquerade: a different port per reflector (endpoint-dependent), no quorum, matching conntrack")
     func endpointDependent() throws { try KernelGate.check(); try run(randomFully: true) }
+
+    // MARK: RFC 5780 behaviour discovery through real NATs
+
+    enum Router: String, CaseIterable, Sendable {
+        case none, masquerade, fullyRandom = "fully-random", fullCone = "full-cone", restrictedCone = "restricted-cone"
+        /// The router's nftables: masquerade keeps ports; "cones" add inbound DNAT to the node (from
+        /// anyone, or, per mapped port, from addresses the node has sent to from it); hairpinning
+        /// only with the full cone. Masquerade keeps the node's port, so public port = node port.
+        var ruleset: String? {
+            switch self {
+            case .none: return nil
+            case .masquerade, .fullyRandom:
+                return """
+                table ip labnat {
+                    chain post { type nat hook postrouting priority 100; policy accept;
+                        oifname "wan*" masquerade\(self == .fullyRandom ? " fully-random" : "")
+                    }
+                }
+                """
+            case .fullCone, .restrictedCone:
+                let from = self == .restrictedCone ? "udp dport . ip saddr @contacted " : ""
+                return """
+                table ip labnat {
+                    set contacted { type inet_service . ipv4_addr; flags dynamic, timeout; timeout 120s; }
+                    chain forward_ { type filter hook forward priority 0; policy accept;
+                        iifname "lan0" meta l4proto udp update @contacted { udp sport . ip daddr }
+                    }
+                    chain pre { type nat hook prerouting priority -100; policy accept;
+                        iifname "wan*" \(from)meta l4proto udp dnat ip to 10.0.0.2
+                        \(self == .fullCone ? "iifname \"lan0\" fib daddr type local meta l4proto udp dnat ip to 10.0.0.2" : "")
+                    }
+                    chain post { type nat hook postrouting priority 100; policy accept;
+                        oifname "wan*" masquerade
+                        ip saddr 10.0.0.0/24 oifname "lan0" masquerade
+                    }
+                }
+                """
+            }
+        }
+        var expected: (mapping: NATBehaviour.Kind, filtering: NATBehaviour.Kind, hairpin: Bool?, natdiscovery: [String]) {
+            switch self {
+            case .none: return (.noNAT, .endpointIndependent, nil, ["No NAT! (Endpoint Independent Mapping)", "NAT with Endpoint Independent Filtering!"])
+            case .masquerade: return (.endpointIndependent, .addressAndPortDependent, false,
+                                      ["NAT with Endpoint Independent Mapping!", "NAT with Address and Port Dependent Filtering!"])
+            case .fullyRandom: return (.addressAndPortDependent, .addressAndPortDependent, false,
+                                       ["NAT with Address and Port Dependent Mapping!", "NAT with Address and Port Dependent Filtering!"])
+            case .fullCone: return (.endpointIndependent, .endpointIndependent, true,
+                                    ["NAT with Endpoint Independent Mapping!", "NAT with Endpoint Independent Filtering!"])
+            case .restrictedCone: return (.endpointIndependent, .addressDependent, false,
+                                          ["NAT with Endpoint Independent Mapping!", "NAT with Address Dependent Filtering!"])
+            }
+        }
+    }
+
+    @Test("RFC 5780 through real NATs: relayd and turnutils_natdiscovery classify mapping and filtering alike, with three two-address relayd reflectors",
+          arguments: Router.allCases)
+    func behaviour(_ router: Router) throws {
+        try KernelGate.check()
+        try Lab.with("refl-\(router.rawValue)") { lab in
+            let node = try lab.host("node"), nat = try lab.host("nat")
+            try lab.link(node, "eth0", ["10.0.0.2/24"], nat, "lan0", ["10.0.0.1/24"])
+            try node.route("default", via: "10.0.0.1")
+            try nat.enableForwarding()
+            var servers: [String] = []
+            for i in 1...3 {
+                let r = try lab.host("refl\(i)")
+                try lab.link(nat, "wan\(i)", ["198.51.\(i).1/24"], r, "eth0", ["198.51.\(i).2/24", "198.51.\(i).3/24"])
+                try r.route("default", via: "198.51.\(i).1")
+                _ = try relayd(r, lab, "refl\(i)", "[node]\nname = \"refl\(i)\"\n[reflector]\naddress = \"198.51.\(i).2\"\nother_address = \"198.51.\(i).3\"\nrate = 1000\nburst = 1000\n")
+                servers.append("\"198.51.\(i).2:3478\"")
+            }
+            if let rules = router.ruleset { try nat.loadNftables(rules) }
+            let want = router.expected
+            // coturn's client first, each discovery on its own socket (separate runs), bound to the
+            // node's address so it can tell "no NAT".
+            for (flag, line) in zip(["-m", "-f"], want.natdiscovery) {
+                let out = try node.run(["turnutils_natdiscovery", flag, "-L", "10.0.0.2", "198.51.1.2"], timeout: 90, check: false)
+                #expect(out.stdout.contains(line), "turnutils_natdiscovery \(flag) behind \(router.rawValue): \(out.stdout.suffix(600))")
+            }
+            let cfg = "[node]\nname = \"node\"\n[reflector]\nrto_ms = 100\nretransmissions = 3\nservers = [\(servers.joined(separator: ", "))]\n"
+            let (_, sock) = try relayd(node, lab, "node", cfg)
+            var r: ReflectResponse?
+            try waitUntil("behaviour measured", timeout: 20) {
+                let out = try node.run([try Binaries.path("relayctl"), "reflect", "--json", "--socket", sock]).stdout
+                r = try ControlJSON.decoder().decode(ReflectResponse.self, from: Data(out.utf8))
+                return r?.behaviour != nil && r?.observations.count == 3
+            }
+            let b = r!.behaviour!
+            #expect(b.mapping == want.mapping, "\(router.rawValue): \(b.explanation)")
+            #expect(b.filtering == want.filtering, "\(router.rawValue): \(b.explanation)")
+            #expect(b.hairpinning == want.hairpin, "\(router.rawValue): \(b.explanation)")
+            // Test I's mapped address, against what the router's conntrack holds (or the node's own).
+            if router == .none {
+                #expect(b.mapped.description == "10.0.0.2:51820")
+            } else {
+                let ct = try nat.run(["conntrack", "-L", "-p", "udp", "--orig-src", "10.0.0.2", "--orig-port-src", "51820", "--orig-dst", b.server.address.description], check: false).stdout
+                #expect(ct.contains("dst=\(b.mapped.address) sport=\(b.server.port) dport=\(b.mapped.port)"), "conntrack: \(ct)")
+            }
+            let text = try node.run([try Binaries.path("relayctl"), "reflect", "--socket", sock]).stdout
+            #expect(text.contains("mapping      \(want.mapping.rawValue)") && text.contains("filtering    \(want.filtering.rawValue)"), "\(text)")
+        }
+    }
 }
