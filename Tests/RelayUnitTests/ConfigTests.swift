@@ -58,6 +58,12 @@ struct ConfigTests {
         ("[node]\nmtu = 100\n", "node.mtu", "out of range"),
         ("[node]\ndevice = \"this-name-is-too-long\"\n", "node.device", "not a usable device name"),
         ("[node\n", "line 1", "TOML syntax error"),
+        ("[reflector]\nother_address = \"192.0.2.8\"\n", "reflector.address", "primary address too"),
+        ("[reflector]\naddress = \"192.0.2.8\"\nother_address = \"192.0.2.8\"\n", "reflector.other_address", "must differ"),
+        ("[reflector]\naddress = \"192.0.2.8\"\nother_address = \"2001:db8::8\"\n", "reflector.other_address", "same family"),
+        ("[reflector]\nother_port = 3479\n", "reflector.other_port", "only means something with reflector.other_address"),
+        ("[reflector]\naddress = \"192.0.2.7\"\nother_address = \"192.0.2.8\"\nother_port = 3478\n", "reflector.other_port", "must differ"),
+        ("[reflector]\naddress = \"192.0.2.7.1\"\n", "reflector.address", "not an IPv4 or IPv6 address"),
     ])
     func errors(text: String, key: String, fragment: String) {
         do {

@@ -149,4 +149,25 @@ struct NATDiscoveryTests {
         // Idle long enough to refill: forgotten or not, it gets its burst back.
         #expect(l.allow(known, now: 10) && l.allow(known, now: 10))
     }
+
+    @Test("fuzzed requests against the four-socket reflector and fuzzed answers into the client never trap, and answers only leave from the four sockets")
+    func fuzz() throws {
+        var rng = SystemRandomNumberGenerator()
+        let good = request([(STUN.Attr.changeRequest, STUN.changeRequestValue(address: true, port: true)), (STUN.Attr.responsePort, [0x13, 0x88, 0, 0])])
+        for cut in 0..<good.count { _ = Reflector.answer(good[..<cut], from: Endpoint("192.0.2.9:1")!, discovery: d, receivedOn: cut % 4) }
+        var disc = NATDiscovery(server: d.primary, other: d.other, mapped: Endpoint("198.51.100.1:40000")!, behindNAT: true, schedule: STUNSchedule(rto: 0.1, count: 2))
+        let sent = disc.start(now: 0)
+        for i in 0..<5000 {
+            var b = good
+            for _ in 0..<Int.random(in: 1...4, using: &rng) { b[Int.random(in: 0..<b.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
+            let (a, route) = Reflector.answer(b[...], from: Endpoint("192.0.2.9:1")!, discovery: d, receivedOn: i % 4)
+            #expect((0..<4).contains(Reflector.Discovery.socket(i % 4, route)))
+            // The client side: a mutated copy of a real answer to one of its own requests.
+            if case .respond(var r) = a, let (msg, _) = sent.first {
+                for k in 8..<20 { r[k] = msg[k] }  // its transaction id
+                if r.count > 24 { r[Int.random(in: 20..<r.count, using: &rng)] ^= UInt8.random(in: 1...255, using: &rng) }
+                if let m = try? STUN.parse(r[...]) { _ = disc.receive(m, from: d.primary, now: 0.01) }
+            }
+        }
+    }
 }
