@@ -110,17 +110,7 @@ public final class SiteToSite {
     /// "Who am I talking to" services on a host: TCP 9001 answers "PEER SOCKADDR", UDP 9000 answers PEER.
     public static func startWhoami(_ h: LabHost) throws {
         try h.spawn(["socat", "TCP-LISTEN:9001,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR $SOCAT_SOCKADDR"], label: "whoami-tcp")
-        // One process answering every datagram (socat's forking UDP-RECVFROM loses about 3 in 100
-        // datagrams on its own, measured on one host without Relay in the path).
-        try h.spawn(["python3", "-c", """
-            import socket
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(('0.0.0.0', 9000))
-            while True:
-                data, peer = s.recvfrom(2048)
-                s.sendto((peer[0] + '\\n').encode(), peer)
-            """], label: "whoami-udp")
+        try h.spawnUDPResponder(port: 9000, label: "whoami-udp")
         try waitUntil("whoami services on \(h.name)") { let o = try h.run(["ss", "-lntuH"]).stdout; return o.contains(":9000") && o.contains(":9001") }
     }
 }

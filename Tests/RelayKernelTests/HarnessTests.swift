@@ -27,7 +27,7 @@ struct HarnessTests {
         try Lab.with("traffic") { lab in
             let (a, _, b) = try Self.twoHostsAndRouter(lab)
             let tcp = try b.spawn(["socat", "TCP-LISTEN:7000,fork,reuseaddr", "EXEC:cat"], label: "tcp-echo")
-            let udp = try b.spawn(["socat", "UDP-RECVFROM:7001,fork,reuseaddr", "EXEC:cat"], label: "udp-echo")
+            let udp = try b.spawnUDPResponder(port: 7001, echo: true, label: "udp-echo")
             let tcp6 = try b.spawn(["socat", "TCP6-LISTEN:7002,fork,reuseaddr", "EXEC:cat"], label: "tcp6-echo")
             try waitUntil("echo servers listening") {
                 let out = try b.run(["ss", "-lntuH"]).stdout
@@ -51,7 +51,7 @@ struct HarnessTests {
             let (a, r, b) = try Self.twoHostsAndRouter(lab)
             try r.natRouter(outInterface: "eth1", randomFully: true)
             try b.spawn(["socat", "-u", "UDP-RECVFROM:7003,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR"], label: "peer")
-            try b.spawn(["socat", "UDP-RECVFROM:7004,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR"], label: "whoami")
+            try b.spawnUDPResponder(port: 7004, label: "whoami")
             try waitUntil("whoami listening") { try b.run(["ss", "-lnuH"]).stdout.contains(":7004") }
             let seen = try a.run(["socat", "-T", "2", "-", "UDP:10.0.2.2:7004"], stdin: "x\n").stdout
             #expect(seen.trimmingCharacters(in: .whitespacesAndNewlines) == "10.0.2.1")

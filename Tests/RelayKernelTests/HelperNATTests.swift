@@ -180,7 +180,7 @@ struct HelperNATTests {
             // "Who am I talking to" services on B: they answer with the peer address they see and
             // the local address that was reached.
             try b.spawn(["socat", "TCP-LISTEN:9001,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR $SOCAT_SOCKADDR"], label: "whoami-tcp")
-            try b.spawn(["socat", "UDP-RECVFROM:9000,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR"], label: "whoami-udp")
+            try b.spawnUDPResponder(port: 9000, label: "whoami-udp")
             try waitUntil("services on b") { let o = try b.run(["ss", "-lntuH"]).stdout; return o.contains(":9000") && o.contains(":9001") }
             for n in hostNumbers {
                 let src = hostNumbers[(hostNumbers.firstIndex(of: n)! + 1) % hostNumbers.count]
