@@ -18,9 +18,10 @@ public enum ConfigFile {
         "reflector": ["enabled", "port", "rate", "burst", "servers", "address", "other_address", "other_port", "rto_ms", "retransmissions", "interval"],
         "sessions": ["tcp_timeout", "udp_timeout", "icmp_timeout", "other_timeout", "max"],
         "node": ["name", "listen_port", "device", "mtu"],
-        "site": ["name", "lan4", "virtual4", "virtual6"],
+        "site": ["name", "lan4", "virtual4", "virtual6", "lan6", "virtual6_lan", "map"],
+        "site.map": ["ipv4", "ipv6"],
         "peer": ["name", "public_key", "endpoint", "site"],
-        "peer.site": ["name", "virtual4", "virtual6"],
+        "peer.site": ["name", "lan4", "virtual4", "virtual6", "virtual6_lan"],
     ]
 
     /// Parses and validates; throws `ConfigError` with every error (warnings come back with the config).
@@ -52,12 +53,6 @@ public enum ConfigFile {
             guard let i = v.int, r.contains(i) else { err("\(path).\(k)", "must be a number in \(r.lowerBound)...\(r.upperBound)"); return nil }
             return i
         }
-        func site(_ t: TOMLTable, _ path: String, own: Bool) -> SiteConfig {
-            checkKeys(t, own ? "site" : "peer.site", path)
-            let name = string(t, "name", path) ?? ""
-            if name.isEmpty { err("\(path).name", "every site needs a name") }
-            return SiteConfig(name: name, lan4: own ? prefix(t, "lan4", path) : nil, virtual4: prefix(t, "virtual4", path), virtual6: prefix(t, "virtual6", path))
-        }
         func tables(_ k: String, in t: TOMLTable, _ path: String) -> [TOMLTable] {
             guard let v = t[k] else { return [] }
             if let arr = v.array { return arr.compactMap { e in
@@ -68,6 +63,25 @@ public enum ConfigFile {
             return []
         }
 
+        func site(_ t: TOMLTable, _ path: String, own: Bool) -> SiteConfig {
+            checkKeys(t, own ? "site" : "peer.site", path)
+            let name = string(t, "name", path) ?? ""
+            if name.isEmpty { err("\(path).name", "every site needs a name") }
+            var maps: [ExplicitMapping] = []
+            if own {
+                for (i, m) in tables("map", in: t, "\(path).map").enumerated() {
+                    let k = "\(path).map[\(i)]"
+                    checkKeys(m, "site.map", k)
+                    let a4 = string(m, "ipv4", k), a6 = string(m, "ipv6", k)
+                    guard let a4, let a6 else { err(k, "needs ipv4 and ipv6, e.g. { ipv4 = \"192.168.1.30\", ipv6 = \"fd00:cafe::30\" }"); continue }
+                    guard let v4 = IPv4Address(a4) else { err("\(k).ipv4", "'\(a4)' is not an IPv4 address"); continue }
+                    guard let v6 = IPv6Address(a6) else { err("\(k).ipv6", "'\(a6)' is not an IPv6 address"); continue }
+                    maps.append(ExplicitMapping(ipv4: v4, ipv6: v6))
+                }
+            }
+            return SiteConfig(name: name, lan4: prefix(t, "lan4", path), virtual4: prefix(t, "virtual4", path), virtual6: prefix(t, "virtual6", path),
+                              lan6: own ? prefix(t, "lan6", path) : nil, virtual6Lan: prefix(t, "virtual6_lan", path), map: maps)
+        }
         checkKeys(root, "", "")
         var cfg = RelayConfiguration()
         if let v = root["node"] {

@@ -197,6 +197,11 @@ public struct TunnelCounters: Codable, Equatable, Sendable {
     public var spoofedSource = 0, noRoute = 0, queueOverflow = 0, handshakesSent = 0, handshakesCompleted = 0
     /// Packets too big for the path to the peer, answered with ICMP "fragmentation needed"/"packet too big".
     public var tooBig = 0
+    /// SIIT (RFC 7915): packets translated IPv6 -> IPv4 (leaving towards a peer) and IPv4 -> IPv6
+    /// (arriving for a mapped IPv6 host); packets that could not be translated (answered with an
+    /// ICMP error); ICMP errors relayd sent in all (no route, untranslatable, too big), and how
+    /// many it held back by its rate limit.
+    public var translatedTo4 = 0, translatedTo6 = 0, untranslatable = 0, icmpErrorsSent = 0, icmpErrorsLimited = 0
     public init() {}
 }
 

@@ -1,30 +1,41 @@
 /// RFC 6052: IPv4 addresses embedded in IPv6 prefixes of length 32, 40, 48, 56, 64 or 96; bits
 /// 64–71 (the "u" octet) are always zero.
 public enum RFC6052 {
+    @inline(__always) static func byte(_ a: IPv6Address, _ i: Int) -> UInt8 {
+        i < 8 ? UInt8(truncatingIfNeeded: a.high >> UInt64((7 - i) * 8)) : UInt8(truncatingIfNeeded: a.low >> UInt64((15 - i) * 8))
+    }
+    @inline(__always) static func setByte(_ a: inout IPv6Address, _ i: Int, _ v: UInt8) {
+        if i < 8 {
+            let sh = UInt64((7 - i) * 8); a.high = a.high & ~(0xff << sh) | UInt64(v) << sh
+        } else {
+            let sh = UInt64((15 - i) * 8); a.low = a.low & ~(0xff << sh) | UInt64(v) << sh
+        }
+    }
+
     /// The IPv6 address that embeds `v4` in `prefix` (nil for a length RFC 6052 does not allow).
+    /// No allocation: it runs per packet.
     public static func embed(_ v4: IPv4Address, in prefix: IPPrefix) -> IPv6Address? {
-        guard case .v6(let p) = prefix.address, rfc6052Lengths.contains(prefix.length) else { return nil }
-        var b = p.bytes
-        let a = v4.bytes
-        var positions: [Int] = []
-        var i = prefix.length / 8
-        while positions.count < 4 { if i != 8 { positions.append(i) }; i += 1 }
-        for (k, pos) in positions.enumerated() { b[pos] = a[k] }
-        b[8] = 0
-        if prefix.length == 96 { return IPv6Address(bytes: b) }
-        for j in (positions.last! + 1)..<16 { b[j] = 0 }  // suffix zero
-        return IPv6Address(bytes: b)
+        guard case .v6(var b) = prefix.address, rfc6052Lengths.contains(prefix.length) else { return nil }
+        var i = prefix.length / 8, k = 0
+        while k < 4 {
+            if i != 8 { setByte(&b, i, UInt8(truncatingIfNeeded: v4.value >> UInt32((3 - k) * 8))); k += 1 }
+            i += 1
+        }
+        setByte(&b, 8, 0)
+        // Suffix after the embedded address: zero (for /96 nothing follows).
+        while i < 16 { setByte(&b, i, 0); i += 1 }
+        return b
     }
 
     /// The IPv4 address embedded in `v6` if it lies in `prefix` (and its u octet is zero).
     public static func extract(_ v6: IPv6Address, from prefix: IPPrefix) -> IPv4Address? {
-        guard rfc6052Lengths.contains(prefix.length), prefix.contains(.v6(v6)) else { return nil }
-        let b = v6.bytes
-        guard b[8] == 0 else { return nil }
-        var out: [UInt8] = []
-        var i = prefix.length / 8
-        while out.count < 4 { if i != 8 { out.append(b[i]) }; i += 1 }
-        return IPv4Address(out[0], out[1], out[2], out[3])
+        guard rfc6052Lengths.contains(prefix.length), prefix.contains(.v6(v6)), byte(v6, 8) == 0 else { return nil }
+        var v: UInt32 = 0, i = prefix.length / 8, k = 0
+        while k < 4 {
+            if i != 8 { v = v << 8 | UInt32(byte(v6, i)); k += 1 }
+            i += 1
+        }
+        return IPv4Address(v)
     }
 }
 
@@ -57,7 +68,22 @@ public enum SIIT {
         return s
     }
     static func fold(_ s: UInt32) -> UInt16 { var s = s; while s >> 16 != 0 { s = (s & 0xffff) + (s >> 16) }; return UInt16(s) }
-    static func sumAddress(_ b: [UInt8]) -> UInt32 { var s: UInt32 = 0; var i = 0; while i < b.count { s += UInt32(b[i]) << 8 | UInt32(b[i + 1]); i += 2 }; return s }
+    static func sumAddress(_ a: IPv4Address) -> UInt32 { (a.value >> 16) + (a.value & 0xffff) }
+    static func sumAddress(_ a: IPv6Address) -> UInt32 {
+        func words(_ v: UInt64) -> UInt32 { UInt32(v >> 48) + UInt32(v >> 32 & 0xffff) + UInt32(v >> 16 & 0xffff) + UInt32(v & 0xffff) }
+        return words(a.high) + words(a.low)
+    }
+    public static func load6(_ p: UnsafeRawBufferPointer, _ i: Int) -> IPv6Address {
+        IPv6Address(high: UInt64(bigEndian: p.loadUnaligned(fromByteOffset: i, as: UInt64.self)),
+                    low: UInt64(bigEndian: p.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)))
+    }
+    static func store6(_ out: UnsafeMutableRawBufferPointer, _ i: Int, _ a: IPv6Address) {
+        out.storeBytes(of: a.high.bigEndian, toByteOffset: i, as: UInt64.self)
+        out.storeBytes(of: a.low.bigEndian, toByteOffset: i + 8, as: UInt64.self)
+    }
+    static func store4(_ out: UnsafeMutableRawBufferPointer, _ i: Int, _ a: IPv4Address) {
+        out.storeBytes(of: a.value.bigEndian, toByteOffset: i, as: UInt32.self)
+    }
 
     /// RFC 1624 incremental update of a checksum field when pseudo-header words change.
     static func adjust(_ old: UInt16, removing: UInt32, adding: UInt32) -> UInt16 {
@@ -70,7 +96,9 @@ public enum SIIT {
 
     /// Translates an IPv4 packet; `inner` is for the packet inside an ICMP error (no TTL change,
     /// lengths as they are, checksum of a truncated transport header left alone).
-    public static func toIPv6(_ p: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, map: AddressMap, inner: Bool = false) -> Outcome {
+    /// `decrement`: lower the TTL/hop limit by one (RFC 7915, a translator acting as a router). A
+    /// translator inside a router that already did so (relayd behind the kernel's forwarding) passes false.
+    public static func toIPv6(_ p: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, map: AddressMap, inner: Bool = false, decrement: Bool = true) -> Outcome {
         guard p.count >= 20, p[0] >> 4 == 4 else { return .drop("not IPv4") }
         let ihl = Int(p[0] & 0x0f) * 4
         guard ihl >= 20, p.count >= ihl else { return .drop("bad IPv4 header length") }
@@ -78,7 +106,7 @@ public enum SIIT {
         guard inner || total == p.count else { return .drop("IPv4 total length does not match") }
         let end = inner ? p.count : total
         let ttl = p[8], proto = p[9]
-        guard inner || ttl > 1 else { return .drop("TTL expired") }
+        guard inner || !decrement || ttl > 1 else { return .drop("TTL expired") }
         let flags = be16(p, 6)
         let mf = flags & 0x2000 != 0, offset = flags & 0x1fff
         let fragment = mf || offset != 0
@@ -92,9 +120,8 @@ public enum SIIT {
         out[0] = 0x60 | p[1] >> 4; out[1] = (p[1] & 0x0f) << 4; out[2] = 0; out[3] = 0
         put16(out, 4, UInt16(payload + (fragment ? 8 : 0)))
         out[6] = fragment ? 44 : nh
-        out[7] = inner ? ttl : ttl - 1
-        let sb = s6.bytes, db = d6.bytes
-        for i in 0..<16 { out[8 + i] = sb[i]; out[24 + i] = db[i] }
+        out[7] = inner || !decrement ? ttl : ttl - 1
+        store6(out, 8, s6); store6(out, 24, d6)
         if fragment {
             out[40] = nh; out[41] = 0
             put16(out, 42, offset << 3 | (mf ? 1 : 0))
@@ -103,7 +130,7 @@ public enum SIIT {
         // Transport: copy, then fix checksums.
         for i in 0..<payload { out[header + i] = p[ihl + i] }
         let l4 = UnsafeMutableRawBufferPointer(rebasing: out[header..<(header + payload)])
-        let old4 = sumAddress(src.bytes + dst.bytes), new6 = sumAddress(sb + db)
+        let old4 = sumAddress(src) + sumAddress(dst), new6 = sumAddress(s6) + sumAddress(d6)
         switch proto {
         case 6 where offset == 0 && payload >= 18:
             put16(l4, 16, adjust(be16(UnsafeRawBufferPointer(l4), 16), removing: old4, adding: new6))
@@ -163,8 +190,18 @@ public enum SIIT {
         case 11: t = 3; c = code
         case 12:
             guard code == 0 || code == 2 else { return .drop("ICMPv4 parameter problem code \(code)") }
-            let ptrMap: [Int: UInt32] = [0: 0, 1: 1, 2: 4, 3: 4, 8: 7, 9: 6, 12: 8, 13: 8, 14: 8, 15: 8, 16: 24, 17: 24, 18: 24, 19: 24]
-            guard let np = ptrMap[Int(p[ihl + 4])] else { return .drop("ICMPv4 parameter problem pointer has no IPv6 equivalent") }
+            // RFC 7915 section 4.2, figure 3.
+            let np: UInt32
+            switch p[ihl + 4] {
+            case 0: np = 0
+            case 1: np = 1
+            case 2, 3: np = 4
+            case 8: np = 7
+            case 9: np = 6
+            case 12...15: np = 8
+            case 16...19: np = 24
+            default: return .drop("ICMPv4 parameter problem pointer has no IPv6 equivalent")
+            }
             t = 4; c = 0; rest = np
         default: return .drop("ICMPv4 type \(type) is not translated")
         }
@@ -185,14 +222,14 @@ public enum SIIT {
 
     // MARK: IPv6 -> IPv4 (RFC 7915 section 5)
 
-    public static func toIPv4(_ p: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, map: AddressMap, inner: Bool = false) -> Outcome {
+    public static func toIPv4(_ p: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, map: AddressMap, inner: Bool = false, decrement: Bool = true) -> Outcome {
         guard p.count >= 40, p[0] >> 4 == 6 else { return .drop("not IPv6") }
         let plen = Int(be16(p, 4))
         guard inner || plen + 40 == p.count else { return .drop("IPv6 payload length does not match") }
         let end = inner ? p.count : plen + 40
         let hop = p[7]
-        guard inner || hop > 1 else { return .drop("hop limit expired") }
-        guard let s6 = IPv6Address(bytes: Array(p[8..<24])), let d6 = IPv6Address(bytes: Array(p[24..<40])) else { return .drop("bad addresses") }
+        guard inner || !decrement || hop > 1 else { return .drop("hop limit expired") }
+        let s6 = load6(p, 8), d6 = load6(p, 24)
         // Extension headers: hop-by-hop, destination options, routing (segments left 0), fragment.
         var nh = p[6], off = 40
         var fragID: (UInt16, UInt16, Bool)?  // id low 16, offset, more
@@ -209,7 +246,12 @@ public enum SIIT {
             } else { break }
         }
         guard off <= end else { return .drop("truncated extension header") }
-        guard let s4 = map.toV4(s6) else { return .drop("source \(s6) has no IPv4 mapping") }
+        // RFC 7915 section 5.1 / RFC 6791: an ICMPv6 error from a router without an IPv4 name (a hop
+        // inside the IPv6 network) gets a translatable source, here the inner packet's destination,
+        // as the kernel's NAT does for errors about NATed flows; otherwise traceroute loses the hop.
+        var errorSource: IPv4Address? = nil
+        if !inner, nh == 58, off + 48 <= end, p[off] < 128, p[off + 8] >> 4 == 6 { errorSource = map.toV4(load6(p, off + 8 + 24)) }
+        guard let s4 = map.toV4(s6) ?? errorSource else { return .drop("source \(s6) has no IPv4 mapping") }
         guard let d4 = map.toV4(d6) else { return .drop("destination \(d6) has no IPv4 mapping") }
         let payload = end - off
         guard out.count >= 20 + payload else { return .drop("no room") }
@@ -224,13 +266,12 @@ public enum SIIT {
             put16(out, 4, 0)
             put16(out, 6, 20 + payload > 1260 ? 0x4000 : 0)
         }
-        out[8] = inner ? hop : hop - 1
+        out[8] = inner || !decrement ? hop : hop - 1
         out[9] = proto
-        let sb = s4.bytes, db = d4.bytes
-        for i in 0..<4 { out[12 + i] = sb[i]; out[16 + i] = db[i] }
+        store4(out, 12, s4); store4(out, 16, d4)
         for i in 0..<payload { out[20 + i] = p[off + i] }
         let l4 = UnsafeMutableRawBufferPointer(rebasing: out[20..<(20 + payload)])
-        let old6 = sumAddress(s6.bytes + d6.bytes), new4 = sumAddress(sb + db)
+        let old6 = sumAddress(s6) + sumAddress(d6), new4 = sumAddress(s4) + sumAddress(d4)
         let first = fragID.map { $0.1 == 0 } ?? true
         var length = 20 + payload
         switch nh {
@@ -280,10 +321,18 @@ public enum SIIT {
         case 4:
             if code == 1 { t = 3; c = 2; rest = 0 }
             else if code == 0 {
-                let ptrMap: [UInt32: UInt32] = [0: 0, 1: 1, 4: 2, 5: 2, 6: 9, 7: 8]
-                let ptr = rest
-                let np: UInt32? = ptrMap[ptr] ?? ((8...23).contains(ptr) ? 12 : ((24...39).contains(ptr) ? 16 : nil))
-                guard let np else { return .drop("ICMPv6 parameter problem pointer has no IPv4 equivalent") }
+                // RFC 7915 section 5.2, figure 6.
+                let np: UInt32
+                switch rest {
+                case 0: np = 0
+                case 1: np = 1
+                case 4, 5: np = 2
+                case 6: np = 9
+                case 7: np = 8
+                case 8...23: np = 12
+                case 24...39: np = 16
+                default: return .drop("ICMPv6 parameter problem pointer has no IPv4 equivalent")
+                }
                 t = 12; c = 0; rest = np << 24
             } else { return .drop("ICMPv6 parameter problem code \(code)") }
         default: return .drop("ICMPv6 type \(type) is not translated")

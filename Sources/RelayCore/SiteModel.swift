@@ -30,18 +30,48 @@ public struct Endpoint: Hashable, Sendable, Codable, CustomStringConvertible {
     public func encode(to encoder: Encoder) throws { var c = encoder.singleValueContainer(); try c.encode(description) }
 }
 
+/// RFC 7757 explicit address mapping: an IPv6 host of the LAN gets an IPv4 name (a free address
+/// of the LAN's IPv4 prefix). Other sites then reach it by that number in the site's virtual4 (and
+/// virtual6), and it reaches IPv4 hosts of other sites with that number as its source.
+public struct ExplicitMapping: Codable, Hashable, Sendable, CustomStringConvertible {
+    public var ipv4: IPv4Address
+    public var ipv6: IPv6Address
+    public init(ipv4: IPv4Address, ipv6: IPv6Address) { self.ipv4 = ipv4; self.ipv6 = ipv6 }
+    public var description: String { "\(ipv4) = \(ipv6)" }
+}
+
 /// A site: a LAN behind a gateway and the virtual prefixes the other sites reach it by.
 public struct SiteConfig: Codable, Equatable, Sendable {
     public var name: String
-    /// The LAN's IPv4 prefix (only known for this node's own site).
+    /// The LAN's IPv4 prefix. For a peer's site it is only needed with virtual6 (its IPv6 names
+    /// embed LAN addresses); the peer's gateway does the prefix NAT.
     public var lan4: IPPrefix?
     /// The virtual IPv4 prefix (same size as the LAN): LAN host N is virtual host N.
     public var virtual4: IPPrefix?
     /// The virtual IPv6 prefix (RFC 6052 embedding of the LAN's IPv4 addresses).
     public var virtual6: IPPrefix?
-    public init(name: String, lan4: IPPrefix? = nil, virtual4: IPPrefix? = nil, virtual6: IPPrefix? = nil) {
+    /// The LAN's IPv6 prefix (own site only) and the prefix other sites reach it by (same size,
+    /// host bits kept: the kernel's IPv6 prefix NAT, so sites may share one ULA prefix).
+    public var lan6: IPPrefix?
+    public var virtual6Lan: IPPrefix?
+    /// IPv4 names for IPv6 hosts (own site only; RFC 7757).
+    public var map: [ExplicitMapping]
+    public init(name: String, lan4: IPPrefix? = nil, virtual4: IPPrefix? = nil, virtual6: IPPrefix? = nil,
+                lan6: IPPrefix? = nil, virtual6Lan: IPPrefix? = nil, map: [ExplicitMapping] = []) {
         self.name = name; self.lan4 = lan4; self.virtual4 = virtual4; self.virtual6 = virtual6
+        self.lan6 = lan6; self.virtual6Lan = virtual6Lan; self.map = map
     }
+    enum CodingKeys: String, CodingKey { case name, lan4, virtual4, virtual6, lan6, virtual6Lan, map }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(name: try c.decode(String.self, forKey: .name), lan4: try c.decodeIfPresent(IPPrefix.self, forKey: .lan4),
+                  virtual4: try c.decodeIfPresent(IPPrefix.self, forKey: .virtual4), virtual6: try c.decodeIfPresent(IPPrefix.self, forKey: .virtual6),
+                  lan6: try c.decodeIfPresent(IPPrefix.self, forKey: .lan6), virtual6Lan: try c.decodeIfPresent(IPPrefix.self, forKey: .virtual6Lan),
+                  map: try c.decodeIfPresent([ExplicitMapping].self, forKey: .map) ?? [])
+    }
+
+    /// Every prefix other sites' traffic to this site may be addressed to.
+    public var virtualPrefixes: [IPPrefix] { [virtual4, virtual6, virtual6Lan].compactMap { $0 } }
 }
 
 /// A peer node: identified by its static public key, reached at an endpoint, with sites behind it.
@@ -134,6 +164,18 @@ extension RelayConfiguration {
             } else if s.lan4 != nil || s.virtual4 != nil {
                 err(s.lan4 == nil ? "site.lan4" : "site.virtual4", "site.lan4 and site.virtual4 go together: set both")
             }
+            out += RelayConfiguration.checkLAN6(s, "site")
+            var v4s = Set<IPv4Address>(), v6s = Set<IPv6Address>()
+            for (i, m) in s.map.enumerated() {
+                let k = "site.map[\(i)]"
+                if let lan = s.lan4, !lan.contains(.v4(m.ipv4)) {
+                    err("\(k).ipv4", "\(m.ipv4) is outside site.lan4 \(lan): an IPv6 host's IPv4 name is a free address of the LAN")
+                }
+                if s.lan4 == nil { err("\(k).ipv4", "explicit mappings need site.lan4 and site.virtual4 (the IPv4 names live there)") }
+                if !v4s.insert(m.ipv4).inserted { err("\(k).ipv4", "\(m.ipv4) is mapped twice") }
+                if !v6s.insert(m.ipv6).inserted { err("\(k).ipv6", "\(m.ipv6) is mapped twice") }
+                if let v6 = s.virtual6, v6.contains(.v6(m.ipv6)) { err("\(k).ipv6", "\(m.ipv6) is inside site.virtual6 \(v6): map a real address of the LAN") }
+            }
         }
         var names = Set<String>(), keys = Set<String>()
         for (i, p) in peers.enumerated() {
@@ -147,8 +189,19 @@ extension RelayConfiguration {
             if p.sites.isEmpty { warn("\(k).site", "peer '\(p.name)' has no sites: no traffic will be routed to it") }
             for (j, s) in p.sites.enumerated() {
                 all.append(("\(k).site[\(j)]", s))
-                if s.lan4 != nil { err("\(k).site[\(j)].lan4", "a peer's LAN is its own business: configure only its virtual prefixes") }
-                if let v = s.virtual4, v.family != .ipv4 { err("\(k).site[\(j)].virtual4", "\(v) is not an IPv4 prefix") }
+                let sk = "\(k).site[\(j)]"
+                if let v = s.virtual4, v.family != .ipv4 { err("\(sk).virtual4", "\(v) is not an IPv4 prefix") }
+                if let lan = s.lan4 {
+                    if lan.family != .ipv4 { err("\(sk).lan4", "\(lan) is not an IPv4 prefix") }
+                    if let v = s.virtual4, v.length != lan.length { err("\(sk).lan4", "/\(lan.length) but virtual4 \(v) is /\(v.length): they must be the same size") }
+                    if s.virtual6 == nil { warn("\(sk).lan4", "only used with virtual6 (to name the site's hosts in IPv6): set virtual6 or remove it") }
+                } else if s.virtual6 != nil {
+                    err("\(sk).lan4", "needed with virtual6: the site's IPv6 names embed its LAN's IPv4 addresses (RFC 6052), so set the peer's LAN prefix, e.g. lan4 = \"192.168.1.0/24\"")
+                }
+                if s.virtual6 != nil && s.virtual4 == nil { err("\(sk).virtual4", "needed with virtual6: translated packets travel as IPv4 between the virtual4 prefixes") }
+                if s.lan6 != nil { err("\(sk).lan6", "a peer's IPv6 LAN is its own business: configure only virtual6_lan") }
+                if !s.map.isEmpty { err("\(sk).map", "explicit mappings belong in the site's own configuration (its gateway translates)") }
+                if let v = s.virtual6Lan, v.family != .ipv6 { err("\(sk).virtual6_lan", "\(v) is not an IPv6 prefix") }
             }
         }
         var siteNames = Set<String>()
@@ -175,11 +228,14 @@ extension RelayConfiguration {
         for (k, s) in all {
             if let v = s.virtual4 { prefixes.append(("\(k).virtual4", v)) }
             if let v = s.virtual6 { prefixes.append(("\(k).virtual6", v)) }
+            if let v = s.virtual6Lan { prefixes.append(("\(k).virtual6_lan", v)) }
         }
         if let lan = site?.lan4 { prefixes.append(("site.lan4", lan)) }
+        if let lan = site?.lan6 { prefixes.append(("site.lan6", lan)) }
         for i in prefixes.indices {
             for j in prefixes.indices where j > i && prefixes[i].1.overlaps(prefixes[j].1) {
                 if prefixes[i].0 == "site.virtual4" && prefixes[j].0 == "site.lan4" { continue }  // reported above
+                if prefixes[i].0 == "site.virtual6_lan" && prefixes[j].0 == "site.lan6" { continue }
                 err(prefixes[j].0, "\(prefixes[j].1) overlaps \(prefixes[i].0) \(prefixes[i].1): every site needs its own virtual prefixes")
             }
         }
@@ -187,6 +243,21 @@ extension RelayConfiguration {
     }
 
     public var errors: [ConfigIssue] { validate().filter { $0.severity == .error } }
+
+    static func checkLAN6(_ s: SiteConfig, _ k: String) -> [ConfigIssue] {
+        var out: [ConfigIssue] = []
+        guard s.lan6 != nil || s.virtual6Lan != nil else { return out }
+        guard let lan = s.lan6, let v = s.virtual6Lan else {
+            return [ConfigIssue(.error, s.lan6 == nil ? "\(k).lan6" : "\(k).virtual6_lan", "\(k).lan6 and \(k).virtual6_lan go together: set both")]
+        }
+        if lan.family != .ipv6 { out.append(ConfigIssue(.error, "\(k).lan6", "\(lan) is not an IPv6 prefix")) }
+        if v.family != .ipv6 { out.append(ConfigIssue(.error, "\(k).virtual6_lan", "\(v) is not an IPv6 prefix")) }
+        if lan.length != v.length {
+            out.append(ConfigIssue(.error, "\(k).virtual6_lan", "\(v) is /\(v.length) but \(k).lan6 \(lan) is /\(lan.length): they must be the same size so that host bits map 1:1"))
+        }
+        if lan.overlaps(v) { out.append(ConfigIssue(.error, "\(k).virtual6_lan", "\(v) overlaps the LAN \(lan): pick an unused prefix")) }
+        return out
+    }
 
     public static func isDeviceName(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.count <= 15 && s.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
@@ -199,11 +270,18 @@ extension RelayConfiguration {
             nat.dnat = [PrefixMapping(v, lan)]
             nat.snat = [PrefixMapping(lan, v)]
         }
+        if let s = site, let lan = s.lan6, let v = s.virtual6Lan {
+            nat.dnat.append(PrefixMapping(v, lan))
+            nat.snat.append(PrefixMapping(lan, v))
+        }
         var routes: [RouteSpec] = []
         for p in peers {
             for s in p.sites {
                 if let v = s.virtual4 { nat.remote.append(v); routes.append(RouteSpec(v, device: node.device)) }
+                // RFC 6052 names are translated by relayd (no kernel NAT); the IPv6 LAN prefix is
+                // NATed by the kernel like virtual4.
                 if let v = s.virtual6 { routes.append(RouteSpec(v, device: node.device)) }
+                if let v = s.virtual6Lan { nat.remote.append(v); routes.append(RouteSpec(v, device: node.device)) }
             }
         }
         let needsDevice = site != nil || !peers.isEmpty

@@ -56,6 +56,10 @@ public final class TunnelService: @unchecked Sendable {
     public let flows: FlowTable
     /// STUN on the tunnel port: datagrams with STUN's top bits and magic cookie go to the reflector.
     public var reflector: ReflectorService?
+    /// IPv4/IPv6 translation on the site path (read under the lock, once per batch).
+    var translator = SiteTranslator(RelayConfiguration())
+    /// ICMP errors relayd originates: at most 100 per second, burst 100 (RFC 4443 section 2.4 f).
+    var icmpTokens: Double = 100, icmpRefilled: Double = 0
 
     public init(identity: NodeIdentity, logger: Logger, flows: FlowTable, tunFD: @escaping () -> Int32, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }) {
         self.identity = identity
@@ -109,7 +113,7 @@ public final class TunnelService: @unchecked Sendable {
         var next: [TunnelPeer] = []
         for p in cfg.peers {
             guard let key = Data(base64Encoded: p.publicKey).map(Array.init), key.count == 32 else { continue }
-            let prefixes = p.sites.flatMap { [$0.virtual4, $0.virtual6].compactMap { $0 } }
+            let prefixes = p.sites.flatMap(\.virtualPrefixes)
             let ep = p.endpoint.map(TunnelService.socketAddress)
             if let old = peers.first(where: { $0.publicKey == key }) {
                 old.prefixes = prefixes
@@ -120,6 +124,7 @@ public final class TunnelService: @unchecked Sendable {
             }
         }
         peers = next
+        translator = SiteTranslator(cfg)
         if reflectionServers != cfg.reflector.servers { reflectionServers = cfg.reflector.servers; lastReflection = 0 }
         reflectionInterval = Double(cfg.reflector.interval)
         let schedule = STUNSchedule(rto: Double(cfg.reflector.rtoMilliseconds) / 1000, count: cfg.reflector.retransmissions)
@@ -200,10 +205,41 @@ public final class TunnelService: @unchecked Sendable {
         let mapped = b[0..<10].allSatisfy { $0 == 0 } && b[10] == 0xff && b[11] == 0xff
         guard let pmtu = pathMTU(ep) else { return }
         let inner = pmtu - (mapped ? 20 : 40) - 8 - TunnelLimits.overhead
-        guard inner >= 576, inner < pkt.count, let icmp = IPHeader.packetTooBig(pkt, mtu: inner) else { return }
+        guard inner >= 576, inner < pkt.count else { return }
         lock.lock(); counters.tooBig += 1; lock.unlock()
+        answer(pkt, .tooBig(mtu: inner))
+    }
+
+    /// Tells the sender of a packet read from the TUN device why it goes nowhere (rate-limited).
+    func answer(_ pkt: ArraySlice<UInt8>, _ kind: IPHeader.ICMPError) {
+        guard let icmp = IPHeader.icmpError(pkt, kind), takeICMPToken() else { return }
         let fd = tunFD()
         if fd >= 0 { _ = icmp.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+    }
+
+    func takeICMPToken() -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        let now = clock()
+        icmpTokens = min(100, icmpTokens + (now - icmpRefilled) * 100); icmpRefilled = now
+        guard icmpTokens >= 1 else { counters.icmpErrorsLimited += 1; return false }
+        icmpTokens -= 1; counters.icmpErrorsSent += 1
+        return true
+    }
+
+    /// Outbound SIIT: an IPv6 packet to another site's RFC 6052 name becomes IPv4 (into `out`).
+    /// Returns the translated length, 0 when the packet needs no translation, nil when it was
+    /// refused (counted, answered with an ICMPv6 error).
+    func translateOutbound(_ pkt: ArraySlice<UInt8>, _ t: SiteTranslator, into out: inout [UInt8]) -> Int? {
+        guard pkt.count >= 40, pkt[pkt.startIndex] >> 4 == 6 else { return 0 }
+        let dst = pkt.withUnsafeBytes { SIIT.load6($0, 24) }
+        guard t.translatesOutbound(dst) else { return 0 }
+        let r = pkt.withUnsafeBytes { p in out.withUnsafeMutableBytes { SIIT.toIPv4(p, into: $0, map: t.map, decrement: false) } }
+        if case .translated(let n) = r { lock.lock(); counters.translatedTo4 += 1; lock.unlock(); return n }
+        lock.lock(); counters.untranslatable += 1; lock.unlock()
+        if case .drop(let why) = r { logger.debug("not translated to IPv4: \(why)") }
+        let src = pkt.withUnsafeBytes { SIIT.load6($0, 8) }
+        answer(pkt, t.toV4(dst) == nil ? .addressUnreachable : (t.toV4(src) == nil ? .sourcePolicy : .addressUnreachable))
+        return nil
     }
 
     /// Peers to TUN: recvmmsg up to 64 datagrams per syscall, then handle each.
@@ -233,6 +269,7 @@ public final class TunnelService: @unchecked Sendable {
         let tx = UnsafeMutablePointer<UInt8>.allocate(capacity: batch * slot)
         defer { tx.deallocate() }
         var buf = [UInt8](repeating: 0, count: 65536)
+        var xlat = [UInt8](repeating: 0, count: 65536 + 64)
         var lens = [Int32](repeating: 0, count: batch), to = [sockaddr_in6](repeating: sockaddr_in6(), count: batch)
         var originals: [ArraySlice<UInt8>] = []
         while !isStopped {
@@ -242,13 +279,18 @@ public final class TunnelService: @unchecked Sendable {
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             guard poll(&pfd, 1, 200) > 0 else { continue }
             var drained = false
+            lock.lock(); let t = translator; lock.unlock()
             for _ in 0..<16 where !drained {
                 var count = 0
                 originals.removeAll(keepingCapacity: true)
                 while count < batch {
                     let n = read(fd, &buf, buf.count)
                     guard n > 0 else { drained = true; break }
-                    let pkt = buf[0..<n]
+                    var pkt = buf[0..<n]
+                    if t.isActive {
+                        guard let x = translateOutbound(pkt, t, into: &xlat) else { continue }
+                        if x > 0 { pkt = xlat[0..<x] }
+                    }
                     guard let (wire, ep) = prepare(pkt) else { continue }
                     wire.withUnsafeBytes { (tx + count * slot).update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: wire.count) }
                     lens[count] = Int32(wire.count); to[count] = ep
@@ -291,7 +333,9 @@ public final class TunnelService: @unchecked Sendable {
         let now = clock()
         lock.lock()
         guard let peer = peers.first(where: { p in p.prefixes.contains { $0.contains(dst) } }) else {
-            counters.noRoute += 1; lock.unlock(); return nil
+            counters.noRoute += 1; lock.unlock()
+            answer(pkt, .noRoute)
+            return nil
         }
         if var s = peer.current, !s.expired(now: now), let ep = peer.endpoint {
             let (key, n, remote) = s.reserve()
@@ -468,11 +512,35 @@ public final class TunnelService: @unchecked Sendable {
         }
         peer.rxBytes += UInt64(pt.count); peer.rxPackets += 1
         let name = peer.name
+        let t = translator
         lock.unlock()
-        let fd = tunFD()
-        if fd >= 0 { _ = pt.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
         flows.record(pt[...], outbound: false, peer: name, now: now)
+        let fd = tunFD()
+        guard fd >= 0 else { return }
+        // Inbound SIIT: IPv4 for one of this site's mapped IPv6 hosts becomes IPv6.
+        if t.isActive, pt.count >= 20, pt[0] >> 4 == 4, t.translatesInbound(IPv4Address(UInt32(pt[16]) << 24 | UInt32(pt[17]) << 16 | UInt32(pt[18]) << 8 | UInt32(pt[19]))) {
+            let r = pt.withUnsafeBytes { p in rxXlat.withUnsafeMutableBytes { SIIT.toIPv6(p, into: $0, map: t.map, decrement: false) } }
+            guard case .translated(let n) = r else {
+                lock.lock(); counters.untranslatable += 1; lock.unlock()
+                if case .drop(let why) = r { logger.debug("not translated to IPv6: \(why)") }
+                // Back through the tunnel to the sender: its source has no IPv6 name here.
+                if let icmp = IPHeader.icmpError(pt[...], .sourcePolicy), takeICMPToken() {
+                    lock.lock()
+                    if var s = peer.current, let ep = peer.endpoint {
+                        let wire = s.seal(icmp[...]); peer.current = s; peer.lastSent = now; lock.unlock(); send(wire, to: ep)
+                    } else { lock.unlock() }
+                }
+                return
+            }
+            lock.lock(); counters.translatedTo6 += 1; lock.unlock()
+            _ = rxXlat.withUnsafeBytes { write(fd, $0.baseAddress, n) }
+            return
+        }
+        _ = pt.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
+
+    /// Inbound translation scratch (only the UDP thread uses it).
+    var rxXlat = [UInt8](repeating: 0, count: 65536 + 64)
 
     // MARK: timers
 
@@ -695,20 +763,49 @@ extension IPHeader {
     /// The Internet checksum (RFC 1071); 0 over data that includes a correct checksum.
     public static func checksum(_ b: ArraySlice<UInt8>) -> UInt16 { internetChecksum(b) }
 
+    /// Why relayd refuses a packet, as an ICMP/ICMPv6 error (RFC 792/1191, RFC 4443).
+    public enum ICMPError: Equatable, Sendable {
+        /// Fragmentation needed / packet too big, with the MTU that fits.
+        case tooBig(mtu: Int)
+        /// No site owns the destination: net unreachable / no route.
+        case noRoute
+        /// The destination cannot be translated (e.g. an embedded address outside the site's LAN):
+        /// host unreachable / address unreachable.
+        case addressUnreachable
+        /// The source has no name in the other family (no explicit mapping): communication
+        /// administratively prohibited (ICMPv4 type 3 code 13, ICMPv6 type 1 code 1).
+        case sourcePolicy
+
+        var v4: (type: UInt8, code: UInt8) {
+            switch self { case .tooBig: return (3, 4); case .noRoute: return (3, 0); case .addressUnreachable: return (3, 1); case .sourcePolicy: return (3, 13) }
+        }
+        var v6: (type: UInt8, code: UInt8) {
+            switch self { case .tooBig: return (2, 0); case .noRoute: return (1, 0); case .addressUnreachable: return (1, 3); case .sourcePolicy: return (1, 1) }
+        }
+    }
+
     /// The ICMP error that tells `original`'s sender to send smaller packets: IPv4 "fragmentation
-    /// needed" (RFC 1191) with the next-hop MTU, or ICMPv6 "packet too big" (RFC 4443). It comes
-    /// from the original destination, so the sender's conntrack sees it as related to its flow.
-    /// nil when no error may be sent (not IPv4/IPv6, IPv4 without DF, or an ICMP error itself).
-    public static func packetTooBig(_ original: ArraySlice<UInt8>, mtu: Int) -> [UInt8]? {
+    /// needed" (RFC 1191) with the next-hop MTU, or ICMPv6 "packet too big" (RFC 4443).
+    public static func packetTooBig(_ original: ArraySlice<UInt8>, mtu: Int) -> [UInt8]? { icmpError(original, .tooBig(mtu: mtu)) }
+
+    /// The ICMP/ICMPv6 error about `original`, addressed to its sender. It comes from the original
+    /// destination, so the sender's conntrack sees it as related to its flow (and the tunnel's
+    /// source check accepts it). nil when no error may be sent: not IPv4/IPv6, an ICMP error itself
+    /// (RFC 1122/4443: never about an error), "too big" for IPv4 without DF.
+    public static func icmpError(_ original: ArraySlice<UInt8>, _ kind: ICMPError) -> [UInt8]? {
         guard let (src, dst) = addresses(original) else { return nil }
         let o = Array(original)
+        var rest: UInt32 = 0
+        if case .tooBig(let mtu) = kind { rest = UInt32(mtu) }
         switch (src, dst) {
         case (.v4(let s), .v4(let d)):
             let ihl = Int(o[0] & 0x0f) * 4
-            guard o.count >= ihl, o[6] & 0x40 != 0 else { return nil }                 // DF not set: it may fragment
-            if o[9] == 1, o.count > ihl, [3, 4, 5, 11, 12].contains(o[ihl]) { return nil } // never answer an ICMP error
+            guard ihl >= 20, o.count >= ihl else { return nil }
+            if case .tooBig = kind, o[6] & 0x40 == 0 { return nil }                          // DF not set: it may fragment
+            if o[9] == 1, o.count > ihl, [3, 4, 5, 11, 12].contains(o[ihl]) { return nil }   // never answer an ICMP error
+            if o[6] & 0x1f != 0 || o[7] != 0 { return nil }                                   // only about first fragments
             let quote = Array(o.prefix(min(o.count, 548 - 28)))
-            var icmp: [UInt8] = [3, 4, 0, 0, 0, 0, UInt8(mtu >> 8 & 0xff), UInt8(mtu & 0xff)] + quote
+            var icmp: [UInt8] = [kind.v4.type, kind.v4.code, 0, 0, 0, 0, UInt8(rest >> 8 & 0xff), UInt8(rest & 0xff)] + quote
             let c = checksum(icmp[...]); icmp[2] = UInt8(c >> 8); icmp[3] = UInt8(c & 0xff)
             let total = 20 + icmp.count
             var ip: [UInt8] = [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), 0, 0, 0, 0, 64, 1, 0, 0] + d.bytes + s.bytes
@@ -717,7 +814,7 @@ extension IPHeader {
         case (.v6(let s), .v6(let d)):
             if o[6] == 58, o.count > 40, o[40] < 128 { return nil }                     // an ICMPv6 error
             let quote = Array(o.prefix(min(o.count, 1280 - 48)))
-            var icmp: [UInt8] = [2, 0, 0, 0, UInt8(mtu >> 24 & 0xff), UInt8(mtu >> 16 & 0xff), UInt8(mtu >> 8 & 0xff), UInt8(mtu & 0xff)] + quote
+            var icmp: [UInt8] = [kind.v6.type, kind.v6.code, 0, 0, UInt8(rest >> 24 & 0xff), UInt8(rest >> 16 & 0xff), UInt8(rest >> 8 & 0xff), UInt8(rest & 0xff)] + quote
             // Checksum over the pseudo-header (source, destination, length, next header 58).
             let len = UInt32(icmp.count)
             var pseudo = d.bytes + s.bytes

@@ -169,12 +169,12 @@ extension LabHost {
     /// datagram itself), in one process. (socat's forking UDP-RECVFROM loses about 3 datagrams in
     /// 100 on its own — measured on one host with nothing in between — which made UDP checks flaky.)
     @discardableResult
-    public func spawnUDPResponder(port: Int, echo: Bool = false, label: String) throws -> LabProcess {
+    public func spawnUDPResponder(port: Int, echo: Bool = false, ipv6: Bool = false, label: String) throws -> LabProcess {
         try spawn(["python3", "-c", """
             import socket
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(socket.AF_INET\(ipv6 ? "6" : ""), socket.SOCK_DGRAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(('0.0.0.0', \(port)))
+            s.bind(('\(ipv6 ? "::" : "0.0.0.0")', \(port)))
             while True:
                 data, peer = s.recvfrom(65535)
                 s.sendto(\(echo ? "data" : "(peer[0] + '\\n').encode()"), peer)

@@ -6,13 +6,17 @@ import Foundation
 public final class SiteToSite {
     public let lab: Lab
     public let hostA: LabHost, gwA: LabHost, underlay: LabHost, gwB: LabHost, hostB: LabHost
+    /// With `ipv6: true`: an IPv6-only segment at each site (`lan6` on the gateway, fd00:cafe::1/64;
+    /// the same ULA prefix at both sites) with one host, fd00:cafe::30 (mapped to 192.168.1.30 by
+    /// site.map) and fd00:cafe::31 (no IPv4 name).
+    public private(set) var host6A: LabHost?, host6B: LabHost?
     public var relaydA: LabProcess!, relaydB: LabProcess!
     public var helperA: HelperFixture!, helperB: HelperFixture!
     public let relaydUID: UInt32 = 65534
     public var socketA: String { dir("A") + "/relayd.sock" }
     public var socketB: String { dir("B") + "/relayd.sock" }
 
-    public init(_ lab: Lab, extraHostNumbers: [Int] = [21, 77]) throws {
+    public init(_ lab: Lab, extraHostNumbers: [Int] = [21, 77], ipv6: Bool = false) throws {
         self.lab = lab
         hostA = try lab.host("hostA"); gwA = try lab.host("gwA"); underlay = try lab.host("underlay")
         gwB = try lab.host("gwB"); hostB = try lab.host("hostB")
@@ -26,6 +30,16 @@ public final class SiteToSite {
         try hostB.route("default", via: "192.168.1.1")
         try gwA.route("default", via: "10.10.10.1")
         try gwB.route("default", via: "10.20.20.1")
+        if ipv6 {
+            let a = try lab.host("host6A"), b = try lab.host("host6B")
+            for (h, gw) in [(a, gwA), (b, gwB)] {
+                try lab.link(h, "eth0", ["fd00:cafe::30/64"], gw, "lan6", ["fd00:cafe::1/64"])
+                // A second address the host never picks by itself (deprecated), for explicit tests.
+                try h.ip("-6", "addr", "add", "fd00:cafe::31/64", "dev", "eth0", "preferred_lft", "0")
+                try h.route("default", via: "fd00:cafe::1")
+            }
+            host6A = a; host6B = b
+        }
     }
 
     func dir(_ site: String) -> String { lab.logDirectory.appendingPathComponent("relayd-\(site)").path }
@@ -38,8 +52,8 @@ public final class SiteToSite {
         return (priv, pub)
     }
 
-    public static func config(name: String, site: String, virtual4: String, virtual6: String, peerName: String, peerKey: String,
-                              peerEndpoint: String, peerSite: String, peerVirtual4: String, peerVirtual6: String) -> String {
+    public static func config(name: String, site: String, virtual4: String, virtual6: String, virtual6Lan: String, peerName: String, peerKey: String,
+                              peerEndpoint: String, peerSite: String, peerVirtual4: String, peerVirtual6: String, peerVirtual6Lan: String) -> String {
         """
         [node]
         name = "\(name)"
@@ -49,14 +63,19 @@ public final class SiteToSite {
         lan4 = "192.168.1.0/24"
         virtual4 = "\(virtual4)"
         virtual6 = "\(virtual6)"
+        lan6 = "fd00:cafe::/64"
+        virtual6_lan = "\(virtual6Lan)"
+        map = [{ ipv4 = "192.168.1.30", ipv6 = "fd00:cafe::30" }]
         [[peer]]
         name = "\(peerName)"
         public_key = "\(peerKey)"
         endpoint = "\(peerEndpoint)"
           [[peer.site]]
           name = "\(peerSite)"
+          lan4 = "192.168.1.0/24"
           virtual4 = "\(peerVirtual4)"
           virtual6 = "\(peerVirtual6)"
+          virtual6_lan = "\(peerVirtual6Lan)"
         """
     }
 
@@ -67,10 +86,10 @@ public final class SiteToSite {
         helperA = try HelperFixture.start(in: gwA, policy: policy)
         helperB = try HelperFixture.start(in: gwB, policy: policy)
         for h in [helperA!, helperB!] { chmod(h.socketPath, 0o666) }
-        let cfgA = SiteToSite.config(name: "gw-a", site: "A", virtual4: "240.1.1.0/24", virtual6: "64:ff9b:1111::/96", peerName: "gw-b", peerKey: kb.pub,
-                                     peerEndpoint: "10.20.20.20:51820", peerSite: "B", peerVirtual4: "240.2.2.0/24", peerVirtual6: "64:ff9b:2222::/96")
-        let cfgB = SiteToSite.config(name: "gw-b", site: "B", virtual4: "240.2.2.0/24", virtual6: "64:ff9b:2222::/96", peerName: "gw-a", peerKey: ka.pub,
-                                     peerEndpoint: "10.10.10.10:51820", peerSite: "A", peerVirtual4: "240.1.1.0/24", peerVirtual6: "64:ff9b:1111::/96")
+        let cfgA = SiteToSite.config(name: "gw-a", site: "A", virtual4: "240.1.1.0/24", virtual6: "64:ff9b:1111::/96", virtual6Lan: "fd11:1111::/64", peerName: "gw-b", peerKey: kb.pub,
+                                     peerEndpoint: "10.20.20.20:51820", peerSite: "B", peerVirtual4: "240.2.2.0/24", peerVirtual6: "64:ff9b:2222::/96", peerVirtual6Lan: "fd22:2222::/64")
+        let cfgB = SiteToSite.config(name: "gw-b", site: "B", virtual4: "240.2.2.0/24", virtual6: "64:ff9b:2222::/96", virtual6Lan: "fd22:2222::/64", peerName: "gw-a", peerKey: ka.pub,
+                                     peerEndpoint: "10.10.10.10:51820", peerSite: "A", peerVirtual4: "240.1.1.0/24", peerVirtual6: "64:ff9b:1111::/96", peerVirtual6Lan: "fd11:1111::/64")
         relaydA = try startRelayd(gwA, site: "A", key: ka.priv, config: cfgA + "\n" + extraConfig, helper: helperA)
         relaydB = try startRelayd(gwB, site: "B", key: kb.priv, config: cfgB + "\n" + extraConfig, helper: helperB)
         for (gw, sock, p) in [(gwA, socketA, relaydA!), (gwB, socketB, relaydB!)] {
@@ -108,9 +127,9 @@ public final class SiteToSite {
     }
 
     /// "Who am I talking to" services on a host: TCP 9001 answers "PEER SOCKADDR", UDP 9000 answers PEER.
-    public static func startWhoami(_ h: LabHost) throws {
-        try h.spawn(["socat", "TCP-LISTEN:9001,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR $SOCAT_SOCKADDR"], label: "whoami-tcp")
-        try h.spawnUDPResponder(port: 9000, label: "whoami-udp")
+    public static func startWhoami(_ h: LabHost, ipv6: Bool = false) throws {
+        try h.spawn(["socat", "TCP\(ipv6 ? "6" : "")-LISTEN:9001,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR $SOCAT_SOCKADDR"], label: "whoami-tcp")
+        try h.spawnUDPResponder(port: 9000, ipv6: ipv6, label: "whoami-udp")
         try waitUntil("whoami services on \(h.name)") { let o = try h.run(["ss", "-lntuH"]).stdout; return o.contains(":9000") && o.contains(":9001") }
     }
 }

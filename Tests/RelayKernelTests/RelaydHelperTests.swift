@@ -24,6 +24,7 @@ struct RelaydHelperTests {
         public_key = "\(keyB)"
         [[peer.site]]
         name = "B"
+        lan4 = "192.168.1.0/24"
         virtual4 = "240.2.2.0/24"
         virtual6 = "64:ff9b:2222::/96"
 

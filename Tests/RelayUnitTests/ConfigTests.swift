@@ -12,15 +12,17 @@ func siteAConfig(extraPeer: String = "", site: String? = nil) -> String {
     [node]
     name = "gw-a"
     [site]
-    \(site ?? "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nvirtual6 = \"64:ff9b:1111::/96\"")
+    \(site ?? "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nvirtual6 = \"64:ff9b:1111::/96\"\nlan6 = \"fd00:cafe::/64\"\nvirtual6_lan = \"fd11:1111::/64\"\nmap = [{ ipv4 = \"192.168.1.30\", ipv6 = \"fd00:cafe::30\" }]")
     [[peer]]
     name = "gw-b"
     public_key = "\(keyA)"
     endpoint = "10.20.20.20:51820"
       [[peer.site]]
       name = "B"
+      lan4 = "192.168.1.0/24"
       virtual4 = "240.2.2.0/24"
       virtual6 = "64:ff9b:2222::/96"
+      virtual6_lan = "fd22:2222::/64"
     \(extraPeer)
     """
 }
@@ -33,10 +35,11 @@ struct ConfigTests {
         #expect(cfg.node.name == "gw-a" && cfg.node.device == "relay0" && cfg.node.mtu == 1420)
         #expect(warnings.map(\.key).sorted() == ["peer[0].site[0].virtual4", "site.virtual4"])
         let d = cfg.desiredKernelState
-        #expect(d.nat.dnat == [PrefixMapping(P("240.1.1.0/24"), P("192.168.1.0/24"))])
-        #expect(d.nat.snat == [PrefixMapping(P("192.168.1.0/24"), P("240.1.1.0/24"))])
-        #expect(d.nat.remote == [P("240.2.2.0/24")])
-        #expect(d.routes.map(\.destination) == [P("240.2.2.0/24"), P("64:ff9b:2222::/96")])
+        #expect(d.nat.dnat == [PrefixMapping(P("240.1.1.0/24"), P("192.168.1.0/24")), PrefixMapping(P("fd11:1111::/64"), P("fd00:cafe::/64"))])
+        #expect(d.nat.snat == [PrefixMapping(P("192.168.1.0/24"), P("240.1.1.0/24")), PrefixMapping(P("fd00:cafe::/64"), P("fd11:1111::/64"))])
+        #expect(d.nat.remote == [P("240.2.2.0/24"), P("fd22:2222::/64")])
+        #expect(d.routes.map(\.destination) == [P("240.2.2.0/24"), P("64:ff9b:2222::/96"), P("fd22:2222::/64")])
+        #expect(cfg.site?.map == [ExplicitMapping(ipv4: IPv4Address("192.168.1.30")!, ipv6: IPv6Address("fd00:cafe::30")!)])
         #expect(d.device == DeviceSpec(name: "relay0", mtu: 1420))
         // The annotated example in contrib/ differs only by its placeholder key.
         let contrib = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../contrib/relayd.toml")
@@ -56,6 +59,13 @@ struct ConfigTests {
         (siteAConfig(extraPeer: "[[peer]]\nname = \"gw-c\"\npublic_key = \"\(keyA)\""), "peer[1].public_key", "same public key"),
         (siteAConfig(extraPeer: "[[peer]]\nname = \"gw-c\"\npublic_key = \"\(keyB)\"\nendpoint = \"10.0.0.1\""), "peer[1].endpoint", "ADDRESS:PORT"),
         ("[node]\nmtu = 100\n", "node.mtu", "out of range"),
+        (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nlan6 = \"fd00:cafe::/64\""), "site.virtual6_lan", "go together"),
+        (siteAConfig(site: "name = \"A\"\nlan6 = \"fd00:cafe::/64\"\nvirtual6_lan = \"fd11::/48\""), "site.virtual6_lan", "same size"),
+        (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nmap = [{ ipv4 = \"10.0.0.1\", ipv6 = \"fd00::1\" }]"), "site.map[0].ipv4", "outside site.lan4"),
+        (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nmap = [{ ipv4 = \"192.168.1.9\", ipv6 = \"fd00::1\" }, { ipv4 = \"192.168.1.9\", ipv6 = \"fd00::2\" }]"), "site.map[1].ipv4", "mapped twice"),
+        (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nmap = [{ ipv4 = \"192.168.1.9\" }]"), "site.map[0]", "needs ipv4 and ipv6"),
+        (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nmap = [{ ipv4 = \"192.168.1.9\", ipv6 = \"fd00::zz\" }]"), "site.map[0].ipv6", "not an IPv6 address"),
+        (siteAConfig(extraPeer: "[[peer]]\nname = \"gw-c\"\npublic_key = \"\(keyB)\"\n[[peer.site]]\nname = \"C\"\nvirtual4 = \"240.3.3.0/24\"\nvirtual6 = \"64:ff9b:3333::/96\""), "peer[1].site[0].lan4", "needed with virtual6"),
         ("[node]\ndevice = \"this-name-is-too-long\"\n", "node.device", "not a usable device name"),
         ("[node\n", "line 1", "TOML syntax error"),
         ("[reflector]\nother_address = \"192.0.2.8\"\n", "reflector.address", "primary address too"),
@@ -87,6 +97,6 @@ struct ConfigTests {
         #expect(configChanges(from: a, to: b) == ["peer gw-c added"])
         #expect(configChanges(from: b, to: a) == ["peer gw-c removed"])
         #expect(configChanges(from: a, to: a).isEmpty)
-        #expect(b.desiredKernelState.nat.remote == [P("240.2.2.0/24"), P("240.3.3.0/24")])
+        #expect(b.desiredKernelState.nat.remote == [P("240.2.2.0/24"), P("fd22:2222::/64"), P("240.3.3.0/24")])
     }
 }
