@@ -86,8 +86,16 @@ public struct SiteView: Codable, Equatable, Sendable {
     public var lan4: IPPrefix?
     public var virtual4: IPPrefix?
     public var virtual6: IPPrefix?
+    public var lan6: IPPrefix?
+    public var virtual6Lan: IPPrefix?
+    /// RFC 7757 explicit mappings (own site only).
+    public var map: [ExplicitMapping]?
     public init(owner: String, site: SiteConfig) {
         self.owner = owner; name = site.name; lan4 = site.lan4; virtual4 = site.virtual4; virtual6 = site.virtual6
+        lan6 = site.lan6; virtual6Lan = site.virtual6Lan; map = site.map.isEmpty ? nil : site.map
+    }
+    public var site: SiteConfig {
+        SiteConfig(name: name, lan4: lan4, virtual4: virtual4, virtual6: virtual6, lan6: lan6, virtual6Lan: virtual6Lan, map: map ?? [])
     }
 }
 

@@ -64,6 +64,18 @@ struct TranslationTests {
             let nft = try s.gwA.run(["nft", "-j", "list", "table", "inet", "relay"]).stdout
             #expect(nft.contains("fd00:cafe::") && nft.contains("fd11:1111::"), "A's IPv6 prefix maps in nft -j")
 
+            // relayctl: a host's names in both families.
+            let m1 = try s.relayctl(s.gwA, s.socketA, ["map", "192.168.1.20", "--site", "B"])
+            #expect(m1.status == 0 && m1.stdout.contains("240.2.2.20") && m1.stdout.contains("64:ff9b:2222::192.168.1.20") && m1.stdout.contains("64:ff9b:2222::c0a8:114"), "\(m1.stdout)\(m1.stderr)")
+            let m2 = try s.relayctl(s.gwB, s.socketB, ["map", "fd00:cafe::30", "--json"])
+            let names = try JSONDecoder().decode(HostNames.self, from: Data(m2.stdout.utf8))
+            #expect(names.lan4 == IPv4Address("192.168.1.30") && names.virtual4 == IPv4Address("240.2.2.30")
+                    && names.virtual6 == IPv6Address("64:ff9b:2222::192.168.1.30") && names.virtual6Lan == IPv6Address("fd22:2222::30"), "\(m2.stdout)")
+            let sites = try s.relayctl(s.gwA, s.socketA, ["sites"]).stdout
+            #expect(sites.contains("fd00:cafe::/64") && sites.contains("fd22:2222::/64") && sites.contains("64:ff9b:2222::/96"), "\(sites)")
+            let bad = try s.relayctl(s.gwA, s.socketA, ["map", "64:ff9b:2222::10.9.9.9"])
+            #expect(bad.status != 0 && bad.stderr.contains("outside site B's LAN"), "\(bad.stderr)")
+
             // 5. Nothing to translate to: an ICMP error back to the sender, counted, nothing forwarded.
             let before = try status(s, gw: s.gwA, socket: s.socketA)
             let outside = try h6A.run(["ping", "-6", "-c1", "-W2", "64:ff9b:2222::10.9.9.9"], check: false)
