@@ -13,6 +13,7 @@ struct Bench: ParsableCommand {
     @Flag(help: "Skip the site-to-site path benchmark.") var noPaths = false
     @Flag(help: "Skip the helper apply benchmark.") var noApply = false
     @Flag(help: "Skip the STUN reflector benchmark.") var noStun = false
+    @Flag(help: "Skip the IPv6 -> IPv4 translation benchmark (Relay against tayga).") var noSiit = false
     @Option(help: "Flow counts for relayd's memory figures.") var memoryFlows: [Int] = [10_000, 100_000]
 
     func run() throws {
@@ -58,6 +59,7 @@ struct Bench: ParsableCommand {
             print(pad(name, 40) + pad(String(format: "%.3f s", r), 14) + pad(String(format: "%.3f s", a), 16) + String(format: "%.2fx", a / r))
         }
         if !noPaths { try paths() }
+        if !noSiit { try translation() }
         if !noStun {
             let (r, c) = try Lab.with("bench-stun") { try StunBench.run($0) }
             print("")
@@ -90,6 +92,20 @@ struct Bench: ParsableCommand {
         for (n, active, mb) in relay.1 {
             print(pad("relayd peak RSS, \(n) flows", 30) + String(format: "%.1f MiB (%d tracked)", mb, active))
         }
+    }
+
+    func translation() throws {
+        print("")
+        print("IPv6 -> IPv4 (SIIT), A's IPv6-only host to B's IPv4 host (iperf3 TCP 3 s, ping x30, request/response 2 s):")
+        let relay = try Lab.with("bench-siit") { try PathBench.relayTranslation($0) }
+        let tayga = try Lab.with("bench-tayga") { try PathBench.taygaTranslation($0) }
+        func v(_ x: Double?, _ fmt: String) -> String { x.map { String(format: fmt, $0) } ?? "-" }
+        func ratio(_ a: Double?, _ b: Double?) -> String { (a != nil && b != nil && b! > 0) ? String(format: "%.2fx", a! / b!) : "-" }
+        print(pad("metric", 30) + pad("Relay", 12) + pad("tayga", 12) + "Relay/tayga")
+        print(pad("TCP Gbit/s", 30) + pad(v(relay.tcpGbps, "%.2f"), 12) + pad(v(tayga?.tcpGbps, "%.2f"), 12) + ratio(relay.tcpGbps, tayga?.tcpGbps))
+        print(pad("ping RTT ms (lower is better)", 30) + pad(v(relay.rttMs, "%.3f"), 12) + pad(v(tayga?.rttMs, "%.3f"), 12) + ratio(relay.rttMs, tayga?.rttMs))
+        print(pad("TCP request/response per s", 30) + pad(v(relay.rrPerSec, "%.0f"), 12) + pad(v(tayga?.rrPerSec, "%.0f"), 12) + ratio(relay.rrPerSec, tayga?.rrPerSec))
+        print("goal: TCP above tayga (Relay/tayga > 1) while also encrypting; tayga does not encrypt")
     }
 
     func median(_ v: [Double]) -> Double { let s = v.sorted(); return s[s.count / 2] }

@@ -143,4 +143,46 @@ struct PathBench {
         }
         return out
     }
+
+    /// IPv6 -> IPv4 through Relay: A's IPv6-only host to B's IPv4 host by its RFC 6052 name,
+    /// translated by relayd at A and sealed (TCP, ping, request/response; no iperf3 UDP).
+    static func relayTranslation(_ lab: Lab) throws -> Figures {
+        let s = try SiteToSite(lab, extraHostNumbers: [], ipv6: true)
+        try s.start()
+        let dst = "64:ff9b:2222::192.168.1.20"
+        _ = try s.host6A!.run(["ping", "-6", "-c2", "-W2", dst], check: false)
+        return try measure(client: s.host6A!, server: s.hostB, address: dst, udp: false)
+    }
+
+    /// The tayga anchor, same topology: tayga on gateway A translates A's IPv6-only host to IPv4,
+    /// plain routing over the underlay, the helper's prefix NAT at B. No encryption. (tayga refuses
+    /// class E addresses, so here A's host is 198.51.100.30 and B's virtual prefix 203.0.113.0/24:
+    /// and it refuses 64:ff9b::/32 prefixes too: B's host is 2001:db8:2222::203.0.113.20.)
+    static func taygaTranslation(_ lab: Lab) throws -> Figures? {
+        guard (try? Command.run(["which", "tayga"]))?.succeeded == true else { return nil }
+        let s = try SiteToSite(lab, extraHostNumbers: [], ipv6: true)
+        func P(_ x: String) -> IPPrefix { IPPrefix(x)! }
+        let hb = try HelperFixture.start(in: s.gwB, policy: HelperFixture.policy(allowed: ["192.168.0.0/16", "203.0.113.0/24", "198.51.100.0/24"]), name: "kh")
+        try HelperClient(path: hb.socketPath).apply(NATState(dnat: [PrefixMapping(P("203.0.113.0/24"), P("192.168.1.0/24"))],
+                                                            snat: [PrefixMapping(P("192.168.1.0/24"), P("203.0.113.0/24"))], remote: [P("198.51.100.0/24")]))
+        let dir = lab.logDirectory.appendingPathComponent("tayga").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try """
+        tun-device nat64
+        ipv4-addr 198.51.100.1
+        prefix 2001:db8:2222::/96
+        map 198.51.100.30 fd00:cafe::30
+        data-dir \(dir)
+        """.write(toFile: dir + "/tayga.conf", atomically: true, encoding: .utf8)
+        try s.gwA.run(["tayga", "--mktun", "-c", dir + "/tayga.conf"])
+        try s.gwA.ip("link", "set", "nat64", "up")
+        try s.gwA.spawn(["tayga", "-d", "-c", dir + "/tayga.conf"], label: "tayga")
+        try s.gwA.route("2001:db8:2222::/96", dev: "nat64")
+        try s.gwA.route("198.51.100.30/32", dev: "nat64")
+        try s.gwA.route("203.0.113.0/24", via: "10.10.10.1"); try s.gwB.route("198.51.100.0/24", via: "10.20.20.1")
+        try s.underlay.route("198.51.100.0/24", via: "10.10.10.10"); try s.underlay.route("203.0.113.0/24", via: "10.20.20.20")
+        let dst = "2001:db8:2222::203.0.113.20"
+        try waitUntil("tayga translates", timeout: 10) { try s.host6A!.run(["ping", "-6", "-c1", "-W1", dst], check: false).succeeded }
+        return try measure(client: s.host6A!, server: s.hostB, address: dst, udp: false)
+    }
 }
