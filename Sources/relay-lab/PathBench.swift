@@ -151,6 +151,11 @@ struct PathBench {
         try s.start()
         let dst = "64:ff9b:2222::192.168.1.20"
         _ = try s.host6A!.run(["ping", "-6", "-c2", "-W2", dst], check: false)
+        if ProcessInfo.processInfo.environment["RELAY_BENCH_VERBOSE"] == "1" {
+            for (h, a) in [(s.hostA, "240.2.2.20"), (s.host6A!, dst), (s.hostA, "240.2.2.20"), (s.host6A!, dst)] {
+                print(a, String(try h.run(["ping", "-c", "30", "-i", "0.02", "-q", a], check: false).stdout.split(separator: "\n").last ?? ""))
+            }
+        }
         return try measure(client: s.host6A!, server: s.hostB, address: dst, udp: false)
     }
 
