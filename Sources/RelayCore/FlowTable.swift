@@ -70,7 +70,8 @@ public final class FlowTable: @unchecked Sendable {
             proto = p[s + 9]; l4 = Int(first & 0x0f) * 4
             src = .v4(IPv4Address(p[s + 12], p[s + 13], p[s + 14], p[s + 15])); dst = .v4(IPv4Address(p[s + 16], p[s + 17], p[s + 18], p[s + 19]))
         case 6:
-            guard p.count >= 40, let a = IPv6Address(bytes: Array(p[(s + 8)..<(s + 24)])), let b = IPv6Address(bytes: Array(p[(s + 24)..<(s + 40)])) else { return nil }
+            guard p.count >= 40 else { return nil }
+            let (a, b) = p.withUnsafeBytes { (SIIT.load6($0, 8), SIIT.load6($0, 24)) }  // no allocation per packet
             proto = p[s + 6]; l4 = 40; src = .v6(a); dst = .v6(b)
         default: return nil
         }

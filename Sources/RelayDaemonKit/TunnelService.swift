@@ -752,7 +752,8 @@ public enum IPHeader {
             guard p.count >= 20 else { return nil }
             return (.v4(IPv4Address(p[s + 12], p[s + 13], p[s + 14], p[s + 15])), .v4(IPv4Address(p[s + 16], p[s + 17], p[s + 18], p[s + 19])))
         case 6:
-            guard p.count >= 40, let a = IPv6Address(bytes: Array(p[(s + 8)..<(s + 24)])), let b = IPv6Address(bytes: Array(p[(s + 24)..<(s + 40)])) else { return nil }
+            guard p.count >= 40 else { return nil }
+            let (a, b) = p.withUnsafeBytes { (SIIT.load6($0, 8), SIIT.load6($0, 24)) }  // no allocation per packet
             return (.v6(a), .v6(b))
         default: return nil
         }

@@ -1,4 +1,5 @@
 import Foundation
+import RelayCore
 import RelayTestHarness
 
 /// `make demo`: two sites that both use 192.168.1.0/24. Each gateway runs the real relay-helper
@@ -21,13 +22,20 @@ struct DemoScenario {
         }
     }
 
+    /// socat prints IPv6 addresses in full and in brackets: print them the RFC 5952 way.
+    func tidy(_ s: String) -> String {
+        s.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: " ").map { t in
+            IPAddress(String(t.trimmingCharacters(in: CharacterSet(charactersIn: "[]")))).map { "\($0)" } ?? String(t)
+        }.joined(separator: " ")
+    }
     func indent(_ s: String) -> String { s.split(separator: "\n", omittingEmptySubsequences: false).map { "   " + $0 }.joined(separator: "\n") }
 
     func scenario(_ lab: Lab) throws {
         say("== Relay demo: two sites that both use 192.168.1.0/24, joined by Relay")
-        let s = try SiteToSite(lab)
+        let s = try SiteToSite(lab, ipv6: true)
         say("   site A: host 192.168.1.20 (+ .21, .77), gateway 192.168.1.1 / 10.10.10.10, virtual 240.1.1.0/24")
         say("   site B: host 192.168.1.20 (+ .21, .77), gateway 192.168.1.1 / 10.20.20.20, virtual 240.2.2.0/24")
+        say("   each site also has an IPv6-only host fd00:cafe::30 (the same ULA prefix at both sites), whose IPv4 name is 192.168.1.30 (site.map)")
         say("   the hosts are not reconfigured: their only route is the default via 192.168.1.1")
         say("== starting relay-helper (CAP_NET_ADMIN only) and relayd (uid \(s.relaydUID), no privileges) on both gateways")
         try s.start()
@@ -49,6 +57,16 @@ struct DemoScenario {
         say("== UDP from A to 240.2.2.20: B sees " + (try s.hostA.run(["socat", "-T", "2", "-", "UDP:240.2.2.20:9000"], stdin: "x\n").stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
         say("== and the other way: B's 192.168.1.20 -> 240.1.1.20 over TCP: A sees " +
             (try s.hostB.run(["socat", "-T", "3", "-", "TCP:240.1.1.20:9001"], stdin: "").stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
+        try SiteToSite.startWhoami(s.host6B!, ipv6: true)
+        say("== IPv6 -> IPv4: A's IPv6-only host reaches B's IPv4 host as 64:ff9b:2222::192.168.1.20 (relayd translates, RFC 7915)")
+        say(indent(try s.host6A!.run(["ping", "-6", "-c2", "-i0.2", "64:ff9b:2222::192.168.1.20"]).stdout.split(separator: "\n").filter { $0.contains("bytes from") || $0.contains("packet loss") }.joined(separator: "\n")))
+        say("   TCP: B's 192.168.1.20 sees " + tidy(try s.host6A!.run(["socat", "-T", "3", "-", "TCP6:[64:ff9b:2222::192.168.1.20]:9001"], stdin: "").stdout).replacingOccurrences(of: " ", with: ", reached "))
+        say("== IPv4 -> IPv6: A's IPv4 host reaches B's IPv6-only host by its IPv4 name 240.2.2.30: B's host sees " +
+            tidy(try s.hostA.run(["socat", "-T", "3", "-", "TCP:240.2.2.30:9001"], stdin: "").stdout).replacingOccurrences(of: " ", with: ", reached "))
+        say("== IPv6 -> IPv6 across the shared ULA prefix: A's fd00:cafe::30 -> fd22:2222::30: B's host sees " +
+            tidy(try s.host6A!.run(["socat", "-T", "3", "-", "TCP6:[fd22:2222::30]:9001"], stdin: "").stdout).replacingOccurrences(of: " ", with: ", reached "))
+        say("== relayctl map 192.168.1.20 --site B (on gateway A): a host's names in both families")
+        say(indent(try s.relayctl(s.gwA, s.socketA, ["map", "192.168.1.20", "--site", "B"]).stdout.trimmingCharacters(in: .newlines)))
         say("== relayctl peers on gateway A:")
         say(indent(try s.relayctl(s.gwA, s.socketA, ["peers"]).stdout.trimmingCharacters(in: .newlines)))
         say("== relayctl sessions on gateway A:")
@@ -61,6 +79,7 @@ struct DemoScenario {
 
             Left running. Try:
               ip netns exec \(s.hostA.namespace) ping 240.2.2.20
+              ip netns exec \(s.host6A!.namespace) ping 64:ff9b:2222::192.168.1.20
               ip netns exec \(s.gwA.namespace) \(ctl) peers --socket \(s.socketA)
               ip netns exec \(s.gwB.namespace) \(ctl) sessions --socket \(s.socketB)
               ip netns exec \(s.gwB.namespace) nft list table inet relay

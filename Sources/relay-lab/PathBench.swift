@@ -117,6 +117,19 @@ struct PathBench {
         let s = try SiteToSite(lab, extraHostNumbers: [])
         try s.start(extraConfig: "[sessions]\nmax = 200000\nudp_timeout = 600\n")
         _ = try s.hostA.run(["ping", "-c2", "-W2", "240.2.2.20"], check: false)
+        if let out = ProcessInfo.processInfo.environment["RELAY_BENCH_PERF"] {
+            // Profile both relayds during a TCP run (perf record -g), for development.
+            let pa = Process(); pa.executableURL = URL(fileURLWithPath: "/usr/bin/perf")
+            pa.arguments = ["record", "-g", "-o", out + "-A.data", "-p", String(s.relaydA.pid), "--", "sleep", "4"]
+            let pb = Process(); pb.executableURL = URL(fileURLWithPath: "/usr/bin/perf")
+            pb.arguments = ["record", "-g", "-o", out + "-B.data", "-p", String(s.relaydB.pid), "--", "sleep", "4"]
+            let srv = try s.hostB.spawn(["iperf3", "-s", "-p", "5999"], label: "iperf3-perf")
+            try waitUntil("iperf3 server") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":5999 ") }
+            try pa.run(); try pb.run()
+            print(try s.hostA.run(["iperf3", "-c", "240.2.2.20", "-p", "5999", "-t", "3"], timeout: 20, check: false).stdout)
+            srv.stop()
+            pa.waitUntilExit(); pb.waitUntilExit()
+        }
         return (try measure(client: s.hostA, server: s.hostB, address: "240.2.2.20"), s)
     }
 
