@@ -237,8 +237,10 @@ public final class TunnelService: @unchecked Sendable {
         if case .translated(let n) = r { lock.lock(); counters.translatedTo4 += 1; lock.unlock(); return n }
         lock.lock(); counters.untranslatable += 1; lock.unlock()
         if case .drop(let why) = r { logger.debug("not translated to IPv4: \(why)") }
+        // The destination translates but the source has no IPv4 name: a policy refusal; else the
+        // destination is the problem.
         let src = pkt.withUnsafeBytes { SIIT.load6($0, 8) }
-        answer(pkt, t.toV4(dst) == nil ? .addressUnreachable : (t.toV4(src) == nil ? .sourcePolicy : .addressUnreachable))
+        answer(pkt, t.toV4(dst) != nil && t.toV4(src) == nil ? .sourcePolicy : .addressUnreachable)
         return nil
     }
 
