@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
+#include <netinet/udp.h>
 #include <linux/capability.h>
 #include <spawn.h>
 #include "CRelayShim.h"
@@ -183,6 +184,94 @@ int CRelayShim_send_batch(int fd, const uint8_t *bufs, size_t slot, int count, c
     while (sent < count) {
         int n = sendmmsg(fd, msgs + sent, count - sent, 0);
         if (n < 0) { if (errno == EINTR) continue; return sent > 0 ? sent : -errno; }
+        sent += n;
+    }
+    return sent;
+}
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+
+int CRelayShim_tun_enable_tso(int fd) {
+    unsigned int off = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+    return ioctl(fd, TUNSETOFFLOAD, off) == 0 ? 0 : -errno;
+}
+
+int CRelayShim_udp_enable_gro(int fd) {
+    int one = 1;
+    return setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) == 0 ? 0 : -errno;
+}
+
+int CRelayShim_recv_batch_gro(int fd, uint8_t *bufs, size_t slot, int count, int *lens, int *segs, void *addrs, int flags) {
+    struct mmsghdr msgs[64];
+    struct iovec iovs[64];
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl[64];
+    if (count > 64) count = 64;
+    memset(msgs, 0, sizeof(struct mmsghdr) * count);
+    struct sockaddr_in6 *a = addrs;
+    for (int i = 0; i < count; i++) {
+        iovs[i].iov_base = bufs + (size_t)i * slot;
+        iovs[i].iov_len = slot;
+        msgs[i].msg_hdr.msg_iov = &iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &a[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in6);
+        msgs[i].msg_hdr.msg_control = ctl[i].buf;
+        msgs[i].msg_hdr.msg_controllen = sizeof ctl[i].buf;
+    }
+    int n;
+    do { n = recvmmsg(fd, msgs, count, flags, NULL); } while (n < 0 && errno == EINTR);
+    if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+    for (int i = 0; i < n; i++) {
+        lens[i] = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? -1 : (int)msgs[i].msg_len;
+        segs[i] = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
+            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+                int g; memcpy(&g, CMSG_DATA(c), sizeof g); segs[i] = g;
+            }
+        }
+    }
+    return n;
+}
+
+int CRelayShim_send_batch_gso(int fd, const uint8_t *bufs, const size_t *offsets, int count, const int *lens, const int *segs, const void *addrs, int *err) {
+    struct mmsghdr msgs[64];
+    struct iovec iovs[64];
+    union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } ctl[64];
+    if (count > 64) count = 64;
+    memset(msgs, 0, sizeof(struct mmsghdr) * count);
+    const struct sockaddr_in6 *a = addrs;
+    for (int i = 0; i < count; i++) {
+        iovs[i].iov_base = (void *)(bufs + offsets[i]);
+        iovs[i].iov_len = (size_t)lens[i];
+        msgs[i].msg_hdr.msg_iov = &iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = (void *)&a[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in6);
+        if (segs[i] > 0 && segs[i] < lens[i]) {
+            memset(&ctl[i], 0, sizeof ctl[i]);
+            msgs[i].msg_hdr.msg_control = ctl[i].buf;
+            msgs[i].msg_hdr.msg_controllen = sizeof ctl[i].buf;
+            struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t g = (uint16_t)segs[i];
+            memcpy(CMSG_DATA(c), &g, sizeof g);
+        }
+    }
+    int sent = 0;
+    *err = 0;
+    while (sent < count) {
+        int n = sendmmsg(fd, msgs + sent, count - sent, 0);
+        if (n < 0) { if (errno == EINTR) continue; *err = errno; return sent > 0 ? sent : -errno; }
         sent += n;
     }
     return sent;

@@ -54,8 +54,19 @@ public struct DeviceSpec: Codable, Hashable, Sendable {
     public var name: String
     public var mtu: Int
     public var addresses: [InterfaceAddress]
-    public init(name: String, mtu: Int = 1420, addresses: [InterfaceAddress] = []) {
-        self.name = name; self.mtu = mtu; self.addresses = addresses
+    /// Open with IFF_VNET_HDR and TSO (TUNSETOFFLOAD): reads may then be TCP segments of up to 64 KB
+    /// behind a virtio_net_hdr, and writes carry one too.
+    public var offload: Bool
+    public init(name: String, mtu: Int = 1420, addresses: [InterfaceAddress] = [], offload: Bool = false) {
+        self.name = name; self.mtu = mtu; self.addresses = addresses; self.offload = offload
+    }
+    enum CodingKeys: String, CodingKey { case name, mtu, addresses, offload }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        mtu = try c.decode(Int.self, forKey: .mtu)
+        addresses = try c.decode([InterfaceAddress].self, forKey: .addresses)
+        offload = try c.decodeIfPresent(Bool.self, forKey: .offload) ?? false
     }
 }
 

@@ -92,8 +92,19 @@ public struct NodeConfig: Codable, Equatable, Sendable {
     public var listenPort: UInt16
     public var device: String
     public var mtu: Int
-    public init(name: String = "relay", listenPort: UInt16 = 51820, device: String = "relay0", mtu: Int = 1420) {
-        self.name = name; self.listenPort = listenPort; self.device = device; self.mtu = mtu
+    /// TUN segmentation offload with UDP GSO/GRO on the tunnel socket (node.offload).
+    public var offload: Bool
+    public init(name: String = "relay", listenPort: UInt16 = 51820, device: String = "relay0", mtu: Int = 1420, offload: Bool = true) {
+        self.name = name; self.listenPort = listenPort; self.device = device; self.mtu = mtu; self.offload = offload
+    }
+    enum CodingKeys: String, CodingKey { case name, listenPort, device, mtu, offload }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        listenPort = try c.decode(UInt16.self, forKey: .listenPort)
+        device = try c.decode(String.self, forKey: .device)
+        mtu = try c.decode(Int.self, forKey: .mtu)
+        offload = try c.decodeIfPresent(Bool.self, forKey: .offload) ?? true
     }
 }
 
@@ -285,7 +296,7 @@ extension RelayConfiguration {
             }
         }
         let needsDevice = site != nil || !peers.isEmpty
-        return DesiredKernelState(nat: nat, routes: routes, device: needsDevice ? DeviceSpec(name: node.device, mtu: node.mtu) : nil)
+        return DesiredKernelState(nat: nat, routes: routes, device: needsDevice ? DeviceSpec(name: node.device, mtu: node.mtu, offload: node.offload) : nil)
     }
 }
 

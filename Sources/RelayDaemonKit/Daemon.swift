@@ -49,7 +49,7 @@ public final class Daemon: @unchecked Sendable {
         helper = HelperLink(socketPath: options.helperSocket, logger: logger)
         for w in status.warnings { logger.warning("config \(w.key): \(w.message)") }
         let link = helper
-        tunnel = TunnelService(identity: id, logger: logger, flows: flows, tunFD: { link.tunDescriptor })
+        tunnel = TunnelService(identity: id, logger: logger, flows: flows, tun: { link.tunHandle })
     }
 
     static func loadConfig(_ o: DaemonOptions) throws -> (RelayConfiguration, ConfigStatus) {

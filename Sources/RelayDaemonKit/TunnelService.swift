@@ -5,6 +5,7 @@ import RelayControlAPI
 import RelayCore
 import RelayTunnel
 import RelayIPC
+import CRelayShim
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -44,11 +45,11 @@ public final class TunnelService: @unchecked Sendable {
     let identity: NodeIdentity
     let ownPublic: [UInt8]
     let logger: Logger
-    let tunFD: () -> Int32
+    let tun: () -> TunHandle
     let lock = NSLock()
     var peers: [TunnelPeer] = []
     var byIndex: [UInt32: TunnelPeer] = [:]
-    public private(set) var counters = TunnelCounters()
+    public internal(set) var counters = TunnelCounters()
     var socketFD: Int32 = -1
     public private(set) var port: UInt16 = 0
     var stopped = false
@@ -61,11 +62,19 @@ public final class TunnelService: @unchecked Sendable {
     /// ICMP errors relayd originates: at most 100 per second, burst 100 (RFC 4443 section 2.4 f).
     var icmpTokens: Double = 100, icmpRefilled: Double = 0
 
-    public init(identity: NodeIdentity, logger: Logger, flows: FlowTable, tunFD: @escaping () -> Int32, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }) {
+    /// The UDP thread's view of the TUN device (taken once per receive batch) and its coalescer.
+    var rxTun = TunHandle(fd: -1, vnetHeader: false)
+    var coalescer = TCPCoalescer(buffer: UnsafeMutableRawBufferPointer.allocate(byteCount: TCPCoalescer.capacity, alignment: 16))
+
+    public convenience init(identity: NodeIdentity, logger: Logger, flows: FlowTable, tunFD: @escaping () -> Int32, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }) {
+        self.init(identity: identity, logger: logger, flows: flows, tun: { TunHandle(fd: tunFD(), vnetHeader: false) }, clock: clock)
+    }
+
+    public init(identity: NodeIdentity, logger: Logger, flows: FlowTable, tun: @escaping () -> TunHandle, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }) {
         self.identity = identity
         ownPublic = Array(identity.privateKey.publicKey.rawRepresentation)
         self.logger = logger
-        self.tunFD = tunFD
+        self.tun = tun
         self.clock = clock
         self.flows = flows
     }
@@ -200,12 +209,12 @@ public final class TunnelService: @unchecked Sendable {
     }
 
     /// The underlay cannot carry `pkt` sealed: tell its sender the largest inner size that fits.
-    func answerTooBig(_ pkt: ArraySlice<UInt8>, to ep: sockaddr_in6) {
+    func answerTooBig(_ pkt: ArraySlice<UInt8>, size: Int? = nil, to ep: sockaddr_in6) {
         let b = withUnsafeBytes(of: ep.sin6_addr) { Array($0) }
         let mapped = b[0..<10].allSatisfy { $0 == 0 } && b[10] == 0xff && b[11] == 0xff
         guard let pmtu = pathMTU(ep) else { return }
         let inner = pmtu - (mapped ? 20 : 40) - 8 - TunnelLimits.overhead
-        guard inner >= 576, inner < pkt.count else { return }
+        guard inner >= 576, inner < size ?? pkt.count else { return }
         lock.lock(); counters.tooBig += 1; lock.unlock()
         answer(pkt, .tooBig(mtu: inner))
     }
@@ -213,8 +222,8 @@ public final class TunnelService: @unchecked Sendable {
     /// Tells the sender of a packet read from the TUN device why it goes nowhere (rate-limited).
     func answer(_ pkt: ArraySlice<UInt8>, _ kind: IPHeader.ICMPError) {
         guard let icmp = IPHeader.icmpError(pkt, kind), takeICMPToken() else { return }
-        let fd = tunFD()
-        if fd >= 0 { _ = icmp.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+        let h = tunHandle
+        icmp.withUnsafeBytes { tunWrite(h, $0) }
     }
 
     func takeICMPToken() -> Bool {
@@ -242,73 +251,6 @@ public final class TunnelService: @unchecked Sendable {
         let src = pkt.withUnsafeBytes { SIIT.load6($0, 8) }
         answer(pkt, t.toV4(dst) != nil && t.toV4(src) == nil ? .sourcePolicy : .addressUnreachable)
         return nil
-    }
-
-    /// Peers to TUN: recvmmsg up to 64 datagrams per syscall, then handle each.
-    func udpLoop() {
-        let batch = 64, slot = 65536
-        let rx = UnsafeMutablePointer<UInt8>.allocate(capacity: batch * slot)
-        defer { rx.deallocate() }
-        var lens = [Int32](repeating: 0, count: batch), from = [sockaddr_in6](repeating: sockaddr_in6(), count: batch)
-        while !isStopped {
-            var pfd = pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0)
-            guard poll(&pfd, 1, 200) > 0 else { continue }
-            for _ in 0..<16 {
-                let n = UDPBatch.receive(socketFD, rx, slot: slot, count: batch, lens: &lens, addrs: &from)
-                guard n > 0 else { break }
-                for i in 0..<n where lens[i] > 0 {
-                    receive(Array(UnsafeBufferPointer(start: rx + i * slot, count: Int(lens[i])))[...], from: from[i])
-                }
-                if n < batch { break }
-            }
-        }
-    }
-
-    /// TUN to peers: reads every queued packet, seals each, and sends them with one sendmmsg per
-    /// batch of up to 64.
-    func tunLoop() {
-        let batch = 64, slot = 65536 + TunnelLimits.overhead
-        let tx = UnsafeMutablePointer<UInt8>.allocate(capacity: batch * slot)
-        defer { tx.deallocate() }
-        var buf = [UInt8](repeating: 0, count: 65536)
-        var xlat = [UInt8](repeating: 0, count: 65536 + 64)
-        var lens = [Int32](repeating: 0, count: batch), to = [sockaddr_in6](repeating: sockaddr_in6(), count: batch)
-        var originals: [ArraySlice<UInt8>] = []
-        while !isStopped {
-            let fd = tunFD()
-            guard fd >= 0 else { usleep(100_000); continue }
-            if fcntl(fd, F_GETFL) & O_NONBLOCK == 0 { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&pfd, 1, 200) > 0 else { continue }
-            var drained = false
-            lock.lock(); let t = translator; lock.unlock()
-            for _ in 0..<16 where !drained {
-                var count = 0
-                originals.removeAll(keepingCapacity: true)
-                while count < batch {
-                    let n = read(fd, &buf, buf.count)
-                    guard n > 0 else { drained = true; break }
-                    var pkt = buf[0..<n]
-                    if t.isActive {
-                        guard let x = translateOutbound(pkt, t, into: &xlat) else { continue }
-                        if x > 0 { pkt = xlat[0..<x] }
-                    }
-                    guard let (wire, ep) = prepare(pkt) else { continue }
-                    wire.withUnsafeBytes { (tx + count * slot).update(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: wire.count) }
-                    lens[count] = Int32(wire.count); to[count] = ep
-                    originals.append(ArraySlice(Array(pkt)))
-                    count += 1
-                }
-                guard count > 0 else { continue }
-                let sent = count == 1 ? (send(Array(UnsafeBufferPointer(start: tx, count: Int(lens[0]))), to: to[0]) == 0 ? 1 : 0)
-                                      : UDPBatch.send(socketFD, tx, slot: slot, count: count, lens: lens, addrs: to)
-                // What did not go (EMSGSIZE: the path is narrower): one by one, to learn why.
-                for i in max(sent, 0)..<count {
-                    let wire = Array(UnsafeBufferPointer(start: tx + i * slot, count: Int(lens[i])))
-                    if send(wire, to: to[i]) == EMSGSIZE { answerTooBig(originals[i], to: to[i]) }
-                }
-            }
-        }
     }
 
     func timerLoop() {
@@ -517,8 +459,6 @@ public final class TunnelService: @unchecked Sendable {
         let t = translator
         lock.unlock()
         flows.record(pt[...], outbound: false, peer: name, now: now)
-        let fd = tunFD()
-        guard fd >= 0 else { return }
         // Inbound SIIT: IPv4 for one of this site's mapped IPv6 hosts becomes IPv6.
         if t.isActive, pt.count >= 20, pt[0] >> 4 == 4, t.translatesInbound(IPv4Address(UInt32(pt[16]) << 24 | UInt32(pt[17]) << 16 | UInt32(pt[18]) << 8 | UInt32(pt[19]))) {
             let r = pt.withUnsafeBytes { p in rxXlat.withUnsafeMutableBytes { SIIT.toIPv6(p, into: $0, map: t.map, decrement: false) } }
@@ -535,10 +475,10 @@ public final class TunnelService: @unchecked Sendable {
                 return
             }
             lock.lock(); counters.translatedTo6 += 1; lock.unlock()
-            _ = rxXlat.withUnsafeBytes { write(fd, $0.baseAddress, n) }
+            rxXlat.withUnsafeBytes { deliver(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             return
         }
-        _ = pt.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        pt.withUnsafeBytes { deliver($0) }
     }
 
     /// Inbound translation scratch (only the UDP thread uses it).

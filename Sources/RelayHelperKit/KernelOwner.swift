@@ -154,13 +154,15 @@ public final class KernelOwner {
             throw HelperFailure("policy.refused", "the helper already has \(policy.maxDevices) devices (devices.max_devices)")
         }
         var out = [CChar](repeating: 0, count: 16)
-        let fd = CRelayShim_tun_open(d.name, 1, 0, &out)
+        let fd = CRelayShim_tun_open(d.name, 1, d.offload ? 1 : 0, &out)
         guard fd >= 0 else {
             let e = -fd
             if e == EBUSY { throw HelperFailure("device.busy", "TUN device \(d.name) is attached to another process: close it there first") }
             throw HelperFailure("device.open_failed", "cannot open TUN device \(d.name): \(String(cString: strerror(e))) (errno \(e))")
         }
         do {
+            // Segmentation offload: without it the fd still carries virtio headers, only unsegmented.
+            if d.offload { _ = CRelayShim_tun_enable_tso(fd) }
             links = try rt.links()
             guard let l = links.first(where: { $0.name == d.name }) else { throw HelperFailure("device.open_failed", "TUN device \(d.name) vanished after opening") }
             var changed = !existed

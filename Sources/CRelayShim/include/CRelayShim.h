@@ -56,4 +56,23 @@ int CRelayShim_recv_batch_flags(int fd, uint8_t *bufs, size_t slot, int count, i
 /// sendmmsg of `count` datagrams (slot-strided buffers, lengths, sockaddr_in6 destinations).
 /// Returns the number sent or -errno.
 int CRelayShim_send_batch(int fd, const uint8_t *bufs, size_t slot, int count, const int *lens, const void *addrs);
+
+/// TUN offloads (TUNSETOFFLOAD with TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) on a TUN fd opened with
+/// IFF_VNET_HDR: the kernel then hands over TCP segments of up to 64 KB with a virtio_net_hdr.
+/// Returns 0 or -errno.
+int CRelayShim_tun_enable_tso(int fd);
+
+/// Enables UDP GRO (setsockopt UDP_GRO) on a UDP socket: trains of equal-size datagrams arrive as
+/// one buffer with their segment size. Returns 0 or -errno.
+int CRelayShim_udp_enable_gro(int fd);
+
+/// recvmmsg with UDP_GRO control messages: like CRelayShim_recv_batch_flags, and `segs[i]` is the
+/// segment size of a coalesced train (0 when the datagram arrived alone).
+int CRelayShim_recv_batch_gro(int fd, uint8_t *bufs, size_t slot, int count, int *lens, int *segs, void *addrs, int flags);
+
+/// sendmmsg of up to 64 messages at `bufs + offsets[i]`, `lens[i]` bytes each; a message with
+/// `segs[i] > 0` is a train of datagrams of that size (the last may be shorter) sent with UDP GSO
+/// (UDP_SEGMENT). Returns how many messages went, or -errno when the first failed; `*err` is the
+/// errno of the message that stopped the batch (0 when all went).
+int CRelayShim_send_batch_gso(int fd, const uint8_t *bufs, const size_t *offsets, int count, const int *lens, const int *segs, const void *addrs, int *err);
 #endif

@@ -1,0 +1,242 @@
+import Foundation
+import RelayCore
+import RelayIPC
+import CRelayShim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The TUN descriptor relayd got from the helper, and whether it carries virtio_net_hdr (offloads).
+public struct TunHandle: Sendable {
+    public var fd: Int32
+    public var vnetHeader: Bool
+    public init(fd: Int32, vnetHeader: Bool) { self.fd = fd; self.vnetHeader = vnetHeader }
+}
+
+/// Sealed datagrams on their way out: up to 64 messages for one sendmmsg, each message a train of
+/// datagrams to one endpoint, all of one size but the last, sent with UDP GSO (one skb per train
+/// through the kernel). Preallocated once per loop; nothing here allocates per packet.
+struct TxBatch {
+    static let messages = 64
+    static let capacity = 64 * 65536
+    static let maxDatagrams = 4096
+    /// How much of each inner packet is kept, to build an ICMP "too big" if its datagram bounces.
+    static let quote = 256
+    static let maxTrain = 65000
+
+    let tx = UnsafeMutablePointer<UInt8>.allocate(capacity: TxBatch.capacity)
+    let quotes = UnsafeMutablePointer<UInt8>.allocate(capacity: TxBatch.maxDatagrams * TxBatch.quote)
+    var quoteLens = [Int32](repeating: 0, count: TxBatch.maxDatagrams)
+    var innerLens = [Int32](repeating: 0, count: TxBatch.maxDatagrams)
+    var offsets = [Int](repeating: 0, count: TxBatch.messages)
+    var lens = [Int32](repeating: 0, count: TxBatch.messages)
+    var segs = [Int32](repeating: 0, count: TxBatch.messages)
+    var firstDatagram = [Int](repeating: 0, count: TxBatch.messages)
+    var addrs = [sockaddr_in6](repeating: sockaddr_in6(), count: TxBatch.messages)
+    var count = 0, used = 0, datagrams = 0
+    /// Whether the last message's train is closed (its last datagram was shorter).
+    var closed = false
+    var gso = true
+
+    func deallocate() { tx.deallocate(); quotes.deallocate() }
+
+    var isFull: Bool { count == TxBatch.messages || datagrams == TxBatch.maxDatagrams || used + 65536 > TxBatch.capacity }
+
+    /// Adds one sealed datagram (the caller flushes first when `isFull`).
+    mutating func add(_ wire: UnsafeRawBufferPointer, to ep: sockaddr_in6, inner: UnsafeRawBufferPointer) {
+        let n = wire.count
+        let last = count - 1
+        if gso, count > 0, !closed, n <= Int(segs[last]), Int(lens[last]) + n <= TxBatch.maxTrain,
+           datagrams - firstDatagram[last] < 64, sameEndpoint(addrs[last], ep) {
+            lens[last] += Int32(n)
+            if n < Int(segs[last]) { closed = true }
+        } else {
+            offsets[count] = used; lens[count] = Int32(n); segs[count] = Int32(n); addrs[count] = ep
+            firstDatagram[count] = datagrams
+            count += 1
+            closed = false
+        }
+        (tx + used).update(from: wire.baseAddress!.assumingMemoryBound(to: UInt8.self), count: n)
+        used += n
+        let q = min(inner.count, TxBatch.quote)
+        (quotes + datagrams * TxBatch.quote).update(from: inner.baseAddress!.assumingMemoryBound(to: UInt8.self), count: q)
+        quoteLens[datagrams] = Int32(q); innerLens[datagrams] = Int32(inner.count)
+        datagrams += 1
+    }
+
+    mutating func reset() { count = 0; used = 0; datagrams = 0; closed = false }
+
+    func sameEndpoint(_ a: sockaddr_in6, _ b: sockaddr_in6) -> Bool {
+        var a = a, b = b
+        return memcmp(&a, &b, MemoryLayout<sockaddr_in6>.size) == 0
+    }
+}
+
+extension TunnelService {
+    var tunHandle: TunHandle { tun() }
+
+    /// Writes one packet to the TUN device (with an empty virtio header when the device has them).
+    func tunWrite(_ h: TunHandle, _ p: UnsafeRawBufferPointer) {
+        guard h.fd >= 0 else { return }
+        if h.vnetHeader {
+            var zero = (UInt64(0), UInt16(0))
+            withUnsafeMutableBytes(of: &zero) { z in
+                var iov = [iovec(iov_base: z.baseAddress, iov_len: VirtioNetHeader.size),
+                           iovec(iov_base: UnsafeMutableRawPointer(mutating: p.baseAddress), iov_len: p.count)]
+                _ = writev(h.fd, &iov, 2)
+            }
+        } else {
+            _ = write(h.fd, p.baseAddress, p.count)
+        }
+    }
+
+    /// TUN to peers. Reads every queued packet (with offloads, one read can be a TCP burst of up to
+    /// 64 KB, split here into segments as the kernel's GSO would), seals each, and sends them with
+    /// one sendmmsg per batch: trains of equal-size datagrams to one peer go as one UDP GSO message.
+    func tunLoop() {
+        var batch = TxBatch()
+        defer { batch.deallocate() }
+        var buf = [UInt8](repeating: 0, count: 65536 + 64)
+        var seg = [UInt8](repeating: 0, count: 65536 + 64)
+        var xlat = [UInt8](repeating: 0, count: 65536 + 64)
+        while !isStopped {
+            let h = tunHandle
+            guard h.fd >= 0 else { usleep(100_000); continue }
+            let fd = h.fd
+            if fcntl(fd, F_GETFL) & O_NONBLOCK == 0 { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 200) > 0 else { continue }
+            lock.lock(); let t = translator; lock.unlock()
+            var reads = 0
+            while reads < 1024 {
+                let n = read(fd, &buf, buf.count)
+                guard n > 0 else { break }
+                reads += 1
+                if batch.isFull { flush(&batch) }
+                // One packet: translate (SIIT) if it goes to another family, seal, queue.
+                func one(_ pkt: ArraySlice<UInt8>) {
+                    var pkt = pkt
+                    if t.isActive {
+                        guard let x = translateOutbound(pkt, t, into: &xlat) else { return }
+                        if x > 0 { pkt = xlat[0..<x] }
+                    }
+                    guard let (wire, ep) = prepare(pkt) else { return }
+                    if batch.isFull { flush(&batch) }
+                    wire.withUnsafeBytes { w in pkt.withUnsafeBytes { batch.add(w, to: ep, inner: $0) } }
+                }
+                guard h.vnetHeader else { one(buf[0..<n]); continue }
+                guard n > VirtioNetHeader.size else { continue }
+                let vh = buf.withUnsafeBytes { VirtioNetHeader($0) }
+                if vh.isGSO {
+                    let plan = buf.withUnsafeBytes { try? TSOPlan(UnsafeRawBufferPointer(rebasing: $0[VirtioNetHeader.size..<n]), vh) }
+                    guard let plan else { lock.lock(); counters.malformed += 1; lock.unlock(); continue }
+                    for i in 0..<plan.count {
+                        let len = buf.withUnsafeBytes { p in seg.withUnsafeMutableBytes { plan.build(i, from: UnsafeRawBufferPointer(rebasing: p[VirtioNetHeader.size..<n]), into: $0) } }
+                        one(seg[0..<len])
+                    }
+                } else {
+                    if vh.flags & VirtioNetHeader.VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+                        let ok = buf.withUnsafeMutableBytes { (try? TunOffload.completeChecksum(UnsafeMutableRawBufferPointer(rebasing: $0[VirtioNetHeader.size..<n]), vh)) != nil }
+                        guard ok else { lock.lock(); counters.malformed += 1; lock.unlock(); continue }
+                    }
+                    one(buf[VirtioNetHeader.size..<n])
+                }
+            }
+            flush(&batch)
+        }
+    }
+
+    /// Sends what the batch holds. A message the kernel refuses is retried datagram by datagram to
+    /// learn why (EMSGSIZE: the path is narrower, the inner sender gets "too big"); a refused GSO
+    /// train turns GSO off for this socket.
+    func flush(_ b: inout TxBatch) {
+        guard b.count > 0 else { return }
+        var start = 0
+        while start < b.count {
+            var err: Int32 = 0
+            let n = b.offsets.withUnsafeBufferPointer { off in
+                b.addrs.withUnsafeBytes { a in
+                    Int(CRelayShim_send_batch_gso(socketFD, b.tx, off.baseAddress! + start, Int32(b.count - start),
+                                                  b.lens.withUnsafeBufferPointer { $0.baseAddress! + start },
+                                                  b.segs.withUnsafeBufferPointer { $0.baseAddress! + start },
+                                                  a.baseAddress! + start * MemoryLayout<sockaddr_in6>.stride, &err))
+                }
+            }
+            if n == b.count - start { break }
+            let failed = start + max(n, 0)
+            if b.lens[failed] > b.segs[failed] && err != EMSGSIZE && err != EAGAIN && err != ENOBUFS {
+                if b.gso { logger.warning("UDP GSO refused (\(String(cString: strerror(err)))): sending datagrams one by one from now on") }
+                b.gso = false
+            }
+            // One by one, to learn which and why.
+            let first = b.firstDatagram[failed], end = failed + 1 < b.count ? b.firstDatagram[failed + 1] : b.datagrams
+            var at = b.offsets[failed]
+            for d in first..<end {
+                let len = d == end - 1 ? Int(b.lens[failed]) - (at - b.offsets[failed]) : Int(b.segs[failed])
+                var a = b.addrs[failed]
+                let r = withUnsafePointer(to: &a) { p in
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(socketFD, b.tx + at, len, 0, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+                }
+                if r < 0 && errno == EMSGSIZE {
+                    let q = Array(UnsafeBufferPointer(start: b.quotes + d * TxBatch.quote, count: Int(b.quoteLens[d])))
+                    answerTooBig(q[...], size: Int(b.innerLens[d]), to: b.addrs[failed])
+                }
+                at += len
+            }
+            start = failed + 1
+        }
+        b.reset()
+    }
+
+    /// Peers to TUN: recvmmsg up to 64 datagrams per syscall (with UDP GRO, each can be a train of
+    /// datagrams from one peer), then each is opened; with offloads, TCP segments that follow on
+    /// are coalesced into one large packet per write.
+    func udpLoop() {
+        let batch = 64, slot = 65536
+        var rx = [UInt8](repeating: 0, count: batch * slot)
+        var lens = [Int32](repeating: 0, count: batch), segs = [Int32](repeating: 0, count: batch)
+        var from = [sockaddr_in6](repeating: sockaddr_in6(), count: batch)
+        let gro = CRelayShim_udp_enable_gro(socketFD) == 0
+        while !isStopped {
+            var pfd = pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 200) > 0 else { continue }
+            let h = tunHandle
+            rxTun = h
+            for _ in 0..<16 {
+                let n = rx.withUnsafeMutableBufferPointer { r in
+                    from.withUnsafeMutableBytes { f in
+                        Int(CRelayShim_recv_batch_gro(socketFD, r.baseAddress!, slot, Int32(batch), &lens, &segs, f.baseAddress, Int32(MSG_DONTWAIT)))
+                    }
+                }
+                guard n > 0 else { break }
+                for i in 0..<n where lens[i] > 0 {
+                    let base = i * slot, total = Int(lens[i])
+                    let step = gro && segs[i] > 0 ? Int(segs[i]) : total
+                    var off = 0
+                    while off < total {
+                        let len = min(step, total - off)
+                        receive(rx[(base + off)..<(base + off + len)], from: from[i])
+                        off += len
+                    }
+                }
+                flushCoalesced()
+                if n < batch { break }
+            }
+        }
+    }
+
+    /// Delivers one opened packet to the TUN device (UDP thread only): through the coalescer when
+    /// the device takes offloads, else written at once.
+    func deliver(_ p: UnsafeRawBufferPointer) {
+        let h = rxTun
+        guard h.fd >= 0 else { return }
+        guard h.vnetHeader else { _ = write(h.fd, p.baseAddress, p.count); return }
+        coalescer.push(p) { out in _ = write(h.fd, out.baseAddress, out.count) }
+    }
+
+    func flushCoalesced() {
+        let h = rxTun
+        guard h.fd >= 0, h.vnetHeader else { return }
+        coalescer.flush { out in _ = write(h.fd, out.baseAddress, out.count) }
+    }
+}
