@@ -24,6 +24,9 @@ let package = Package(
         .systemLibrary(name: "CNetfilter", pkgConfig: "libnftnl",
                        providers: [.apt(["libnftnl-dev", "libmnl-dev"])]),
         .target(name: "CRelayShim"),
+        // ChaCha20-Poly1305 into caller buffers through the system's libcrypto (OpenSSL 3): the
+        // tunnel's per-packet AEAD without allocation.
+        .target(name: "CRelayCrypto", linkerSettings: [.linkedLibrary("crypto")]),
 
         // Pure
         .target(name: "RelayCore"),
@@ -32,7 +35,7 @@ let package = Package(
         .target(name: "RelayControlAPI", dependencies: ["RelayCore", "RelayWire"]),
         // Peer sessions: Noise IK handshake, WireGuard-style transport, replay window, timers.
         .target(name: "RelayTunnel", dependencies: [
-            "RelayCore", .product(name: "Crypto", package: "swift-crypto"),
+            "RelayCore", "CRelayCrypto", .product(name: "Crypto", package: "swift-crypto"),
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
         // relayd's configuration (TOML): shared by relayd and relayctl (config check, explain).
         .target(name: "RelayConfig", dependencies: [

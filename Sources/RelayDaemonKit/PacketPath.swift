@@ -1,6 +1,7 @@
 import Foundation
 import RelayCore
 import RelayIPC
+import RelayTunnel
 import CRelayShim
 #if canImport(Glibc)
 import Glibc
@@ -42,9 +43,14 @@ struct TxBatch {
 
     var isFull: Bool { count == TxBatch.messages || datagrams == TxBatch.maxDatagrams || used + 65536 > TxBatch.capacity }
 
-    /// Adds one sealed datagram (the caller flushes first when `isFull`).
-    mutating func add(_ wire: UnsafeRawBufferPointer, to ep: sockaddr_in6, inner: UnsafeRawBufferPointer) {
-        let n = wire.count
+    /// Seals `inner` straight into the batch (the caller flushes first when `isFull`).
+    mutating func add(_ inner: UnsafeRawBufferPointer, sealing s: TunnelService.Sealing) {
+        let n = TunnelSession.seal(inner, key: s.key, counter: s.counter, remoteIndex: s.remote, into: tx + used)
+        place(n, to: s.ep, inner: inner)
+    }
+
+    /// Books the `n` bytes just written at `tx + used` as one datagram to `ep`.
+    mutating func place(_ n: Int, to ep: sockaddr_in6, inner: UnsafeRawBufferPointer) {
         let last = count - 1
         if gso, count > 0, !closed, n <= Int(segs[last]), Int(lens[last]) + n <= TxBatch.maxTrain,
            datagrams - firstDatagram[last] < 64, sameEndpoint(addrs[last], ep) {
@@ -56,7 +62,6 @@ struct TxBatch {
             count += 1
             closed = false
         }
-        (tx + used).update(from: wire.baseAddress!.assumingMemoryBound(to: UInt8.self), count: n)
         used += n
         let q = min(inner.count, TxBatch.quote)
         (quotes + datagrams * TxBatch.quote).update(from: inner.baseAddress!.assumingMemoryBound(to: UInt8.self), count: q)
@@ -120,9 +125,9 @@ extension TunnelService {
                         guard let x = translateOutbound(pkt, t, into: &xlat) else { return }
                         if x > 0 { pkt = xlat[0..<x] }
                     }
-                    guard let (wire, ep) = prepare(pkt) else { return }
+                    guard let sealing = reserve(pkt) else { return }
                     if batch.isFull { flush(&batch) }
-                    wire.withUnsafeBytes { w in pkt.withUnsafeBytes { batch.add(w, to: ep, inner: $0) } }
+                    pkt.withUnsafeBytes { batch.add($0, sealing: sealing) }
                 }
                 guard h.vnetHeader else { one(buf[0..<n]); continue }
                 guard n > VirtioNetHeader.size else { continue }

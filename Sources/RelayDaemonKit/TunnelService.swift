@@ -273,6 +273,16 @@ public final class TunnelService: @unchecked Sendable {
     /// Seals a packet from the TUN device for its peer; nil when it was queued (handshake pending)
     /// or dropped. The caller sends the datagram (alone, or in a batch).
     func prepare(_ pkt: ArraySlice<UInt8>) -> ([UInt8], sockaddr_in6)? {
+        guard let s = reserve(pkt) else { return nil }
+        return (TunnelSession.seal(pkt, key: s.key, counter: s.counter, remoteIndex: s.remote), s.ep)
+    }
+
+    /// What sealing one packet for its peer needs: key, counter, the peer's index and endpoint.
+    struct Sealing { let key: SymmetricKey; let counter: UInt64; let remote: UInt32; let ep: sockaddr_in6 }
+
+    /// Picks the peer for a packet from the TUN device and takes a counter of its session (the
+    /// caller seals, unlocked); nil when the packet was queued (handshake pending) or dropped.
+    func reserve(_ pkt: ArraySlice<UInt8>) -> Sealing? {
         guard let (src, dst) = IPHeader.addresses(pkt) else { lock.lock(); counters.malformed += 1; lock.unlock(); return nil }
         let now = clock()
         lock.lock()
@@ -289,12 +299,10 @@ public final class TunnelService: @unchecked Sendable {
             let rekey = s.wantsRekey(now: now) && peer.pending == nil
             let name = peer.name
             lock.unlock()
-            // Crypto outside the lock.
-            let wire = TunnelSession.seal(pkt, key: key, counter: n, remoteIndex: remote)
             flows.record(pkt, outbound: true, peer: name, now: now)
             if rekey { lock.lock(); initiate(peer, now: now); lock.unlock() }
             _ = src
-            return (wire, ep)
+            return Sealing(key: key, counter: n, remote: remote, ep: ep)
         }
         if peer.queue.count >= 32 { peer.queue.removeFirst(); counters.queueOverflow += 1 }
         peer.queue.append(Array(pkt))
@@ -424,9 +432,12 @@ public final class TunnelService: @unchecked Sendable {
         else if let s = peer.previous, s.localIndex == receiver { slot = .previous; key = s.receiveState(now: now) }
         else if let s = peer.next, s.localIndex == receiver { slot = .next; key = s.receiveState(now: now) }
         lock.unlock()
-        guard let slot, let key, let pt = try? Noise.open(key: key, counter: counter, ad: [], ct) else {
+        // Opened into the UDP thread's scratch buffer: no allocation per packet.
+        guard let slot, let key,
+              let plen = ct.withUnsafeBytes({ c in rxPlain.withUnsafeMutableBytes { Noise.open(key: key, counter: counter, c, into: $0.baseAddress!) } }) else {
             lock.lock(); counters.authFailed += 1; lock.unlock(); return
         }
+        let pt = rxPlain[0..<plen]
         lock.lock()
         var fresh = false
         switch slot {
@@ -481,6 +492,8 @@ public final class TunnelService: @unchecked Sendable {
         pt.withUnsafeBytes { deliver($0) }
     }
 
+    /// Opened packets (only the UDP thread uses it).
+    var rxPlain = [UInt8](repeating: 0, count: 65536)
     /// Inbound translation scratch (only the UDP thread uses it).
     var rxXlat = [UInt8](repeating: 0, count: 65536 + 64)
 

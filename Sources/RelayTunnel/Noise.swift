@@ -1,4 +1,5 @@
 import Crypto
+import CRelayCrypto
 import Foundation
 
 /// Noise_IK_25519_ChaChaPoly_SHA256 (noiseprotocol.org, revision 34), the handshake of Relay's peer
@@ -55,16 +56,46 @@ public enum Noise {
     }
 
     public static func seal(key: SymmetricKey, counter: UInt64, ad: [UInt8], _ plaintext: [UInt8]) -> [UInt8] {
-        let box = try! ChaChaPoly.seal(plaintext, using: key, nonce: nonce(counter), authenticating: ad)
-        return Array(box.ciphertext) + Array(box.tag)
+        var out = [UInt8](repeating: 0, count: plaintext.count + tagLen)
+        let n = plaintext.withUnsafeBytes { p in out.withUnsafeMutableBytes { seal(key: key, counter: counter, ad: ad, p, into: $0.baseAddress!) } }
+        precondition(n == out.count, "libcrypto failed to seal")
+        return out
     }
 
     public static func open(key: SymmetricKey, counter: UInt64, ad: [UInt8], _ ciphertext: ArraySlice<UInt8>) throws -> [UInt8] {
         guard ciphertext.count >= tagLen else { throw Failure.decrypt }
-        do {
-            let box = try ChaChaPoly.SealedBox(nonce: nonce(counter), ciphertext: ciphertext.dropLast(tagLen), tag: ciphertext.suffix(tagLen))
-            return Array(try ChaChaPoly.open(box, using: key, authenticating: ad))
-        } catch { throw Failure.decrypt }
+        var out = [UInt8](repeating: 0, count: ciphertext.count - tagLen + 1)
+        let n = ciphertext.withUnsafeBytes { c in out.withUnsafeMutableBytes { open(key: key, counter: counter, ad: ad, c, into: $0.baseAddress!) } }
+        guard let n else { throw Failure.decrypt }
+        out.removeLast(out.count - n)
+        return out
+    }
+
+    /// Seals `plaintext` into `out` (plaintext.count + 16 bytes; `out` may be where `plaintext` is).
+    /// Returns the bytes written (-1 only if libcrypto fails).
+    @inline(__always)
+    public static func seal(key: SymmetricKey, counter: UInt64, ad: [UInt8] = [], _ plaintext: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) -> Int {
+        key.withUnsafeBytes { k in
+            ad.withUnsafeBytes { a in
+                Int(CRelayCrypto_seal(k.baseAddress!.assumingMemoryBound(to: UInt8.self), counter, a.baseAddress?.assumingMemoryBound(to: UInt8.self), a.count,
+                                      plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self) ?? UnsafePointer(out.assumingMemoryBound(to: UInt8.self)),
+                                      plaintext.count, out.assumingMemoryBound(to: UInt8.self)))
+            }
+        }
+    }
+
+    /// Opens `ciphertext` (with its tag) into `out` (ciphertext.count - 16 bytes); nil when it does
+    /// not authenticate.
+    @inline(__always)
+    public static func open(key: SymmetricKey, counter: UInt64, ad: [UInt8] = [], _ ciphertext: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) -> Int? {
+        guard ciphertext.count >= tagLen else { return nil }
+        let n = key.withUnsafeBytes { k in
+            ad.withUnsafeBytes { a in
+                CRelayCrypto_open(k.baseAddress!.assumingMemoryBound(to: UInt8.self), counter, a.baseAddress?.assumingMemoryBound(to: UInt8.self), a.count,
+                                  ciphertext.baseAddress!.assumingMemoryBound(to: UInt8.self), ciphertext.count, out.assumingMemoryBound(to: UInt8.self))
+            }
+        }
+        return n < 0 ? nil : Int(n)
     }
 
     /// A transport key and its counter (one direction).

@@ -146,13 +146,20 @@ public struct TunnelSession {
     }
 
     public static func seal(_ plaintext: ArraySlice<UInt8>, key: SymmetricKey, counter n: UInt64, remoteIndex: UInt32) -> [UInt8] {
-        var out: [UInt8] = [WireType.data.rawValue, 0, 0, 0]
-        out.reserveCapacity(16 + plaintext.count + 16)
-        put32(remoteIndex, &out); put64(n, &out)
-        let box = try! ChaChaPoly.seal(plaintext, using: key, nonce: Noise.nonce(n), authenticating: [UInt8]())
-        box.ciphertext.withUnsafeBytes { out += $0 }
-        box.tag.withUnsafeBytes { out += $0 }
+        var out = [UInt8](repeating: 0, count: TunnelLimits.overhead + plaintext.count)
+        let len = plaintext.withUnsafeBytes { p in out.withUnsafeMutableBytes { seal(p, key: key, counter: n, remoteIndex: remoteIndex, into: $0.baseAddress!) } }
+        precondition(len == out.count)
         return out
+    }
+
+    /// Seals a data message into `out` (TunnelLimits.overhead + plaintext.count bytes): type,
+    /// receiver index, counter, ciphertext, tag. Returns its length.
+    @inline(__always)
+    public static func seal(_ plaintext: UnsafeRawBufferPointer, key: SymmetricKey, counter n: UInt64, remoteIndex: UInt32, into out: UnsafeMutableRawPointer) -> Int {
+        out.storeBytes(of: UInt32(WireType.data.rawValue).littleEndian, as: UInt32.self)
+        out.storeBytes(of: remoteIndex.littleEndian, toByteOffset: 4, as: UInt32.self)
+        out.storeBytes(of: n.littleEndian, toByteOffset: 8, as: UInt64.self)
+        return 16 + Noise.seal(key: key, counter: n, plaintext, into: out + 16)
     }
 
     /// For unlocked decryption: the key, and whether the session may still receive.

@@ -1,0 +1,21 @@
+#ifndef CRELAYCRYPTO_H
+#define CRELAYCRYPTO_H
+#include <stddef.h>
+#include <stdint.h>
+
+/// ChaCha20-Poly1305 (RFC 8439) as Noise's ChaChaPoly cipher uses it: a 32-byte key, the nonce is
+/// 4 zero bytes then the 64-bit counter little-endian. Through the system's libcrypto (OpenSSL 3),
+/// into caller buffers (in == out is allowed), one cipher context per thread: nothing is
+/// allocated per call.
+
+/// Seals `len` bytes of `in` into `out` (len + 16 bytes: ciphertext then tag). Returns len + 16,
+/// or -1 when libcrypto fails.
+long CRelayCrypto_seal(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
+                       const uint8_t *in, size_t len, uint8_t *out);
+
+/// Opens `len` bytes of `in` (ciphertext then 16-byte tag) into `out` (len - 16 bytes). Returns
+/// len - 16, or -1 when it does not authenticate (then `out` holds nothing to use).
+long CRelayCrypto_open(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
+                       const uint8_t *in, size_t len, uint8_t *out);
+
+#endif
