@@ -91,8 +91,9 @@ public final class FlowTable: @unchecked Sendable {
     }
 
     /// Counts one packet (outbound: TUN to peer; inbound: peer to TUN).
-    public func record(_ p: ArraySlice<UInt8>, outbound: Bool, peer: String, now: Double) {
-        guard let (k, len) = FlowTable.key(p, outbound: outbound) else { return }
+    public func record(_ p: ArraySlice<UInt8>, outbound: Bool, peer: String, now: Double, packets: Int = 1, bytes: Int? = nil) {
+        guard let (k, one) = FlowTable.key(p, outbound: outbound) else { return }
+        let len = bytes ?? one
         lock.lock(); defer { lock.unlock() }
         if cursor == nil { cursor = Int64(now) }
         let f: Flow
@@ -105,7 +106,7 @@ public final class FlowTable: @unchecked Sendable {
         }
         f.last = now
         f.deadline = now + limits.timeout(k.proto)
-        if outbound { f.pOut += 1; f.bOut += UInt64(len) } else { f.pIn += 1; f.bIn += UInt64(len) }
+        if outbound { f.pOut += UInt64(packets); f.bOut += UInt64(len) } else { f.pIn += UInt64(packets); f.bIn += UInt64(len) }
     }
 
     private func arm(_ k: Key, _ deadline: Double) {

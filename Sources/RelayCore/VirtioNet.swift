@@ -126,6 +126,8 @@ public enum TunOffload {
 /// on the first, full TCP checksums.
 public struct TSOPlan: Sendable {
     public let count: Int
+    /// The bytes of all segments together (headers repeated).
+    public var totalBytes: Int { count * hdr + payload }
     let l4: Int, hdr: Int, mss: Int, payload: Int, v4: Bool, seq0: UInt32, id0: UInt16, flags0: UInt8
 
     public init(_ p: UnsafeRawBufferPointer, _ h: VirtioNetHeader) throws {

@@ -135,9 +135,18 @@ extension TunnelService {
                 if vh.isGSO {
                     let plan = buf.withUnsafeBytes { try? TSOPlan(UnsafeRawBufferPointer(rebasing: $0[VirtioNetHeader.size..<n]), vh) }
                     guard let plan else { lock.lock(); counters.malformed += 1; lock.unlock(); continue }
+                    // Untranslated, the segments of one burst go to one peer: one lookup and
+                    // consecutive counters for all of them.
+                    var train: Sealing?
                     for i in 0..<plan.count {
                         let len = buf.withUnsafeBytes { p in seg.withUnsafeMutableBytes { plan.build(i, from: UnsafeRawBufferPointer(rebasing: p[VirtioNetHeader.size..<n]), into: $0) } }
-                        one(seg[0..<len])
+                        if i == 0 && !t.isActive {
+                            train = reserve(seg[0..<len], count: plan.count, bytes: plan.totalBytes)
+                            if train == nil { continue }  // queued for a handshake, or refused: the rest one by one
+                        }
+                        guard let s = train else { one(seg[0..<len]); continue }
+                        if batch.isFull { flush(&batch) }
+                        seg.withUnsafeBytes { batch.add(UnsafeRawBufferPointer(rebasing: $0[0..<len]), sealing: s.advanced(by: i)) }
                     }
                 } else {
                     if vh.flags & VirtioNetHeader.VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {

@@ -278,11 +278,16 @@ public final class TunnelService: @unchecked Sendable {
     }
 
     /// What sealing one packet for its peer needs: key, counter, the peer's index and endpoint.
-    struct Sealing { let key: SymmetricKey; let counter: UInt64; let remote: UInt32; let ep: sockaddr_in6 }
+    struct Sealing {
+        let key: SymmetricKey; let counter: UInt64; let remote: UInt32; let ep: sockaddr_in6
+        func advanced(by i: Int) -> Sealing { Sealing(key: key, counter: counter + UInt64(i), remote: remote, ep: ep) }
+    }
 
     /// Picks the peer for a packet from the TUN device and takes a counter of its session (the
     /// caller seals, unlocked); nil when the packet was queued (handshake pending) or dropped.
-    func reserve(_ pkt: ArraySlice<UInt8>) -> Sealing? {
+    /// `count` packets of one train (segments of one TSO burst, `bytes` in all) take consecutive
+    /// counters at once; `pkt` is the first.
+    func reserve(_ pkt: ArraySlice<UInt8>, count: Int = 1, bytes: Int? = nil) -> Sealing? {
         guard let (src, dst) = IPHeader.addresses(pkt) else { lock.lock(); counters.malformed += 1; lock.unlock(); return nil }
         let now = clock()
         lock.lock()
@@ -292,14 +297,14 @@ public final class TunnelService: @unchecked Sendable {
             return nil
         }
         if var s = peer.current, !s.expired(now: now), let ep = peer.endpoint {
-            let (key, n, remote) = s.reserve()
+            let (key, n, remote) = s.reserve(count)
             peer.current = s
-            peer.lastSent = now; peer.txBytes += UInt64(pkt.count); peer.txPackets += 1
+            peer.lastSent = now; peer.txBytes += UInt64(bytes ?? pkt.count); peer.txPackets += UInt64(count)
             if peer.unansweredSince == nil { peer.unansweredSince = now }
             let rekey = s.wantsRekey(now: now) && peer.pending == nil
             let name = peer.name
             lock.unlock()
-            flows.record(pkt, outbound: true, peer: name, now: now)
+            flows.record(pkt, outbound: true, peer: name, now: now, packets: count, bytes: bytes)
             if rekey { lock.lock(); initiate(peer, now: now); lock.unlock() }
             _ = src
             return Sealing(key: key, counter: n, remote: remote, ep: ep)

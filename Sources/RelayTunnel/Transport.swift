@@ -138,10 +138,10 @@ public struct TunnelSession {
     }
 
     /// Takes the next counter (under the caller's lock); the sealing itself can then run unlocked.
-    public mutating func reserve() -> (SymmetricKey, UInt64, UInt32) {
+    public mutating func reserve(_ count: Int = 1) -> (SymmetricKey, UInt64, UInt32) {
         let n = send.n
-        send.n += 1
-        sent += 1
+        send.n += UInt64(count)
+        sent += UInt64(count)
         return (send.key, n, remoteIndex)
     }
 

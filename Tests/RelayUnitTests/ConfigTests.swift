@@ -40,7 +40,10 @@ struct ConfigTests {
         #expect(d.nat.remote == [P("240.2.2.0/24"), P("fd22:2222::/64")])
         #expect(d.routes.map(\.destination) == [P("240.2.2.0/24"), P("64:ff9b:2222::/96"), P("fd22:2222::/64")])
         #expect(cfg.site?.map == [ExplicitMapping(ipv4: IPv4Address("192.168.1.30")!, ipv6: IPv6Address("fd00:cafe::30")!)])
-        #expect(d.device == DeviceSpec(name: "relay0", mtu: 1420))
+        #expect(d.device == DeviceSpec(name: "relay0", mtu: 1420, offload: true))
+        // Offloads are on unless the node says otherwise.
+        let off = try ConfigFile.parse(siteAConfig().replacingOccurrences(of: "name = \"gw-a\"", with: "name = \"gw-a\"\noffload = false")).0
+        #expect(off.desiredKernelState.device?.offload == false)
         // The annotated example in contrib/ differs only by its placeholder key.
         let contrib = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../contrib/relayd.toml")
         let text = try String(contentsOf: contrib, encoding: .utf8).replacingOccurrences(of: "CHANGE-ME-to-the-peer's-44-character-base64-public-key=", with: keyA)
@@ -59,6 +62,7 @@ struct ConfigTests {
         (siteAConfig(extraPeer: "[[peer]]\nname = \"gw-c\"\npublic_key = \"\(keyA)\""), "peer[1].public_key", "same public key"),
         (siteAConfig(extraPeer: "[[peer]]\nname = \"gw-c\"\npublic_key = \"\(keyB)\"\nendpoint = \"10.0.0.1\""), "peer[1].endpoint", "ADDRESS:PORT"),
         ("[node]\nmtu = 100\n", "node.mtu", "out of range"),
+        ("[node]\noffload = \"yes\"\n", "node.offload", "true or false"),
         (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nlan6 = \"fd00:cafe::/64\""), "site.virtual6_lan", "go together"),
         (siteAConfig(site: "name = \"A\"\nlan6 = \"fd00:cafe::/64\"\nvirtual6_lan = \"fd11::/48\""), "site.virtual6_lan", "same size"),
         (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nmap = [{ ipv4 = \"10.0.0.1\", ipv6 = \"fd00::1\" }]"), "site.map[0].ipv4", "outside site.lan4"),

@@ -1,0 +1,204 @@
+import Foundation
+import Testing
+import RelayCore
+
+/// TUN offloads: the virtio header, checksums, TSO segmentation and TCP coalescing, checked
+/// against an independent reading of each packet (RFC 1071 checksums recomputed byte by byte,
+/// payloads and sequence numbers reassembled).
+@Suite("TUN offloads (virtio_net_hdr, TSO, coalescing)")
+struct VirtioNetTests {
+    /// A TCP packet (IPv4 or IPv6) with `payload`, timestamps option, ACK|PSH, valid checksums.
+    static func tcp(v6: Bool, seq: UInt32, payload: [UInt8], flags: UInt8 = 0x18, srcPort: UInt16 = 40000, id: UInt16 = 7) -> [UInt8] {
+        let opts: [UInt8] = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]  // NOP NOP TS
+        let tcpLen = 20 + opts.count
+        var t: [UInt8] = [UInt8(srcPort >> 8), UInt8(srcPort & 0xff), 0x14, 0x51]
+        t += [UInt8(seq >> 24), UInt8(seq >> 16 & 0xff), UInt8(seq >> 8 & 0xff), UInt8(seq & 0xff), 0, 0, 0x30, 0x39]
+        t += [UInt8(tcpLen / 4) << 4, flags, 0x01, 0xf5, 0, 0, 0, 0] + opts + payload
+        var ip: [UInt8]
+        if v6 {
+            ip = [0x60, 0, 0, 0, UInt8(t.count >> 8), UInt8(t.count & 0xff), 6, 64]
+            ip += [0xfd, 0, 0xca, 0xfe] + [UInt8](repeating: 0, count: 11) + [0x30]
+            ip += [0x64, 0, 0xff, 0x9b, 0x22, 0x22] + [UInt8](repeating: 0, count: 6) + [192, 168, 1, 20]
+        } else {
+            let total = 20 + t.count
+            ip = [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), UInt8(id >> 8), UInt8(id & 0xff), 0x40, 0, 64, 6, 0, 0, 240, 1, 1, 20, 240, 2, 2, 20]
+            let c = internetChecksum(ip[...]); ip[10] = UInt8(c >> 8); ip[11] = UInt8(c & 0xff)
+        }
+        var p = ip + t
+        let l4 = ip.count
+        let c = tcpChecksum(p, l4: l4)
+        p[l4 + 16] = UInt8(c >> 8); p[l4 + 17] = UInt8(c & 0xff)
+        return p
+    }
+
+    /// TCP checksum computed the slow way (pseudo-header bytes + segment, RFC 1071).
+    static func tcpChecksum(_ p: [UInt8], l4: Int) -> UInt16 {
+        var seg = Array(p[l4...]); seg[16] = 0; seg[17] = 0
+        let len = seg.count
+        let addrs = p[0] >> 4 == 4 ? Array(p[12..<20]) : Array(p[8..<40])
+        let pseudo = addrs + [0, 6, UInt8(len >> 8), UInt8(len & 0xff)]
+        return internetChecksum((pseudo + seg)[...])
+    }
+
+    static func load32(_ p: [UInt8], _ at: Int) -> UInt32 { UInt32(p[at]) << 24 | UInt32(p[at + 1]) << 16 | UInt32(p[at + 2]) << 8 | UInt32(p[at + 3]) }
+
+    /// Segments a TSO packet through TSOPlan into arrays.
+    static func segments(_ p: [UInt8], _ h: VirtioNetHeader) throws -> [[UInt8]] {
+        let plan = try p.withUnsafeBytes { try TSOPlan($0, h) }
+        var out: [[UInt8]] = []
+        var scratch = [UInt8](repeating: 0, count: 70000)
+        for i in 0..<plan.count {
+            let n = p.withUnsafeBytes { src in scratch.withUnsafeMutableBytes { plan.build(i, from: src, into: $0) } }
+            out.append(Array(scratch[0..<n]))
+        }
+        return out
+    }
+
+    /// Pushes packets through a coalescer; returns what it wrote (virtio header + packet each).
+    static func coalesce(_ pkts: [[UInt8]]) -> [[UInt8]] {
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: TCPCoalescer.capacity, alignment: 16)
+        defer { buf.deallocate() }
+        var c = TCPCoalescer(buffer: buf)
+        var out: [[UInt8]] = []
+        for p in pkts { p.withUnsafeBytes { c.push($0) { out.append(Array($0)) } } }
+        c.flush { out.append(Array($0)) }
+        return out
+    }
+
+    @Test func headerRoundTrip() {
+        let h = VirtioNetHeader(flags: 1, gsoType: 4, hdrLen: 72, gsoSize: 1368, csumStart: 40, csumOffset: 16)
+        var b = [UInt8](repeating: 0xee, count: 10)
+        b.withUnsafeMutableBytes { h.write(to: $0) }
+        #expect(b == [1, 4, 72, 0, 0x58, 0x05, 40, 0, 16, 0])
+        #expect(b.withUnsafeBytes { VirtioNetHeader($0) } == h)
+        #expect(h.isGSO)
+        #expect(!VirtioNetHeader(gsoType: VirtioNetHeader.VIRTIO_NET_HDR_GSO_ECN).isGSO)
+    }
+
+    @Test func checksumMatchesRFC1071() {
+        var rng = SystemRandomNumberGenerator()
+        for len in [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1499, 1500, 65535] {
+            let d = (0..<len).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let fast = d.withUnsafeBytes { ~UInt16(Checksum.sum($0)) }
+            #expect(fast == internetChecksum(d[...]), "length \(len)")
+        }
+        // All ones everywhere: the sum folds without losing carries.
+        let ones = [UInt8](repeating: 0xff, count: 4096)
+        #expect(ones.withUnsafeBytes { Checksum.sum($0) } == 0xffff)
+    }
+
+    @Test(arguments: [false, true])
+    func tsoSegmentsLikeTheKernel(v6: Bool) throws {
+        let payload = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+        let seq0: UInt32 = 0xffff_f000  // wraps
+        var big = Self.tcp(v6: v6, seq: seq0, payload: payload, flags: 0x19 | 0x80)  // FIN PSH ACK CWR
+        let l4 = v6 ? 40 : 20, hdr = l4 + 32
+        big[l4 + 16] = 0; big[l4 + 17] = 0  // as the kernel hands it over: partial
+        let h = VirtioNetHeader(flags: 1, gsoType: v6 ? 4 : 1, hdrLen: UInt16(hdr), gsoSize: 1368, csumStart: UInt16(l4), csumOffset: 16)
+        let segs = try Self.segments(big, h)
+        #expect(segs.count == (10_000 + 1367) / 1368)
+        var joined: [UInt8] = []
+        for (i, s) in segs.enumerated() {
+            let len = min(1368, 10_000 - i * 1368)
+            #expect(s.count == hdr + len)
+            if v6 { #expect(Int(s[4]) << 8 | Int(s[5]) == s.count - 40) }
+            else {
+                #expect(Int(s[2]) << 8 | Int(s[3]) == s.count)
+                #expect(Int(s[4]) << 8 | Int(s[5]) == 7 + i)
+                #expect(internetChecksum(s[0..<20]) == 0)
+            }
+            #expect(Self.load32(s, l4 + 4) == seq0 &+ UInt32(i * 1368))
+            let flags = s[l4 + 13]
+            #expect(flags & 0x10 != 0)
+            #expect((flags & 0x09 != 0) == (i == segs.count - 1), "FIN/PSH only on the last")
+            #expect((flags & 0x80 != 0) == (i == 0), "CWR only on the first")
+            #expect(UInt16(s[l4 + 16]) << 8 | UInt16(s[l4 + 17]) == Self.tcpChecksum(s, l4: l4))
+            #expect(Array(s[l4 + 20..<hdr]) == Array(big[l4 + 20..<hdr]), "options copied")
+            joined += s[hdr...]
+        }
+        #expect(joined == payload)
+    }
+
+    @Test func tsoRefusesWhatItCannotSplit() {
+        let p = Self.tcp(v6: false, seq: 1, payload: [UInt8](repeating: 1, count: 3000))
+        #expect(throws: TunOffload.Failure.unsupported) { try p.withUnsafeBytes { try TSOPlan($0, VirtioNetHeader(gsoType: 5, gsoSize: 1000, csumStart: 20)) } }
+        #expect(throws: TunOffload.Failure.malformed) { try p.withUnsafeBytes { try TSOPlan($0, VirtioNetHeader(gsoType: 4, gsoSize: 1000, csumStart: 20)) } }  // v4 as TCPv6
+        #expect(throws: TunOffload.Failure.malformed) { try p.withUnsafeBytes { try TSOPlan($0, VirtioNetHeader(gsoType: 1, gsoSize: 0, csumStart: 20)) } }
+        #expect(throws: TunOffload.Failure.malformed) { try p.withUnsafeBytes { try TSOPlan($0, VirtioNetHeader(gsoType: 1, gsoSize: 1000, csumStart: 24)) } }
+        #expect(throws: TunOffload.Failure.malformed) { try p[0..<30].withUnsafeBytes { try TSOPlan($0, VirtioNetHeader(gsoType: 1, gsoSize: 1000, csumStart: 20)) } }
+    }
+
+    @Test func fuzzedTSOInputNeverCrashes() {
+        var rng = SystemRandomNumberGenerator()
+        let base = Self.tcp(v6: false, seq: 1, payload: [UInt8](repeating: 9, count: 4000))
+        var scratch = [UInt8](repeating: 0, count: 70000)
+        for _ in 0..<3000 {
+            var p = Array(base.prefix(Int.random(in: 0...base.count, using: &rng)))
+            for _ in 0..<Int.random(in: 0...6, using: &rng) where !p.isEmpty { p[Int.random(in: 0..<p.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
+            let h = VirtioNetHeader(flags: 1, gsoType: [1, 4, 0x81, 3][Int.random(in: 0..<4, using: &rng)], hdrLen: 0,
+                                    gsoSize: UInt16.random(in: 0...2000, using: &rng), csumStart: UInt16.random(in: 0...80, using: &rng), csumOffset: 16)
+            guard let plan = try? p.withUnsafeBytes({ try TSOPlan($0, h) }) else { continue }
+            for i in 0..<plan.count { _ = p.withUnsafeBytes { src in scratch.withUnsafeMutableBytes { plan.build(i, from: src, into: $0) } } }
+        }
+    }
+
+    @Test(arguments: [false, true])
+    func coalescingUndoesSegmentation(v6: Bool) throws {
+        let payload = (0..<20_000).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+        let l4 = v6 ? 40 : 20, hdr = l4 + 32
+        let big = Self.tcp(v6: v6, seq: 1000, payload: payload, flags: 0x18)
+        let h = VirtioNetHeader(flags: 1, gsoType: v6 ? 4 : 1, hdrLen: UInt16(hdr), gsoSize: 1368, csumStart: UInt16(l4), csumOffset: 16)
+        let segs = try Self.segments(big, h)
+        let out = Self.coalesce(segs)
+        #expect(out.count == 1)
+        let w = out[0]
+        let vh = w.withUnsafeBytes { VirtioNetHeader($0) }
+        #expect(vh == VirtioNetHeader(flags: 1, gsoType: v6 ? 4 : 1, hdrLen: UInt16(hdr), gsoSize: 1368, csumStart: UInt16(l4), csumOffset: 16))
+        let p = Array(w[10...])
+        #expect(Array(p[hdr...]) == payload)
+        #expect(p[l4 + 13] == 0x18, "PSH of the last segment kept")
+        if v6 { #expect(Int(p[4]) << 8 | Int(p[5]) == p.count - 40) } else { #expect(Int(p[2]) << 8 | Int(p[3]) == p.count); #expect(internetChecksum(p[0..<20]) == 0) }
+        // The kernel would segment it back into the same packets (CHECKSUM_PARTIAL: pseudo-header sum in the field).
+        let again = try Self.segments(p, vh)
+        #expect(again.count == segs.count)
+        for (a, b) in zip(again, segs) {
+            #expect(Array(a[hdr...]) == Array(b[hdr...]))
+            #expect(Self.load32(a, l4 + 4) == Self.load32(b, l4 + 4))
+            #expect(UInt16(a[l4 + 16]) << 8 | UInt16(a[l4 + 17]) == Self.tcpChecksum(a, l4: l4))
+        }
+    }
+
+    @Test func coalescingKeepsFlowsAndOrderApart() throws {
+        let a1 = Self.tcp(v6: false, seq: 1, payload: [UInt8](repeating: 1, count: 1000), flags: 0x10)
+        let a2 = Self.tcp(v6: false, seq: 1001, payload: [UInt8](repeating: 2, count: 1000), flags: 0x10)
+        let gap = Self.tcp(v6: false, seq: 5001, payload: [UInt8](repeating: 3, count: 1000), flags: 0x10)
+        let other = Self.tcp(v6: false, seq: 2001, payload: [UInt8](repeating: 4, count: 1000), flags: 0x10, srcPort: 40001)
+        let bigger = Self.tcp(v6: false, seq: 2001, payload: [UInt8](repeating: 5, count: 1200), flags: 0x10)
+        let syn = Self.tcp(v6: false, seq: 9, payload: [], flags: 0x02)
+        var udp: [UInt8] = [0x45, 0, 0, 29, 0, 0, 0x40, 0, 64, 17, 0, 0, 240, 1, 1, 20, 240, 2, 2, 20, 0, 53, 0, 53, 0, 9, 0, 0, 0x61]
+        let c = internetChecksum(udp[0..<20]); udp[10] = UInt8(c >> 8); udp[11] = UInt8(c & 0xff)
+
+        let out = Self.coalesce([syn, a1, a2, gap, other, bigger, udp])
+        // syn alone; a1+a2 merged; gap (sequence jump) alone; other flow alone; bigger than the segment size alone; udp alone.
+        #expect(out.map { $0.count - 10 } == [syn.count, a1.count + 1000, gap.count, other.count, bigger.count, udp.count])
+        for w in out.enumerated() where w.offset != 1 {
+            #expect(w.element.withUnsafeBytes { VirtioNetHeader($0) } == VirtioNetHeader(), "a packet alone goes with an empty header")
+        }
+        #expect(Array(out[0][10...]) == syn)
+        #expect(Array(out[5][10...]) == udp)
+        #expect(out[1].withUnsafeBytes { VirtioNetHeader($0) }.gsoSize == 1000)
+    }
+
+    @Test func partialChecksumCompleted() throws {
+        // UDP with the pseudo-header sum in its checksum field, as the kernel hands it over.
+        var p: [UInt8] = [0x45, 0, 0, 33, 0, 0, 0x40, 0, 64, 17, 0, 0, 240, 1, 1, 20, 240, 2, 2, 20, 0x30, 0x39, 0, 53, 0, 13, 0, 0, 1, 2, 3, 4, 5]
+        let pseudo = p.withUnsafeBytes { Checksum.pseudoHeader($0, proto: 17, length: 13) }
+        p[26] = UInt8(pseudo >> 8); p[27] = UInt8(pseudo & 0xff)
+        try p.withUnsafeMutableBytes { try TunOffload.completeChecksum(UnsafeMutableRawBufferPointer(rebasing: $0[0...]), VirtioNetHeader(flags: 1, csumStart: 20, csumOffset: 6)) }
+        let sum = internetChecksum(([240, 1, 1, 20, 240, 2, 2, 20, 0, 17, 0, 13] + p[20...])[...])
+        #expect(sum == 0, "the completed UDP checksum verifies")
+        #expect(throws: TunOffload.Failure.malformed) {
+            try p.withUnsafeMutableBytes { try TunOffload.completeChecksum($0, VirtioNetHeader(flags: 1, csumStart: 40, csumOffset: 6)) }
+        }
+    }
+}
