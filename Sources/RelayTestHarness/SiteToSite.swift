@@ -53,11 +53,12 @@ public final class SiteToSite {
     }
 
     public static func config(name: String, site: String, virtual4: String, virtual6: String, virtual6Lan: String, peerName: String, peerKey: String,
-                              peerEndpoint: String, peerSite: String, peerVirtual4: String, peerVirtual6: String, peerVirtual6Lan: String) -> String {
+                              peerEndpoint: String, peerSite: String, peerVirtual4: String, peerVirtual6: String, peerVirtual6Lan: String, nodeExtra: String = "") -> String {
         """
         [node]
         name = "\(name)"
         listen_port = 51820
+        \(nodeExtra)
         [site]
         name = "\(site)"
         lan4 = "192.168.1.0/24"
@@ -80,16 +81,17 @@ public final class SiteToSite {
     }
 
     /// Starts both helpers and both relayds; waits until each relayd has applied its state.
-    public func start(extraConfig: String = "") throws {
+    /// `nodeExtra`: lines for both relayds' [node] table (e.g. "offload = false").
+    public func start(extraConfig: String = "", nodeExtra: String = "") throws {
         let ka = try SiteToSite.keygen(), kb = try SiteToSite.keygen()
         let policy = HelperFixture.policy(clients: [0, relaydUID])
         helperA = try HelperFixture.start(in: gwA, policy: policy)
         helperB = try HelperFixture.start(in: gwB, policy: policy)
         for h in [helperA!, helperB!] { chmod(h.socketPath, 0o666) }
         let cfgA = SiteToSite.config(name: "gw-a", site: "A", virtual4: "240.1.1.0/24", virtual6: "64:ff9b:1111::/96", virtual6Lan: "fd11:1111::/64", peerName: "gw-b", peerKey: kb.pub,
-                                     peerEndpoint: "10.20.20.20:51820", peerSite: "B", peerVirtual4: "240.2.2.0/24", peerVirtual6: "64:ff9b:2222::/96", peerVirtual6Lan: "fd22:2222::/64")
+                                     peerEndpoint: "10.20.20.20:51820", peerSite: "B", peerVirtual4: "240.2.2.0/24", peerVirtual6: "64:ff9b:2222::/96", peerVirtual6Lan: "fd22:2222::/64", nodeExtra: nodeExtra)
         let cfgB = SiteToSite.config(name: "gw-b", site: "B", virtual4: "240.2.2.0/24", virtual6: "64:ff9b:2222::/96", virtual6Lan: "fd22:2222::/64", peerName: "gw-a", peerKey: ka.pub,
-                                     peerEndpoint: "10.10.10.10:51820", peerSite: "A", peerVirtual4: "240.1.1.0/24", peerVirtual6: "64:ff9b:1111::/96", peerVirtual6Lan: "fd11:1111::/64")
+                                     peerEndpoint: "10.10.10.10:51820", peerSite: "A", peerVirtual4: "240.1.1.0/24", peerVirtual6: "64:ff9b:1111::/96", peerVirtual6Lan: "fd11:1111::/64", nodeExtra: nodeExtra)
         relaydA = try startRelayd(gwA, site: "A", key: ka.priv, config: cfgA + "\n" + extraConfig, helper: helperA)
         relaydB = try startRelayd(gwB, site: "B", key: kb.priv, config: cfgB + "\n" + extraConfig, helper: helperB)
         for (gw, sock, p) in [(gwA, socketA, relaydA!), (gwB, socketB, relaydB!)] {

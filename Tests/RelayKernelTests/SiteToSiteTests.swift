@@ -169,6 +169,40 @@ extension SiteToSiteTests {
 }
 
 extension SiteToSiteTests {
+    @Test("offloads: TCP leaves A's TUN device as bursts larger than its MTU and enters B's as coalesced writes, byte for byte; with node.offload = false one packet per read and write, same bytes", arguments: [true, false])
+    func offloads(_ offload: Bool) throws {
+        try KernelGate.check()
+        try Lab.with("s2s-offload") { lab in
+            let s = try SiteToSite(lab, extraHostNumbers: [])
+            try s.start(nodeExtra: offload ? "" : "offload = false")
+            let file = lab.logDirectory.appendingPathComponent("data").path, got = lab.logDirectory.appendingPathComponent("received").path
+            try Command.run(["bash", "-c", "head -c 8000000 /dev/urandom > \(file)"])
+            try s.hostB.spawn(["socat", "-u", "TCP-LISTEN:9300,reuseaddr", "CREATE:\(got)"], label: "sink")
+            try waitUntil("sink") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":9300") }
+            // The TUN device's counters: tx = what relayd read (one per skb), rx = what it wrote.
+            func stats(_ gw: LabHost) throws -> (rxBytes: Int, rxPackets: Int, txBytes: Int, txPackets: Int) {
+                let j = try JSONSerialization.jsonObject(with: Data(try gw.run(["ip", "-j", "-s", "link", "show", "relay0"]).stdout.utf8)) as? [[String: Any]]
+                let st = j?.first?["stats64"] as? [String: Any], rx = st?["rx"] as? [String: Any], tx = st?["tx"] as? [String: Any]
+                return (rx?["bytes"] as? Int ?? 0, rx?["packets"] as? Int ?? 0, tx?["bytes"] as? Int ?? 0, tx?["packets"] as? Int ?? 0)
+            }
+            let a0 = try stats(s.gwA), b0 = try stats(s.gwB)
+            let send = try s.hostA.run(["socat", "-u", "OPEN:\(file)", "TCP:240.2.2.20:9300"], timeout: 60, check: false)
+            #expect(send.succeeded, "transfer: \(send.stderr)")
+            try waitUntil("all 8 MB at B", timeout: 20) { ((try? FileManager.default.attributesOfItem(atPath: got)[.size] as? Int) ?? 0) == 8_000_000 }
+            let sum = { (p: String) in try Command.run(["sha256sum", p]).stdout.split(separator: " ").first.map(String.init) ?? "" }
+            #expect(try sum(file) == sum(got), "the bytes that arrived differ from those sent")
+            let a1 = try stats(s.gwA), b1 = try stats(s.gwB)
+            let read = Double(a1.txBytes - a0.txBytes) / Double(max(1, a1.txPackets - a0.txPackets))
+            let written = Double(b1.rxBytes - b0.rxBytes) / Double(max(1, b1.rxPackets - b0.rxPackets))
+            if offload {
+                #expect(read > 4000, "relayd A read \(read) bytes per packet: no TSO bursts")
+                #expect(written > 4000, "relayd B wrote \(written) bytes per packet: nothing coalesced")
+            } else {
+                #expect(read <= 1420 && written <= 1420, "without offloads nothing exceeds the MTU: read \(read), written \(written)")
+            }
+        }
+    }
+
     @Test("path MTU: with a 1400-byte link on the underlay, relayd answers oversized packets with ICMP 'fragmentation needed', TCP adapts, the underlay never fragments")
     func pathMTU() throws {
         try KernelGate.check()
