@@ -199,8 +199,8 @@ int CRelayShim_send_batch(int fd, const uint8_t *bufs, size_t slot, int count, c
 #define SOL_UDP 17
 #endif
 
-int CRelayShim_tun_enable_tso(int fd) {
-    unsigned int off = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+int CRelayShim_tun_set_tso(int fd, int on) {
+    unsigned int off = on ? (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) : 0;
     return ioctl(fd, TUNSETOFFLOAD, off) == 0 ? 0 : -errno;
 }
 

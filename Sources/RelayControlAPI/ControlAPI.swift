@@ -166,7 +166,9 @@ public func configChanges(from old: RelayConfiguration, to new: RelayConfigurati
     return out
 }
 
-private func describe(_ n: NodeConfig) -> String { "name \(n.name), port \(n.listenPort), device \(n.device) mtu \(n.mtu)" }
+private func describe(_ n: NodeConfig) -> String {
+    "name \(n.name), port \(n.listenPort), device \(n.device) mtu \(n.mtu), offload \(n.offload ? "on" : "off"), busy_poll \(n.busyPoll) µs"
+}
 private func describe(_ s: SiteConfig) -> String {
     "\(s.name) (lan4 \(s.lan4.map { "\($0)" } ?? "-"), virtual4 \(s.virtual4.map { "\($0)" } ?? "-"), virtual6 \(s.virtual6.map { "\($0)" } ?? "-"))"
 }

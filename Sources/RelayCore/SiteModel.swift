@@ -94,10 +94,13 @@ public struct NodeConfig: Codable, Equatable, Sendable {
     public var mtu: Int
     /// TUN segmentation offload with UDP GSO/GRO on the tunnel socket (node.offload).
     public var offload: Bool
-    public init(name: String = "relay", listenPort: UInt16 = 51820, device: String = "relay0", mtu: Int = 1420, offload: Bool = true) {
-        self.name = name; self.listenPort = listenPort; self.device = device; self.mtu = mtu; self.offload = offload
+    /// Microseconds the packet loops keep polling after their last packet instead of sleeping
+    /// (node.busy_poll; 0 = sleep at once). Lower latency for CPU time, like net.core.busy_poll.
+    public var busyPoll: Int
+    public init(name: String = "relay", listenPort: UInt16 = 51820, device: String = "relay0", mtu: Int = 1420, offload: Bool = true, busyPoll: Int = 0) {
+        self.name = name; self.listenPort = listenPort; self.device = device; self.mtu = mtu; self.offload = offload; self.busyPoll = busyPoll
     }
-    enum CodingKeys: String, CodingKey { case name, listenPort, device, mtu, offload }
+    enum CodingKeys: String, CodingKey { case name, listenPort, device, mtu, offload, busyPoll }
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         name = try c.decode(String.self, forKey: .name)
@@ -105,6 +108,7 @@ public struct NodeConfig: Codable, Equatable, Sendable {
         device = try c.decode(String.self, forKey: .device)
         mtu = try c.decode(Int.self, forKey: .mtu)
         offload = try c.decodeIfPresent(Bool.self, forKey: .offload) ?? true
+        busyPoll = try c.decodeIfPresent(Int.self, forKey: .busyPoll) ?? 0
     }
 }
 

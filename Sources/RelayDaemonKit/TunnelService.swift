@@ -62,6 +62,8 @@ public final class TunnelService: @unchecked Sendable {
     /// ICMP errors relayd originates: at most 100 per second, burst 100 (RFC 4443 section 2.4 f).
     var icmpTokens: Double = 100, icmpRefilled: Double = 0
 
+    /// node.busy_poll in nanoseconds (read without the lock: a plain word, set on configure).
+    var busyPollNanos: UInt64 = 0
     /// The UDP thread's view of the TUN device (taken once per receive batch) and its coalescer.
     var rxTun = TunHandle(fd: -1, vnetHeader: false)
     var coalescer = TCPCoalescer(buffer: UnsafeMutableRawBufferPointer.allocate(byteCount: TCPCoalescer.capacity, alignment: 16))
@@ -119,6 +121,7 @@ public final class TunnelService: @unchecked Sendable {
     /// Applies a configuration: keeps sessions of unchanged peers, drops removed ones.
     public func configure(_ cfg: RelayConfiguration) {
         lock.lock(); defer { lock.unlock() }
+        busyPollNanos = UInt64(max(0, cfg.node.busyPoll)) * 1000
         var next: [TunnelPeer] = []
         for p in cfg.peers {
             guard let key = Data(base64Encoded: p.publicKey).map(Array.init), key.count == 32 else { continue }

@@ -161,8 +161,9 @@ public final class KernelOwner {
             throw HelperFailure("device.open_failed", "cannot open TUN device \(d.name): \(String(cString: strerror(e))) (errno \(e))")
         }
         do {
-            // Segmentation offload: without it the fd still carries virtio headers, only unsegmented.
-            if d.offload { _ = CRelayShim_tun_enable_tso(fd) }
+            // Segmentation offload: without it a vnet fd still carries virtio headers, only
+            // unsegmented. Off is set explicitly: a persistent device keeps its features.
+            _ = CRelayShim_tun_set_tso(fd, d.offload ? 1 : 0)
             links = try rt.links()
             guard let l = links.first(where: { $0.name == d.name }) else { throw HelperFailure("device.open_failed", "TUN device \(d.name) vanished after opening") }
             var changed = !existed

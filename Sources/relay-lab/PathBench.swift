@@ -113,9 +113,10 @@ struct PathBench {
     }
 
     /// Relay: the real scenario.
-    static func relayPath(_ lab: Lab) throws -> (Figures, SiteToSite) {
+    /// `busyPoll`: node.busy_poll (microseconds) on both relayds.
+    static func relayPath(_ lab: Lab, busyPoll: Int = 0) throws -> (Figures, SiteToSite) {
         let s = try SiteToSite(lab, extraHostNumbers: [])
-        try s.start(extraConfig: "[sessions]\nmax = 200000\nudp_timeout = 600\n")
+        try s.start(extraConfig: "[sessions]\nmax = 200000\nudp_timeout = 600\n", nodeExtra: busyPoll > 0 ? "busy_poll = \(busyPoll)" : "")
         _ = try s.hostA.run(["ping", "-c2", "-W2", "240.2.2.20"], check: false)
         if let out = ProcessInfo.processInfo.environment["RELAY_BENCH_PERF"] {
             // Profile both relayds during a TCP run (perf record -g), for development.

@@ -57,10 +57,11 @@ int CRelayShim_recv_batch_flags(int fd, uint8_t *bufs, size_t slot, int count, i
 /// Returns the number sent or -errno.
 int CRelayShim_send_batch(int fd, const uint8_t *bufs, size_t slot, int count, const int *lens, const void *addrs);
 
-/// TUN offloads (TUNSETOFFLOAD with TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) on a TUN fd opened with
-/// IFF_VNET_HDR: the kernel then hands over TCP segments of up to 64 KB with a virtio_net_hdr.
+/// TUN offloads (TUNSETOFFLOAD with TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, or none) on a TUN fd:
+/// with them (and IFF_VNET_HDR) the kernel hands over TCP segments of up to 64 KB behind a
+/// virtio_net_hdr; without them (a persistent device keeps its features) one packet per read.
 /// Returns 0 or -errno.
-int CRelayShim_tun_enable_tso(int fd);
+int CRelayShim_tun_set_tso(int fd, int on);
 
 /// Enables UDP GRO (setsockopt UDP_GRO) on a UDP socket: trains of equal-size datagrams arrive as
 /// one buffer with their segment size. Returns 0 or -errno.

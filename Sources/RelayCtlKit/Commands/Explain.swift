@@ -25,7 +25,7 @@ struct Explain: ParsableCommand {
             if json { printJSON(Output(nft: nft, routes: routes, device: d.device, warnings: warnings)); return }
             print("# nftables (load with: nft -f FILE)")
             print(nft)
-            if let dev = d.device { print("# TUN device \(dev.name), mtu \(dev.mtu) (created by relay-helper, handed to relayd)") }
+            if let dev = d.device { print("# TUN device \(dev.name), mtu \(dev.mtu)\(dev.offload ? ", offloads (IFF_VNET_HDR, TSO)" : "") (created by relay-helper, handed to relayd)") }
             print("# routes")
             print(routes.joined(separator: "\n"))
             for w in warnings { FileHandle.standardError.write(Data("warning: \(w.key): \(w.message)\n".utf8)) }
