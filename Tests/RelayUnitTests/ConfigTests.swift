@@ -44,6 +44,8 @@ struct ConfigTests {
         // Offloads are on unless the node says otherwise.
         let off = try ConfigFile.parse(siteAConfig().replacingOccurrences(of: "name = \"gw-a\"", with: "name = \"gw-a\"\noffload = false")).0
         #expect(off.desiredKernelState.device?.offload == false)
+        #expect(cfg.node.busyPoll == 0, "busy polling is off unless asked for")
+        #expect(try ConfigFile.parse(siteAConfig().replacingOccurrences(of: "name = \"gw-a\"", with: "name = \"gw-a\"\nbusy_poll = 30000")).0.node.busyPoll == 30000)
         // The annotated example in contrib/ differs only by its placeholder key.
         let contrib = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../contrib/relayd.toml")
         let text = try String(contentsOf: contrib, encoding: .utf8).replacingOccurrences(of: "CHANGE-ME-to-the-peer's-44-character-base64-public-key=", with: keyA)
@@ -63,6 +65,7 @@ struct ConfigTests {
         (siteAConfig(extraPeer: "[[peer]]\nname = \"gw-c\"\npublic_key = \"\(keyB)\"\nendpoint = \"10.0.0.1\""), "peer[1].endpoint", "ADDRESS:PORT"),
         ("[node]\nmtu = 100\n", "node.mtu", "out of range"),
         ("[node]\noffload = \"yes\"\n", "node.offload", "true or false"),
+        ("[node]\nbusy_poll = -5\n", "node.busy_poll", "0...1000000"),
         (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nlan6 = \"fd00:cafe::/64\""), "site.virtual6_lan", "go together"),
         (siteAConfig(site: "name = \"A\"\nlan6 = \"fd00:cafe::/64\"\nvirtual6_lan = \"fd11::/48\""), "site.virtual6_lan", "same size"),
         (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nmap = [{ ipv4 = \"10.0.0.1\", ipv6 = \"fd00::1\" }]"), "site.map[0].ipv4", "outside site.lan4"),
