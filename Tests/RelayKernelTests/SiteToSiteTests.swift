@@ -169,12 +169,13 @@ extension SiteToSiteTests {
 }
 
 extension SiteToSiteTests {
-    @Test("offloads: TCP leaves A's TUN device as bursts larger than its MTU and enters B's as coalesced writes, byte for byte; with node.offload = false one packet per read and write, same bytes", arguments: [true, false])
+    @Test("offloads: TCP leaves A's TUN device as bursts larger than its MTU and enters B's as coalesced writes, byte for byte; with node.offload = false (and busy polling) one packet per read and write, same bytes", arguments: [true, false])
     func offloads(_ offload: Bool) throws {
         try KernelGate.check()
         try Lab.with("s2s-offload") { lab in
             let s = try SiteToSite(lab, extraHostNumbers: [])
-            try s.start(nodeExtra: offload ? "" : "offload = false")
+            // Without offloads the loops also busy-poll (node.busy_poll), so that path is exercised too.
+            try s.start(nodeExtra: offload ? "" : "offload = false\nbusy_poll = 2000")
             let file = lab.logDirectory.appendingPathComponent("data").path, got = lab.logDirectory.appendingPathComponent("received").path
             try Command.run(["bash", "-c", "head -c 8000000 /dev/urandom > \(file)"])
             try s.hostB.spawn(["socat", "-u", "TCP-LISTEN:9300,reuseaddr", "CREATE:\(got)"], label: "sink")
