@@ -145,15 +145,18 @@ extension TunnelService {
                 reads += 1
                 if batch.isFull { flush(&batch) }
                 // One packet: translate (SIIT) if it goes to another family, seal, queue.
+                func seal(_ pkt: ArraySlice<UInt8>) {
+                    guard let sealing = reserve(pkt) else { return }
+                    if batch.isFull { flush(&batch) }
+                    pkt.withUnsafeBytes { batch.add($0, sealing: sealing) }
+                }
                 func one(_ pkt: ArraySlice<UInt8>) {
                     var pkt = pkt
                     if t.isActive {
                         guard let x = translateOutbound(pkt, t, into: &xlat) else { return }
                         if x > 0 { pkt = xlat[0..<x] }
                     }
-                    guard let sealing = reserve(pkt) else { return }
-                    if batch.isFull { flush(&batch) }
-                    pkt.withUnsafeBytes { batch.add($0, sealing: sealing) }
+                    seal(pkt)
                 }
                 guard h.vnetHeader else { one(buf[0..<n]); continue }
                 guard n > VirtioNetHeader.size else { continue }
@@ -161,18 +164,23 @@ extension TunnelService {
                 if vh.isGSO {
                     let plan = buf.withUnsafeBytes { try? TSOPlan(UnsafeRawBufferPointer(rebasing: $0[VirtioNetHeader.size..<n]), vh) }
                     guard let plan else { lock.lock(); counters.malformed += 1; lock.unlock(); continue }
-                    // Untranslated, the segments of one burst go to one peer: one lookup and
-                    // consecutive counters for all of them.
+                    // The segments of one burst share their addresses: the same translation and
+                    // the same peer. One lookup and consecutive counters for all of them.
                     var train: Sealing?
                     for i in 0..<plan.count {
                         let len = buf.withUnsafeBytes { p in seg.withUnsafeMutableBytes { plan.build(i, from: UnsafeRawBufferPointer(rebasing: p[VirtioNetHeader.size..<n]), into: $0) } }
-                        if i == 0 && !t.isActive {
-                            train = reserve(seg[0..<len], count: plan.count, bytes: plan.totalBytes)
+                        var pkt = seg[0..<len]
+                        if t.isActive {
+                            guard let x = translateOutbound(pkt, t, into: &xlat) else { continue }
+                            if x > 0 { pkt = xlat[0..<x] }
+                        }
+                        if i == 0 {
+                            train = reserve(pkt, count: plan.count, bytes: plan.totalBytes - (len - pkt.count) * plan.count)
                             if train == nil { continue }  // queued for a handshake, or refused: the rest one by one
                         }
-                        guard let s = train else { one(seg[0..<len]); continue }
+                        guard let s = train else { seal(pkt); continue }
                         if batch.isFull { flush(&batch) }
-                        seg.withUnsafeBytes { batch.add(UnsafeRawBufferPointer(rebasing: $0[0..<len]), sealing: s.advanced(by: i)) }
+                        pkt.withUnsafeBytes { batch.add($0, sealing: s.advanced(by: i)) }
                     }
                 } else {
                     if vh.flags & VirtioNetHeader.VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
@@ -242,6 +250,7 @@ extension TunnelService {
             guard waitReadable(socketFD, &busy) else { continue }
             let h = tunHandle
             rxTun = h
+            lock.lock(); rxTranslator = translator; lock.unlock()
             for _ in 0..<16 {
                 let n = rx.withUnsafeMutableBufferPointer { r in
                     from.withUnsafeMutableBytes { f in

@@ -475,10 +475,10 @@ public final class TunnelService: @unchecked Sendable {
         }
         peer.rxBytes += UInt64(pt.count); peer.rxPackets += 1
         let name = peer.name
-        let t = translator
         lock.unlock()
         flows.record(pt[...], outbound: false, peer: name, now: now)
         // Inbound SIIT: IPv4 for one of this site's mapped IPv6 hosts becomes IPv6.
+        let t = rxTranslator
         if t.isActive, pt.count >= 20, pt[0] >> 4 == 4, t.translatesInbound(IPv4Address(UInt32(pt[16]) << 24 | UInt32(pt[17]) << 16 | UInt32(pt[18]) << 8 | UInt32(pt[19]))) {
             let r = pt.withUnsafeBytes { p in rxXlat.withUnsafeMutableBytes { SIIT.toIPv6(p, into: $0, map: t.map, decrement: false) } }
             guard case .translated(let n) = r else {
@@ -500,6 +500,8 @@ public final class TunnelService: @unchecked Sendable {
         pt.withUnsafeBytes { deliver($0) }
     }
 
+    /// The translator as the UDP thread saw it at the start of its current batch.
+    var rxTranslator = SiteTranslator(RelayConfiguration())
     /// Opened packets (only the UDP thread uses it).
     var rxPlain = [UInt8](repeating: 0, count: 65536)
     /// Inbound translation scratch (only the UDP thread uses it).
