@@ -299,12 +299,11 @@ public final class TunnelService: @unchecked Sendable {
             answer(pkt, .noRoute)
             return nil
         }
-        if var s = peer.current, !s.expired(now: now), let ep = peer.endpoint {
-            let (key, n, remote) = s.reserve(count)
-            peer.current = s
+        if peer.current?.expired(now: now) == false, let ep = peer.endpoint {
+            let (key, n, remote) = peer.current!.reserve(count)  // in place, no copy of the session
             peer.lastSent = now; peer.txBytes += UInt64(bytes ?? pkt.count); peer.txPackets += UInt64(count)
             if peer.unansweredSince == nil { peer.unansweredSince = now }
-            let rekey = s.wantsRekey(now: now) && peer.pending == nil
+            let rekey = peer.current!.wantsRekey(now: now) && peer.pending == nil
             let name = peer.name
             lock.unlock()
             flows.record(pkt, outbound: true, peer: name, now: now, packets: count, bytes: bytes)
@@ -436,9 +435,10 @@ public final class TunnelService: @unchecked Sendable {
         guard let peer = byIndex[receiver] else { counters.unknownIndex += 1; lock.unlock(); return }
         enum Slot { case current, previous, next }
         var slot: Slot?, key: SymmetricKey?
-        if let s = peer.current, s.localIndex == receiver { slot = .current; key = s.receiveState(now: now) }
-        else if let s = peer.previous, s.localIndex == receiver { slot = .previous; key = s.receiveState(now: now) }
-        else if let s = peer.next, s.localIndex == receiver { slot = .next; key = s.receiveState(now: now) }
+        // Sessions are read and updated in place (a copy would copy the replay window on write).
+        if peer.current?.localIndex == receiver { slot = .current; key = peer.current?.receiveState(now: now) }
+        else if peer.previous?.localIndex == receiver { slot = .previous; key = peer.previous?.receiveState(now: now) }
+        else if peer.next?.localIndex == receiver { slot = .next; key = peer.next?.receiveState(now: now) }
         lock.unlock()
         // Opened into the UDP thread's scratch buffer: no allocation per packet.
         guard let slot, let key,
@@ -449,8 +449,8 @@ public final class TunnelService: @unchecked Sendable {
         lock.lock()
         var fresh = false
         switch slot {
-        case .current: if var s = peer.current, s.localIndex == receiver { fresh = s.acceptCounter(counter); peer.current = s }
-        case .previous: if var s = peer.previous, s.localIndex == receiver { fresh = s.acceptCounter(counter); peer.previous = s }
+        case .current: if peer.current?.localIndex == receiver { fresh = peer.current!.acceptCounter(counter) }
+        case .previous: if peer.previous?.localIndex == receiver { fresh = peer.previous!.acceptCounter(counter) }
         case .next:
             if var s = peer.next, s.localIndex == receiver {
                 fresh = s.acceptCounter(counter)
@@ -478,8 +478,8 @@ public final class TunnelService: @unchecked Sendable {
         lock.unlock()
         flows.record(pt[...], outbound: false, peer: name, now: now)
         // Inbound SIIT: IPv4 for one of this site's mapped IPv6 hosts becomes IPv6.
-        let t = rxTranslator
-        if t.isActive, pt.count >= 20, pt[0] >> 4 == 4, t.translatesInbound(IPv4Address(UInt32(pt[16]) << 24 | UInt32(pt[17]) << 16 | UInt32(pt[18]) << 8 | UInt32(pt[19]))) {
+        if rxTranslator.isActive, pt.count >= 20, pt[0] >> 4 == 4, rxTranslator.translatesInbound(IPv4Address(UInt32(pt[16]) << 24 | UInt32(pt[17]) << 16 | UInt32(pt[18]) << 8 | UInt32(pt[19]))) {
+            let t = rxTranslator
             let r = pt.withUnsafeBytes { p in rxXlat.withUnsafeMutableBytes { SIIT.toIPv6(p, into: $0, map: t.map, decrement: false) } }
             guard case .translated(let n) = r else {
                 lock.lock(); counters.untranslatable += 1; lock.unlock()
