@@ -37,6 +37,13 @@ public struct FlowStats: Codable, Equatable, Sendable {
 /// Session bookkeeping: flows with counters, expired by protocol idle timeouts on a timing wheel
 /// (1-second slots, lazy re-arming), capped in size: at the cap the flow closest to expiry is evicted
 /// and counted, so a flood cannot grow memory. Time is injected (tests drive it).
+/// Packets counted but not yet recorded (see FlowTable.add).
+public struct FlowBatch {
+    var key: FlowTable.Key?
+    var outbound = false, peer = "", now = 0.0, packets = 0, bytes = 0
+    public init() {}
+}
+
 public final class FlowTable: @unchecked Sendable {
     struct Key: Hashable { var proto: UInt8; var local: IPAddress; var remote: IPAddress; var lport: UInt16; var rport: UInt16 }
     final class Flow {
@@ -93,7 +100,28 @@ public final class FlowTable: @unchecked Sendable {
     /// Counts one packet (outbound: TUN to peer; inbound: peer to TUN).
     public func record(_ p: ArraySlice<UInt8>, outbound: Bool, peer: String, now: Double, packets: Int = 1, bytes: Int? = nil) {
         guard let (k, one) = FlowTable.key(p, outbound: outbound) else { return }
-        let len = bytes ?? one
+        record(k, outbound: outbound, peer: peer, now: now, packets: packets, len: bytes ?? one)
+    }
+
+    /// Counts a packet into `batch`: consecutive packets of one flow are recorded once, when a
+    /// packet of another flow comes or the batch is flushed (one lock and lookup per run of a flow).
+    public func add(_ p: ArraySlice<UInt8>, outbound: Bool, peer: String, now: Double, to batch: inout FlowBatch) {
+        guard let (k, len) = FlowTable.key(p, outbound: outbound) else { return }
+        if batch.key == k && batch.outbound == outbound && batch.peer == peer {
+            batch.packets += 1; batch.bytes += len; batch.now = now
+            return
+        }
+        flush(&batch)
+        batch.key = k; batch.outbound = outbound; batch.peer = peer; batch.now = now; batch.packets = 1; batch.bytes = len
+    }
+
+    public func flush(_ batch: inout FlowBatch) {
+        guard let k = batch.key else { return }
+        record(k, outbound: batch.outbound, peer: batch.peer, now: batch.now, packets: batch.packets, len: batch.bytes)
+        batch.key = nil
+    }
+
+    func record(_ k: Key, outbound: Bool, peer: String, now: Double, packets: Int, len: Int) {
         lock.lock(); defer { lock.unlock() }
         if cursor == nil { cursor = Int64(now) }
         let f: Flow

@@ -284,6 +284,7 @@ extension TunnelService {
     }
 
     func flushCoalesced() {
+        flows.flush(&rxFlows)
         let h = rxTun
         guard h.fd >= 0, h.vnetHeader else { return }
         coalescer.flush { out in _ = write(h.fd, out.baseAddress, out.count) }

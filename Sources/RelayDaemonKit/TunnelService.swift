@@ -476,7 +476,7 @@ public final class TunnelService: @unchecked Sendable {
         peer.rxBytes += UInt64(pt.count); peer.rxPackets += 1
         let name = peer.name
         lock.unlock()
-        flows.record(pt[...], outbound: false, peer: name, now: now)
+        flows.add(pt[...], outbound: false, peer: name, now: now, to: &rxFlows)
         // Inbound SIIT: IPv4 for one of this site's mapped IPv6 hosts becomes IPv6.
         if rxTranslator.isActive, pt.count >= 20, pt[0] >> 4 == 4, rxTranslator.translatesInbound(IPv4Address(UInt32(pt[16]) << 24 | UInt32(pt[17]) << 16 | UInt32(pt[18]) << 8 | UInt32(pt[19]))) {
             let t = rxTranslator
@@ -500,6 +500,8 @@ public final class TunnelService: @unchecked Sendable {
         pt.withUnsafeBytes { deliver($0) }
     }
 
+    /// Inbound packets counted, recorded at the end of each receive batch (UDP thread).
+    var rxFlows = FlowBatch()
     /// The translator as the UDP thread saw it at the start of its current batch.
     var rxTranslator = SiteTranslator(RelayConfiguration())
     /// Opened packets (only the UDP thread uses it).
