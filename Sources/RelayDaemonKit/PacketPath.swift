@@ -212,7 +212,8 @@ extension TunnelService {
             }
             if n == b.count - start { break }
             let failed = start + max(n, 0)
-            if b.lens[failed] > b.segs[failed] && err != EMSGSIZE && err != EAGAIN && err != ENOBUFS {
+            // EIO / EINVAL are what udp_send_skb answers when the route cannot take GSO.
+            if b.lens[failed] > b.segs[failed] && (err == EIO || err == EINVAL) {
                 if b.gso { logger.warning("UDP GSO refused (\(String(cString: strerror(err)))): sending datagrams one by one from now on") }
                 b.gso = false
             }
