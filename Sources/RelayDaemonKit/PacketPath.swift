@@ -82,7 +82,6 @@ struct TxBatch {
 /// sleeping thread (on an idle virtual CPU that costs tens of microseconds per hop). 0 = always sleep.
 struct BusyPoll {
     var lastWork: UInt64 = 0
-    static func now() -> UInt64 { var t = timespec(); clock_gettime(CLOCK_MONOTONIC, &t); return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec) }
 }
 
 extension TunnelService {
@@ -94,7 +93,7 @@ extension TunnelService {
         var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         let window = busyPollNanos
         if window > 0 {
-            let now = BusyPoll.now()
+            let now = monotonicNanoseconds()
             if now &- b.lastWork < window {
                 if poll(&pfd, 1, 0) > 0 { b.lastWork = now; return true }
                 sched_yield()
@@ -102,7 +101,7 @@ extension TunnelService {
             }
         }
         guard poll(&pfd, 1, 200) > 0 else { return false }
-        if window > 0 { b.lastWork = BusyPoll.now() }
+        if window > 0 { b.lastWork = monotonicNanoseconds() }
         return true
     }
 
