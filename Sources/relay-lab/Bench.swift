@@ -70,9 +70,10 @@ struct Bench: ParsableCommand {
     func paths() throws {
         print("")
         print("Site to site, host A to host B (iperf3 3 s, ping x30, TCP 1-byte request/response 2 s):")
-        let relay = try Lab.with("bench-relay") { lab -> (PathBench.Figures, [(Int, Int, Double)]) in
+        let relay = try Lab.with("bench-relay") { lab -> (PathBench.Figures, [(Int, Int, Double)], (mallocs: Int, datagrams: Int)?) in
             let (f, s) = try PathBench.relayPath(lab)
-            return (f, try PathBench.memory(s, flows: memoryFlows))
+            let allocs = try PathBench.allocations(s)
+            return (f, try PathBench.memory(s, flows: memoryFlows), allocs)
         }
         // The same with node.busy_poll: the packet loops stay awake 30 ms after their last packet.
         let busy = try Lab.with("bench-relay-busy") { try PathBench.relayPath($0, busyPoll: 30_000).0 }
@@ -95,6 +96,10 @@ struct Bench: ParsableCommand {
         row("TCP request/response per s", \.rrPerSec, "%.0f", stunnel: true)
         print("Relay: default configuration; Relay bp: node.busy_poll = 30000 (µs) on both gateways")
         print("goals: TCP above the stunnel pair (Relay/stunnel > 1); RTT under 2x the kernel path's")
+        if let a = relay.2 {
+            print(pad("relayd A heap allocations", 30) + String(format: "%d malloc calls while sealing %d datagrams (%.3f per 1000; perf uprobe)", a.mallocs, a.datagrams,
+                                                               Double(a.mallocs) * 1000 / Double(max(a.datagrams, 1))))
+        }
         for (n, active, mb) in relay.1 {
             print(pad("relayd peak RSS, \(n) flows", 30) + String(format: "%.1f MiB (%d tracked)", mb, active))
         }

@@ -134,6 +134,34 @@ struct PathBench {
         return (try measure(client: s.hostA, server: s.hostB, address: "240.2.2.20"), s)
     }
 
+    /// Heap allocations on the packet path: calls to malloc in relayd A (a perf uprobe on libc's
+    /// malloc) while it seals an iperf3 TCP stream, against the datagrams it sealed meanwhile.
+    /// nil when perf or uprobes are not available.
+    static func allocations(_ s: SiteToSite) throws -> (mallocs: Int, datagrams: Int)? {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/perf") else { return nil }
+        let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6"].first { FileManager.default.fileExists(atPath: $0) }
+        guard let libc, (try? Command.run(["perf", "probe", "-q", "-x", libc, "relay_malloc=malloc"]))?.succeeded == true else { return nil }
+        defer { _ = try? Command.run(["perf", "probe", "-q", "-d", "probe_libc:relay_malloc"]) }
+        func sent() throws -> Int {
+            let j = try JSONSerialization.jsonObject(with: Data(try s.relayctl(s.gwA, s.socketA, ["peers", "--json"]).stdout.utf8)) as? [String: Any]
+            let p = (j?["peers"] as? [[String: Any]])?.first?["runtime"] as? [String: Any]
+            return p?["txPackets"] as? Int ?? 0
+        }
+        let srv = try s.hostB.spawn(["iperf3", "-s", "-p", "5998"], label: "iperf3-alloc")
+        defer { srv.stop() }
+        try waitUntil("iperf3 server") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":5998 ") }
+        let client = try s.hostA.spawn(["iperf3", "-c", "240.2.2.20", "-p", "5998", "-t", "4"], label: "iperf3-alloc-client")
+        defer { client.stop() }
+        usleep(700_000)
+        let before = try sent()
+        let st = try Command.run(["perf", "stat", "-x", ",", "-e", "probe_libc:relay_malloc", "-p", String(s.relaydA.pid), "--", "sleep", "2"], check: false)
+        let after = try sent()
+        // perf stat -x, prints "count,unit,event,..." on stderr.
+        guard let line = st.stderr.split(separator: "\n").first(where: { $0.contains("relay_malloc") }),
+              let n = Int(line.split(separator: ",").first ?? "") else { return nil }
+        return (n, after - before)
+    }
+
     /// relayd's peak resident memory (VmHWM) after the tunnel has carried `flows` distinct UDP flows.
     static func memory(_ s: SiteToSite, flows: [Int]) throws -> [(Int, Int, Double)] {
         var out: [(Int, Int, Double)] = []
