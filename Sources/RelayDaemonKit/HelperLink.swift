@@ -171,6 +171,8 @@ public final class HelperLink: @unchecked Sendable {
             if deviceFD < 0 || deviceSpec != spec {
                 if deviceFD >= 0 { close(deviceFD); deviceFD = -1 }
                 let (dev, fd) = try withClient { try $0.openDevice(spec) }
+                // The packet loops drain it until EAGAIN.
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
                 lock.lock(); deviceFD = fd; deviceSpec = spec; status.device = dev.name; lock.unlock()
                 logger.info("helper handed over TUN \(dev.name) (index \(dev.index), mtu \(dev.mtu))")
             }

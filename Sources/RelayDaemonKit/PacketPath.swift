@@ -77,33 +77,34 @@ struct TxBatch {
     }
 }
 
-/// Busy polling (node.busy_poll, microseconds): for that long after its last packet a loop keeps
-/// checking its descriptor instead of sleeping, so the next packet finds it awake — no wake-up of a
-/// sleeping thread (on an idle virtual CPU that costs tens of microseconds per hop). 0 = always sleep.
-struct BusyPoll {
-    var lastWork: UInt64 = 0
+/// The TUN direction's buffers (one set per thread that drains the device).
+final class TunPump {
+    var batch = TxBatch()
+    var buf = [UInt8](repeating: 0, count: 65536 + 64)
+    var seg = [UInt8](repeating: 0, count: 65536 + 64)
+    var xlat = [UInt8](repeating: 0, count: 65536 + 64)
+    var nonBlockingFD: Int32 = -1
+    func deallocate() { batch.deallocate() }
+    /// Reads must not block (the helper link sets O_NONBLOCK too, on every descriptor it receives).
+    func nonBlocking(_ fd: Int32) {
+        guard fd != nonBlockingFD else { return }
+        if fcntl(fd, F_GETFL) & O_NONBLOCK == 0 { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        nonBlockingFD = fd
+    }
+}
+
+/// The UDP direction's receive buffers (the UDP thread's).
+final class UDPPump {
+    static let batch = 64, slot = 65536
+    var rx = [UInt8](repeating: 0, count: UDPPump.batch * UDPPump.slot)
+    var lens = [Int32](repeating: 0, count: UDPPump.batch), segs = [Int32](repeating: 0, count: UDPPump.batch)
+    var from = [sockaddr_in6](repeating: sockaddr_in6(), count: UDPPump.batch)
+    let gro: Bool
+    init(gro: Bool) { self.gro = gro }
 }
 
 extension TunnelService {
     var tunHandle: TunHandle { tun() }
-
-    /// Waits until `fd` is readable: sleeping in poll (up to 200 ms, so that stop() is noticed), or
-    /// spinning while within the busy-poll window after the last packet.
-    func waitReadable(_ fd: Int32, _ b: inout BusyPoll) -> Bool {
-        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let window = busyPollNanos
-        if window > 0 {
-            let now = monotonicNanoseconds()
-            if now &- b.lastWork < window {
-                if poll(&pfd, 1, 0) > 0 { b.lastWork = now; return true }
-                sched_yield()
-                return false
-            }
-        }
-        guard poll(&pfd, 1, 200) > 0 else { return false }
-        if window > 0 { b.lastWork = monotonicNanoseconds() }
-        return true
-    }
 
     /// Writes one packet to the TUN device (with an empty virtio header when the device has them).
     func tunWrite(_ h: TunHandle, _ p: UnsafeRawBufferPointer) {
@@ -120,77 +121,82 @@ extension TunnelService {
         }
     }
 
-    /// TUN to peers. Reads every queued packet (with offloads, one read can be a TCP burst of up to
-    /// 64 KB, split here into segments as the kernel's GSO would), seals each, and sends them with
-    /// one sendmmsg per batch: trains of equal-size datagrams to one peer go as one UDP GSO message.
+    /// TUN to peers, the thread's loop: waits for the device, then drains it. With busy polling on,
+    /// the UDP thread carries both directions (one thread to keep awake instead of two) and this one
+    /// idles.
     func tunLoop() {
-        var batch = TxBatch()
-        defer { batch.deallocate() }
-        var buf = [UInt8](repeating: 0, count: 65536 + 64)
-        var seg = [UInt8](repeating: 0, count: 65536 + 64)
-        var xlat = [UInt8](repeating: 0, count: 65536 + 64)
-        var busy = BusyPoll()
+        let pump = TunPump()
+        defer { pump.deallocate() }
         while !isStopped {
+            if busyPollNanos > 0 { usleep(50_000); continue }
             let h = tunHandle
             guard h.fd >= 0 else { usleep(100_000); continue }
-            let fd = h.fd
-            if fcntl(fd, F_GETFL) & O_NONBLOCK == 0 { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
-            guard waitReadable(fd, &busy) else { continue }
-            lock.lock(); let t = translator; lock.unlock()
-            var reads = 0
-            while reads < 1024 {
-                let n = read(fd, &buf, buf.count)
-                guard n > 0 else { break }
-                reads += 1
-                if batch.isFull { flush(&batch) }
-                // One packet: translate (SIIT) if it goes to another family, seal, queue.
-                func seal(_ pkt: ArraySlice<UInt8>) {
-                    guard let sealing = reserve(pkt) else { return }
-                    if batch.isFull { flush(&batch) }
-                    pkt.withUnsafeBytes { batch.add($0, sealing: sealing) }
-                }
-                func one(_ pkt: ArraySlice<UInt8>) {
-                    var pkt = pkt
-                    if t.isActive {
-                        guard let x = translateOutbound(pkt, t, into: &xlat) else { return }
-                        if x > 0 { pkt = xlat[0..<x] }
-                    }
-                    seal(pkt)
-                }
-                guard h.vnetHeader else { one(buf[0..<n]); continue }
-                guard n > VirtioNetHeader.size else { continue }
-                let vh = buf.withUnsafeBytes { VirtioNetHeader($0) }
-                if vh.isGSO {
-                    let plan = buf.withUnsafeBytes { try? TSOPlan(UnsafeRawBufferPointer(rebasing: $0[VirtioNetHeader.size..<n]), vh) }
-                    guard let plan else { lock.lock(); counters.malformed += 1; lock.unlock(); continue }
-                    // The segments of one burst share their addresses: the same translation and
-                    // the same peer. One lookup and consecutive counters for all of them.
-                    var train: Sealing?
-                    for i in 0..<plan.count {
-                        let len = buf.withUnsafeBytes { p in seg.withUnsafeMutableBytes { plan.build(i, from: UnsafeRawBufferPointer(rebasing: p[VirtioNetHeader.size..<n]), into: $0) } }
-                        var pkt = seg[0..<len]
-                        if t.isActive {
-                            guard let x = translateOutbound(pkt, t, into: &xlat) else { continue }
-                            if x > 0 { pkt = xlat[0..<x] }
-                        }
-                        if i == 0 {
-                            train = reserve(pkt, count: plan.count, bytes: plan.totalBytes - (len - pkt.count) * plan.count)
-                            if train == nil { continue }  // queued for a handshake, or refused: the rest one by one
-                        }
-                        guard let s = train else { seal(pkt); continue }
-                        if batch.isFull { flush(&batch) }
-                        pkt.withUnsafeBytes { batch.add($0, sealing: s.advanced(by: i)) }
-                    }
-                } else {
-                    if vh.flags & VirtioNetHeader.VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
-                        let ok = buf.withUnsafeMutableBytes { (try? TunOffload.completeChecksum(UnsafeMutableRawBufferPointer(rebasing: $0[VirtioNetHeader.size..<n]), vh)) != nil }
-                        guard ok else { lock.lock(); counters.malformed += 1; lock.unlock(); continue }
-                    }
-                    one(buf[VirtioNetHeader.size..<n])
-                }
-            }
-            flush(&batch)
+            pump.nonBlocking(h.fd)
+            var pfd = pollfd(fd: h.fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 200) > 0 else { continue }
+            drainTun(pump, h)
         }
+    }
+
+    /// Reads every queued packet from the TUN device (with offloads, one read can be a TCP burst of
+    /// up to 64 KB, split here into segments as the kernel's GSO would), seals each, and sends them
+    /// with one sendmmsg per batch: trains of equal-size datagrams to one peer go as one UDP GSO
+    /// message.
+    func drainTun(_ p: TunPump, _ h: TunHandle) {
+        lock.lock(); let t = translator; lock.unlock()
+        var reads = 0
+        while reads < 1024 {
+            let n = read(h.fd, &p.buf, p.buf.count)
+            guard n > 0 else { break }
+            reads += 1
+            if p.batch.isFull { flush(&p.batch) }
+            // One packet: translate (SIIT) if it goes to another family, seal, queue.
+            func seal(_ pkt: ArraySlice<UInt8>) {
+                guard let sealing = reserve(pkt) else { return }
+                if p.batch.isFull { flush(&p.batch) }
+                pkt.withUnsafeBytes { p.batch.add($0, sealing: sealing) }
+            }
+            func one(_ pkt: ArraySlice<UInt8>) {
+                var pkt = pkt
+                if t.isActive {
+                    guard let x = translateOutbound(pkt, t, into: &p.xlat) else { return }
+                    if x > 0 { pkt = p.xlat[0..<x] }
+                }
+                seal(pkt)
+            }
+            guard h.vnetHeader else { one(p.buf[0..<n]); continue }
+            guard n > VirtioNetHeader.size else { continue }
+            let vh = p.buf.withUnsafeBytes { VirtioNetHeader($0) }
+            if vh.isGSO {
+                let plan = p.buf.withUnsafeBytes { try? TSOPlan(UnsafeRawBufferPointer(rebasing: $0[VirtioNetHeader.size..<n]), vh) }
+                guard let plan else { lock.lock(); counters.malformed += 1; lock.unlock(); continue }
+                // The segments of one burst share their addresses: the same translation and
+                // the same peer. One lookup and consecutive counters for all of them.
+                var train: Sealing?
+                for i in 0..<plan.count {
+                    let len = p.buf.withUnsafeBytes { src in p.seg.withUnsafeMutableBytes { plan.build(i, from: UnsafeRawBufferPointer(rebasing: src[VirtioNetHeader.size..<n]), into: $0) } }
+                    var pkt = p.seg[0..<len]
+                    if t.isActive {
+                        guard let x = translateOutbound(pkt, t, into: &p.xlat) else { continue }
+                        if x > 0 { pkt = p.xlat[0..<x] }
+                    }
+                    if i == 0 {
+                        train = reserve(pkt, count: plan.count, bytes: plan.totalBytes - (len - pkt.count) * plan.count)
+                        if train == nil { continue }  // queued for a handshake, or refused: the rest one by one
+                    }
+                    guard let s = train else { seal(pkt); continue }
+                    if p.batch.isFull { flush(&p.batch) }
+                    pkt.withUnsafeBytes { p.batch.add($0, sealing: s.advanced(by: i)) }
+                }
+            } else {
+                if vh.flags & VirtioNetHeader.VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+                    let ok = p.buf.withUnsafeMutableBytes { (try? TunOffload.completeChecksum(UnsafeMutableRawBufferPointer(rebasing: $0[VirtioNetHeader.size..<n]), vh)) != nil }
+                    guard ok else { lock.lock(); counters.malformed += 1; lock.unlock(); continue }
+                }
+                one(p.buf[VirtioNetHeader.size..<n])
+            }
+        }
+        flush(&p.batch)
     }
 
     /// Sends what the batch holds. A message the kernel refuses is retried datagram by datagram to
@@ -236,41 +242,62 @@ extension TunnelService {
         b.reset()
     }
 
-    /// Peers to TUN: recvmmsg up to 64 datagrams per syscall (with UDP GRO, each can be a train of
-    /// datagrams from one peer), then each is opened; with offloads, TCP segments that follow on
-    /// are coalesced into one large packet per write.
+    /// Peers to TUN, the thread's loop. With busy polling on, it carries the TUN direction too:
+    /// one poll on both descriptors, kept spinning for busy_poll after the last packet.
     func udpLoop() {
-        let batch = 64, slot = 65536
-        var rx = [UInt8](repeating: 0, count: batch * slot)
-        var lens = [Int32](repeating: 0, count: batch), segs = [Int32](repeating: 0, count: batch)
-        var from = [sockaddr_in6](repeating: sockaddr_in6(), count: batch)
-        let gro = CRelayShim_udp_enable_gro(socketFD) == 0
-        var busy = BusyPoll()
+        let pump = UDPPump(gro: CRelayShim_udp_enable_gro(socketFD) == 0), tunPump = TunPump()
+        defer { tunPump.deallocate() }
+        var lastWork: UInt64 = 0
+        var pfds = [pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0), pollfd(fd: -1, events: Int16(POLLIN), revents: 0)]
         while !isStopped {
-            guard waitReadable(socketFD, &busy) else { continue }
-            let h = tunHandle
-            rxTun = h
-            lock.lock(); rxTranslator = translator; lock.unlock()
-            for _ in 0..<16 {
-                let n = rx.withUnsafeMutableBufferPointer { r in
-                    from.withUnsafeMutableBytes { f in
-                        Int(CRelayShim_recv_batch_gro(socketFD, r.baseAddress!, slot, Int32(batch), &lens, &segs, f.baseAddress, Int32(MSG_DONTWAIT)))
-                    }
-                }
-                guard n > 0 else { break }
-                for i in 0..<n where lens[i] > 0 {
-                    let base = i * slot, total = Int(lens[i])
-                    let step = gro && segs[i] > 0 ? Int(segs[i]) : total
-                    var off = 0
-                    while off < total {
-                        let len = min(step, total - off)
-                        receive(rx[(base + off)..<(base + off + len)], from: from[i])
-                        off += len
-                    }
-                }
-                flushCoalesced()
-                if n < batch { break }
+            let window = busyPollNanos
+            guard window > 0 else {
+                pfds[0].revents = 0
+                guard poll(&pfds, 1, 200) > 0 else { continue }
+                drainUDP(pump)
+                continue
             }
+            let h = tunHandle
+            if h.fd >= 0 { tunPump.nonBlocking(h.fd) }
+            pfds[0].revents = 0; pfds[1].fd = h.fd; pfds[1].revents = 0
+            let spinning = monotonicNanoseconds() &- lastWork < window
+            guard poll(&pfds, h.fd >= 0 ? 2 : 1, spinning ? 0 : 200) > 0 else {
+                if spinning { sched_yield() }
+                continue
+            }
+            lastWork = monotonicNanoseconds()
+            if pfds[0].revents != 0 { drainUDP(pump) }
+            if h.fd >= 0 && pfds[1].revents != 0 { drainTun(tunPump, h) }
+        }
+    }
+
+    /// recvmmsg up to 64 datagrams per syscall (with UDP GRO, each can be a train of datagrams from
+    /// one peer), then each is opened; with offloads, TCP segments that follow on are coalesced
+    /// into one large packet per write.
+    func drainUDP(_ p: UDPPump) {
+        let slot = UDPPump.slot, batch = UDPPump.batch
+        let h = tunHandle
+        rxTun = h
+        lock.lock(); rxTranslator = translator; lock.unlock()
+        for _ in 0..<16 {
+            let n = p.rx.withUnsafeMutableBufferPointer { r in
+                p.from.withUnsafeMutableBytes { f in
+                    Int(CRelayShim_recv_batch_gro(socketFD, r.baseAddress!, slot, Int32(batch), &p.lens, &p.segs, f.baseAddress, Int32(MSG_DONTWAIT)))
+                }
+            }
+            guard n > 0 else { break }
+            for i in 0..<n where p.lens[i] > 0 {
+                let base = i * slot, total = Int(p.lens[i])
+                let step = p.gro && p.segs[i] > 0 ? Int(p.segs[i]) : total
+                var off = 0
+                while off < total {
+                    let len = min(step, total - off)
+                    receive(p.rx[(base + off)..<(base + off + len)], from: p.from[i])
+                    off += len
+                }
+            }
+            flushCoalesced()
+            if n < batch { break }
         }
     }
 
