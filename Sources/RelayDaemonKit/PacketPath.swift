@@ -278,7 +278,7 @@ extension TunnelService {
         let slot = UDPPump.slot, batch = UDPPump.batch
         let h = tunHandle
         rxTun = h
-        lock.lock(); rxTranslator = translator; lock.unlock()
+        lock.lock(); rxTranslator = translatorRef; lock.unlock()
         for _ in 0..<16 {
             let n = p.rx.withUnsafeMutableBufferPointer { r in
                 p.from.withUnsafeMutableBytes { f in

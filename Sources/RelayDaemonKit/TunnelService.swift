@@ -10,6 +10,12 @@ import CRelayShim
 import Glibc
 #endif
 
+/// A translator held by reference (immutable once made).
+final class TranslatorRef: @unchecked Sendable {
+    let value: SiteTranslator
+    init(_ v: SiteTranslator) { value = v }
+}
+
 /// A peer as the tunnel sees it: identity, where to send, which virtual prefixes are behind it.
 final class TunnelPeer {
     let name: String
@@ -59,6 +65,9 @@ public final class TunnelService: @unchecked Sendable {
     public var reflector: ReflectorService?
     /// IPv4/IPv6 translation on the site path (read under the lock, once per batch).
     var translator = SiteTranslator(RelayConfiguration())
+    /// The same, by reference: the UDP thread takes it once per batch and calls it without copying
+    /// the struct (and retaining its parts) per packet.
+    var translatorRef = TranslatorRef(SiteTranslator(RelayConfiguration()))
     /// ICMP errors relayd originates: at most 100 per second, burst 100 (RFC 4443 section 2.4 f).
     var icmpTokens: Double = 100, icmpRefilled: Double = 0
 
@@ -137,6 +146,7 @@ public final class TunnelService: @unchecked Sendable {
         }
         peers = next
         translator = SiteTranslator(cfg)
+        translatorRef = TranslatorRef(translator)
         if reflectionServers != cfg.reflector.servers { reflectionServers = cfg.reflector.servers; lastReflection = 0 }
         reflectionInterval = Double(cfg.reflector.interval)
         let schedule = STUNSchedule(rto: Double(cfg.reflector.rtoMilliseconds) / 1000, count: cfg.reflector.retransmissions)
@@ -478,8 +488,9 @@ public final class TunnelService: @unchecked Sendable {
         lock.unlock()
         flows.add(pt[...], outbound: false, peer: name, now: now, to: &rxFlows)
         // Inbound SIIT: IPv4 for one of this site's mapped IPv6 hosts becomes IPv6.
-        if rxTranslator.isActive, pt.count >= 20, pt[0] >> 4 == 4, rxTranslator.translatesInbound(IPv4Address(UInt32(pt[16]) << 24 | UInt32(pt[17]) << 16 | UInt32(pt[18]) << 8 | UInt32(pt[19]))) {
-            let t = rxTranslator
+        let tr = rxTranslator
+        if tr.value.isActive, pt.count >= 20, pt[0] >> 4 == 4, tr.value.translatesInbound(IPv4Address(UInt32(pt[16]) << 24 | UInt32(pt[17]) << 16 | UInt32(pt[18]) << 8 | UInt32(pt[19]))) {
+            let t = tr.value
             let r = pt.withUnsafeBytes { p in rxXlat.withUnsafeMutableBytes { SIIT.toIPv6(p, into: $0, map: t.map, decrement: false) } }
             guard case .translated(let n) = r else {
                 lock.lock(); counters.untranslatable += 1; lock.unlock()
@@ -503,7 +514,7 @@ public final class TunnelService: @unchecked Sendable {
     /// Inbound packets counted, recorded at the end of each receive batch (UDP thread).
     var rxFlows = FlowBatch()
     /// The translator as the UDP thread saw it at the start of its current batch.
-    var rxTranslator = SiteTranslator(RelayConfiguration())
+    var rxTranslator = TranslatorRef(SiteTranslator(RelayConfiguration()))
     /// Opened packets (only the UDP thread uses it).
     var rxPlain = [UInt8](repeating: 0, count: 65536)
     /// Inbound translation scratch (only the UDP thread uses it).
