@@ -48,6 +48,16 @@ public struct SiteTranslator: @unchecked Sendable {
     /// True when there is anything to translate at all.
     public var isActive: Bool { !remotes.isEmpty || !eam4.isEmpty }
 
+    /// The virtual4 names of this site's mapped IPv6 hosts: exactly the IPv4 destinations that
+    /// `translatesInbound` accepts (for a lookup table on the packet path).
+    public var inboundNames: [IPv4Address] {
+        guard let v = virtual4, let lan = lan4 else { return [] }
+        return eam4.keys.compactMap { a in
+            guard case .v4(let name)? = lan.map(.v4(a), into: v) else { return nil }
+            return name
+        }
+    }
+
     /// Outbound: is this IPv6 destination another site's RFC 6052 name?
     public func translatesOutbound(_ dst: IPv6Address) -> Bool {
         for r in remotes where r.virtual6.contains(.v6(dst)) { return true }

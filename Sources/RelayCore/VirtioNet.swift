@@ -54,12 +54,21 @@ public enum Checksum {
     /// start at an even offset of the data being summed.
     @inline(__always)
     public static func sum(_ p: UnsafeRawBufferPointer) -> UInt32 {
-        var acc: UInt64 = 0
+        // 32-bit halves into 64-bit accumulators: no carries to track (a 64 KB packet sums to
+        // under 2^46), and two independent chains.
+        var a: UInt64 = 0, b: UInt64 = 0
         var i = 0
         let n = p.count
-        while i + 8 <= n {
-            let (s, o) = acc.addingReportingOverflow(p.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-            acc = s &+ (o ? 1 : 0)
+        while i + 16 <= n {
+            let w0 = p.loadUnaligned(fromByteOffset: i, as: UInt64.self), w1 = p.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)
+            a &+= (w0 & 0xffff_ffff) &+ (w0 >> 32)
+            b &+= (w1 & 0xffff_ffff) &+ (w1 >> 32)
+            i += 16
+        }
+        var acc = a &+ b  // < 2^47: no overflow
+        if i + 8 <= n {
+            let w = p.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            acc &+= (w & 0xffff_ffff) &+ (w >> 32)
             i += 8
         }
         if i + 4 <= n { let (s, o) = acc.addingReportingOverflow(UInt64(p.loadUnaligned(fromByteOffset: i, as: UInt32.self))); acc = s &+ (o ? 1 : 0); i += 4 }

@@ -13,7 +13,9 @@ import Glibc
 /// A translator held by reference (immutable once made).
 final class TranslatorRef: @unchecked Sendable {
     let value: SiteTranslator
-    init(_ v: SiteTranslator) { value = v }
+    /// `value.translatesInbound` as a table of raw addresses: the per-packet test copies nothing.
+    let inbound: Set<UInt32>
+    init(_ v: SiteTranslator) { value = v; inbound = Set(v.inboundNames.map(\.value)) }
 }
 
 /// A peer as the tunnel sees it: identity, where to send, which virtual prefixes are behind it.
@@ -489,7 +491,7 @@ public final class TunnelService: @unchecked Sendable {
         flows.add(pt[...], outbound: false, peer: name, now: now, to: &rxFlows)
         // Inbound SIIT: IPv4 for one of this site's mapped IPv6 hosts becomes IPv6.
         let tr = rxTranslator
-        if tr.value.isActive, pt.count >= 20, pt[0] >> 4 == 4, tr.value.translatesInbound(IPv4Address(UInt32(pt[16]) << 24 | UInt32(pt[17]) << 16 | UInt32(pt[18]) << 8 | UInt32(pt[19]))) {
+        if !tr.inbound.isEmpty, pt.count >= 20, pt[0] >> 4 == 4, tr.inbound.contains(UInt32(pt[16]) << 24 | UInt32(pt[17]) << 16 | UInt32(pt[18]) << 8 | UInt32(pt[19])) {
             let t = tr.value
             let r = pt.withUnsafeBytes { p in rxXlat.withUnsafeMutableBytes { SIIT.toIPv6(p, into: $0, map: t.map, decrement: false) } }
             guard case .translated(let n) = r else {

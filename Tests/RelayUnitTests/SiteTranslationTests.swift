@@ -94,4 +94,16 @@ struct SiteTranslationTests {
         }
         #expect(translated > 3, "the unmutated seeds translate")
     }
+
+    @Test("inboundNames lists exactly the IPv4 destinations translatesInbound accepts")
+    func inboundNamesMatchTheDecision() {
+        let t = SiteTranslator(Self.siteA)
+        let names = Set(t.inboundNames)
+        #expect(names == [Self.A4("240.1.1.30")])
+        for host in 0...255 {
+            let a = IPv4Address(UInt32(240) << 24 | UInt32(1) << 16 | UInt32(1) << 8 | UInt32(host))
+            #expect(names.contains(a) == t.translatesInbound(a), "\(a)")
+        }
+        #expect(!names.contains(Self.A4("240.2.2.30")) && !t.translatesInbound(Self.A4("240.2.2.30")))
+    }
 }
