@@ -52,7 +52,7 @@ bench: build
 demo: build
 	RELAY_BIN_DIR=$(BIN_DIR) $(BIN_DIR)/relay-lab demo $(if $(KEEP),--keep,)
 
-demo-clean:
+demo-clean: build
 	RELAY_BIN_DIR=$(BIN_DIR) $(BIN_DIR)/relay-lab demo --down
 
 ## Removes namespaces left by crashed test runs (only the harness's own).
