@@ -57,7 +57,7 @@ public struct DeviceSpec: Codable, Hashable, Sendable {
     /// Open with IFF_VNET_HDR and TSO (TUNSETOFFLOAD): reads may then be TCP segments of up to 64 KB
     /// behind a virtio_net_hdr, and writes carry one too.
     public var offload: Bool
-    public init(name: String, mtu: Int = 1420, addresses: [InterfaceAddress] = [], offload: Bool = false) {
+    public init(name: String, mtu: Int = 1408, addresses: [InterfaceAddress] = [], offload: Bool = false) {
         self.name = name; self.mtu = mtu; self.addresses = addresses; self.offload = offload
     }
     enum CodingKeys: String, CodingKey { case name, mtu, addresses, offload }

@@ -97,7 +97,7 @@ public struct NodeConfig: Codable, Equatable, Sendable {
     /// Microseconds the packet loops keep polling after their last packet instead of sleeping
     /// (node.busy_poll; 0 = sleep at once). Lower latency for CPU time, like net.core.busy_poll.
     public var busyPoll: Int
-    public init(name: String = "relay", listenPort: UInt16 = 51820, device: String = "relay0", mtu: Int = 1420, offload: Bool = true, busyPoll: Int = 0) {
+    public init(name: String = "relay", listenPort: UInt16 = 51820, device: String = "relay0", mtu: Int = 1408, offload: Bool = true, busyPoll: Int = 0) {
         self.name = name; self.listenPort = listenPort; self.device = device; self.mtu = mtu; self.offload = offload; self.busyPoll = busyPoll
     }
     enum CodingKeys: String, CodingKey { case name, listenPort, device, mtu, offload, busyPoll }

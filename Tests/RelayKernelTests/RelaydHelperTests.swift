@@ -59,7 +59,7 @@ struct RelaydHelperTests {
             #expect(table.contains("elements = { 240.2.2.0/24 }"))
             #expect(try gw.ipJSON("route", "show", "proto", "196").map { $0["dst"] as? String } == ["240.2.2.0/24"])
             #expect(try gw.ipJSON("-6", "route", "show", "proto", "196").map { $0["dst"] as? String } == ["64:ff9b:2222::/96"])
-            #expect(try gw.ipJSON("-d", "link", "show", "relay0").first?["mtu"] as? Int == 1420)
+            #expect(try gw.ipJSON("-d", "link", "show", "relay0").first?["mtu"] as? Int == 1408)
             // relayctl nat/routes show the helper's report.
             let nat = try ctl(["nat", "--json"])
             #expect(nat.status == 0 && nat.stdout.contains("\"snat4\""), "\(nat.stderr)")

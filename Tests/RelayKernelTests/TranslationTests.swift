@@ -99,7 +99,7 @@ struct TranslationTests {
             // Path MTU across the translation: B's LAN link narrows to 1300; B's gateway says so in
             // IPv4 ("fragmentation needed", DF is set on translated packets over 1260 bytes), A's
             // relayd translates it into an ICMPv6 "packet too big" with 1320, the host learns it.
-            // (1408-byte IPv6 packets: they fit A's tunnel device, 1420, and not B's LAN.)
+            // (1408-byte IPv6 packets: they just fit A's tunnel device, 1408, and not B's LAN.)
             for (h, dev) in [(s.gwB, "lan0"), (s.hostB, "eth0")] { try h.ip("link", "set", dev, "mtu", "1300") }
             _ = try h6A.run(["ping", "-6", "-c2", "-i0.3", "-W1", "-M", "do", "-s", "1360", "-I", "fd00:cafe::30", b4], check: false)
             let route = try h6A.run(["ip", "-6", "route", "get", b4, "from", "fd00:cafe::30"]).stdout

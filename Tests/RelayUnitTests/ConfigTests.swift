@@ -32,7 +32,7 @@ struct ConfigTests {
     @Test("the two-site example parses, warns about class E, and implies the expected kernel state")
     func example() throws {
         let (cfg, warnings) = try ConfigFile.parse(siteAConfig())
-        #expect(cfg.node.name == "gw-a" && cfg.node.device == "relay0" && cfg.node.mtu == 1420)
+        #expect(cfg.node.name == "gw-a" && cfg.node.device == "relay0" && cfg.node.mtu == 1408)
         #expect(warnings.map(\.key).sorted() == ["peer[0].site[0].virtual4", "site.virtual4"])
         let d = cfg.desiredKernelState
         #expect(d.nat.dnat == [PrefixMapping(P("240.1.1.0/24"), P("192.168.1.0/24")), PrefixMapping(P("fd11:1111::/64"), P("fd00:cafe::/64"))])
@@ -40,7 +40,7 @@ struct ConfigTests {
         #expect(d.nat.remote == [P("240.2.2.0/24"), P("fd22:2222::/64")])
         #expect(d.routes.map(\.destination) == [P("240.2.2.0/24"), P("64:ff9b:2222::/96"), P("fd22:2222::/64")])
         #expect(cfg.site?.map == [ExplicitMapping(ipv4: IPv4Address("192.168.1.30")!, ipv6: IPv6Address("fd00:cafe::30")!)])
-        #expect(d.device == DeviceSpec(name: "relay0", mtu: 1420, offload: true))
+        #expect(d.device == DeviceSpec(name: "relay0", mtu: 1408, offload: true))
         // Offloads are on unless the node says otherwise.
         let off = try ConfigFile.parse(siteAConfig().replacingOccurrences(of: "name = \"gw-a\"", with: "name = \"gw-a\"\noffload = false")).0
         #expect(off.desiredKernelState.device?.offload == false)
