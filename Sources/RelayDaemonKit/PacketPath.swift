@@ -208,11 +208,13 @@ extension TunnelService {
         while start < b.count {
             var err: Int32 = 0
             let n = b.offsets.withUnsafeBufferPointer { off in
-                b.addrs.withUnsafeBytes { a in
-                    Int(CRelayShim_send_batch_gso(socketFD, b.tx, off.baseAddress! + start, Int32(b.count - start),
-                                                  b.lens.withUnsafeBufferPointer { $0.baseAddress! + start },
-                                                  b.segs.withUnsafeBufferPointer { $0.baseAddress! + start },
-                                                  a.baseAddress! + start * MemoryLayout<sockaddr_in6>.stride, &err))
+                b.lens.withUnsafeBufferPointer { lens in
+                    b.segs.withUnsafeBufferPointer { segs in
+                        b.addrs.withUnsafeBytes { a in
+                            Int(CRelayShim_send_batch_gso(socketFD, b.tx, off.baseAddress! + start, Int32(b.count - start), lens.baseAddress! + start,
+                                                          segs.baseAddress! + start, a.baseAddress! + start * MemoryLayout<sockaddr_in6>.stride, &err))
+                        }
+                    }
                 }
             }
             if n == b.count - start { break }
