@@ -146,24 +146,7 @@ int CRelayShim_recv_batch(int fd, uint8_t *bufs, size_t slot, int count, int *le
 }
 
 int CRelayShim_recv_batch_flags(int fd, uint8_t *bufs, size_t slot, int count, int *lens, void *addrs, int flags) {
-    struct mmsghdr msgs[64];
-    struct iovec iovs[64];
-    if (count > 64) count = 64;
-    memset(msgs, 0, sizeof(struct mmsghdr) * count);
-    struct sockaddr_in6 *a = addrs;
-    for (int i = 0; i < count; i++) {
-        iovs[i].iov_base = bufs + (size_t)i * slot;
-        iovs[i].iov_len = slot;
-        msgs[i].msg_hdr.msg_iov = &iovs[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = &a[i];
-        msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in6);
-    }
-    int n;
-    do { n = recvmmsg(fd, msgs, count, flags, NULL); } while (n < 0 && errno == EINTR);
-    if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
-    for (int i = 0; i < n; i++) lens[i] = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? -1 : (int)msgs[i].msg_len;
-    return n;
+    return CRelayShim_recv_batch_gro(fd, bufs, slot, count, lens, NULL, addrs, flags);
 }
 
 int CRelayShim_send_batch(int fd, const uint8_t *bufs, size_t slot, int count, const int *lens, const void *addrs) {
@@ -223,14 +206,17 @@ int CRelayShim_recv_batch_gro(int fd, uint8_t *bufs, size_t slot, int count, int
         msgs[i].msg_hdr.msg_iovlen = 1;
         msgs[i].msg_hdr.msg_name = &a[i];
         msgs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in6);
-        msgs[i].msg_hdr.msg_control = ctl[i].buf;
-        msgs[i].msg_hdr.msg_controllen = sizeof ctl[i].buf;
+        if (segs) {
+            msgs[i].msg_hdr.msg_control = ctl[i].buf;
+            msgs[i].msg_hdr.msg_controllen = sizeof ctl[i].buf;
+        }
     }
     int n;
     do { n = recvmmsg(fd, msgs, count, flags, NULL); } while (n < 0 && errno == EINTR);
     if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
     for (int i = 0; i < n; i++) {
         lens[i] = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? -1 : (int)msgs[i].msg_len;
+        if (!segs) continue;
         segs[i] = 0;
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
             if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && c->cmsg_len >= CMSG_LEN(sizeof(int))) {

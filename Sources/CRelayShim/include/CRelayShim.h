@@ -68,7 +68,8 @@ int CRelayShim_tun_set_tso(int fd, int on);
 int CRelayShim_udp_enable_gro(int fd);
 
 /// recvmmsg with UDP_GRO control messages: like CRelayShim_recv_batch_flags, and `segs[i]` is the
-/// segment size of a coalesced train (0 when the datagram arrived alone).
+/// segment size of a coalesced train (0 when the datagram arrived alone); `segs` may be NULL (no
+/// control messages asked for).
 int CRelayShim_recv_batch_gro(int fd, uint8_t *bufs, size_t slot, int count, int *lens, int *segs, void *addrs, int flags);
 
 /// sendmmsg of up to 64 messages at `bufs + offsets[i]`, `lens[i]` bytes each; a message with
