@@ -280,18 +280,6 @@ public final class TunnelService: @unchecked Sendable {
 
     // MARK: outgoing
 
-    /// A packet from the TUN device: to the peer whose site owns its destination.
-    func outgoing(_ pkt: ArraySlice<UInt8>) {
-        if let (wire, ep) = prepare(pkt), send(wire, to: ep) == EMSGSIZE { answerTooBig(pkt, to: ep) }
-    }
-
-    /// Seals a packet from the TUN device for its peer; nil when it was queued (handshake pending)
-    /// or dropped. The caller sends the datagram (alone, or in a batch).
-    func prepare(_ pkt: ArraySlice<UInt8>) -> ([UInt8], sockaddr_in6)? {
-        guard let s = reserve(pkt) else { return nil }
-        return (TunnelSession.seal(pkt, key: s.key, counter: s.counter, remoteIndex: s.remote), s.ep)
-    }
-
     /// What sealing one packet for its peer needs: key, counter, the peer's index and endpoint.
     struct Sealing {
         let key: SymmetricKey; let counter: UInt64; let remote: UInt32; let ep: sockaddr_in6
