@@ -34,9 +34,6 @@ public struct FlowStats: Codable, Equatable, Sendable {
     public var maxFlows: Int
 }
 
-/// Session bookkeeping: flows with counters, expired by protocol idle timeouts on a timing wheel
-/// (1-second slots, lazy re-arming), capped in size: at the cap the flow closest to expiry is evicted
-/// and counted, so a flood cannot grow memory. Time is injected (tests drive it).
 /// Packets counted but not yet recorded (see FlowTable.add).
 public struct FlowBatch {
     var key: FlowTable.Key?
@@ -44,6 +41,9 @@ public struct FlowBatch {
     public init() {}
 }
 
+/// Session bookkeeping: flows with counters, expired by protocol idle timeouts on a timing wheel
+/// (1-second slots, lazy re-arming), capped in size: at the cap the flow closest to expiry is evicted
+/// and counted, so a flood cannot grow memory. Time is injected (tests drive it).
 public final class FlowTable: @unchecked Sendable {
     struct Key: Hashable { var proto: UInt8; var local: IPAddress; var remote: IPAddress; var lport: UInt16; var rport: UInt16 }
     final class Flow {

@@ -31,7 +31,6 @@ public final class HelperLink: @unchecked Sendable {
     public var snapshot: HelperLinkStatus { lock.lock(); defer { lock.unlock() }; return status }
 
     /// The TUN fd (or -1), for the packet path.
-    public var tunDescriptor: Int32 { lock.lock(); defer { lock.unlock() }; return deviceFD }
     /// The descriptor and whether it was opened with offloads (virtio headers), read together.
     public var tunHandle: TunHandle { lock.lock(); defer { lock.unlock() }; return TunHandle(fd: deviceFD, vnetHeader: deviceFD >= 0 && deviceSpec?.offload == true) }
 

@@ -143,7 +143,7 @@ extension TunnelService {
     /// with one sendmmsg per batch: trains of equal-size datagrams to one peer go as one UDP GSO
     /// message.
     func drainTun(_ p: TunPump, _ h: TunHandle) {
-        lock.lock(); let t = translator; lock.unlock()
+        lock.lock(); let t = translator.value; lock.unlock()
         var reads = 0
         while reads < 1024 {
             let n = read(h.fd, &p.buf, p.buf.count)
@@ -280,7 +280,7 @@ extension TunnelService {
         let slot = UDPPump.slot, batch = UDPPump.batch
         let h = tunHandle
         rxTun = h
-        lock.lock(); rxTranslator = translatorRef; lock.unlock()
+        lock.lock(); rxTranslator = translator; lock.unlock()
         for _ in 0..<16 {
             let n = p.rx.withUnsafeMutableBufferPointer { r in
                 p.from.withUnsafeMutableBytes { f in

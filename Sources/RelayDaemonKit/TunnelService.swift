@@ -65,11 +65,9 @@ public final class TunnelService: @unchecked Sendable {
     public let flows: FlowTable
     /// STUN on the tunnel port: datagrams with STUN's top bits and magic cookie go to the reflector.
     public var reflector: ReflectorService?
-    /// IPv4/IPv6 translation on the site path (read under the lock, once per batch).
-    var translator = SiteTranslator(RelayConfiguration())
-    /// The same, by reference: the UDP thread takes it once per batch and calls it without copying
-    /// the struct (and retaining its parts) per packet.
-    var translatorRef = TranslatorRef(SiteTranslator(RelayConfiguration()))
+    /// IPv4/IPv6 translation on the site path, by reference (read under the lock, once per batch;
+    /// per packet it is called without copying the struct and retaining its parts).
+    var translator = TranslatorRef(SiteTranslator(RelayConfiguration()))
     /// ICMP errors relayd originates: at most 100 per second, burst 100 (RFC 4443 section 2.4 f).
     var icmpTokens: Double = 100, icmpRefilled: Double = 0
 
@@ -147,8 +145,7 @@ public final class TunnelService: @unchecked Sendable {
             }
         }
         peers = next
-        translator = SiteTranslator(cfg)
-        translatorRef = TranslatorRef(translator)
+        translator = TranslatorRef(SiteTranslator(cfg))
         if reflectionServers != cfg.reflector.servers { reflectionServers = cfg.reflector.servers; lastReflection = 0 }
         reflectionInterval = Double(cfg.reflector.interval)
         let schedule = STUNSchedule(rto: Double(cfg.reflector.rtoMilliseconds) / 1000, count: cfg.reflector.retransmissions)

@@ -48,13 +48,8 @@ public enum Noise {
         return s.withUnsafeBytes { Array($0) }
     }
 
-    /// ChaCha20-Poly1305 with Noise's nonce: 32 zero bits then the 64-bit counter, little-endian.
-    public static func nonce(_ n: UInt64) -> ChaChaPoly.Nonce {
-        var b = [UInt8](repeating: 0, count: 12)
-        withUnsafeBytes(of: n.littleEndian) { for i in 0..<8 { b[4 + i] = $0[i] } }
-        return try! ChaChaPoly.Nonce(data: b)
-    }
-
+    /// ChaCha20-Poly1305 with Noise's nonce (32 zero bits, then the 64-bit counter little-endian),
+    /// through CRelayCrypto.
     public static func seal(key: SymmetricKey, counter: UInt64, ad: [UInt8], _ plaintext: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: plaintext.count + tagLen)
         let n = plaintext.withUnsafeBytes { p in out.withUnsafeMutableBytes { seal(key: key, counter: counter, ad: ad, p, into: $0.baseAddress!) } }
