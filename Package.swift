@@ -93,7 +93,7 @@ let package = Package(
         // Three tiers: unit (no root), component (real sockets, no root), kernel (root, netns).
         .testTarget(name: "RelayUnitTests", dependencies: [
             "RelayCore", "RelayWire", "RelayHelperAPI", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayCtlKit",
-            "RelayConfig", "RelayControlAPI", "RelayDaemonKit", "RelayTunnel",
+            "RelayConfig", "RelayControlAPI", "RelayDaemonKit", "RelayTunnel", "CRelayCrypto",
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "RelayComponentTests", dependencies: [
             "RelayCore", "RelayWire", "RelayHelperAPI", "RelayIPC", "RelayHelperKit", "RelayTestHarness", "RelayControlAPI", "RelayTunnel",

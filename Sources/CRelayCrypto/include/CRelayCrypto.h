@@ -4,9 +4,10 @@
 #include <stdint.h>
 
 /// ChaCha20-Poly1305 (RFC 8439) as Noise's ChaChaPoly cipher uses it: a 32-byte key, the nonce is
-/// 4 zero bytes then the 64-bit counter little-endian. Through the system's libcrypto (OpenSSL 3),
-/// into caller buffers (in == out is allowed), one cipher context per thread: nothing is
-/// allocated per call.
+/// 4 zero bytes then the 64-bit counter little-endian. Into caller buffers (in == out is allowed),
+/// with contexts kept per thread: nothing is allocated per call. On CPUs with AVX-512, ChaCha20 is
+/// our own (chacha20_avx512.c) and Poly1305 is libcrypto's MAC; elsewhere, or with the environment
+/// variable RELAY_AEAD_GENERIC set, the whole AEAD is the system libcrypto's (OpenSSL 3).
 
 /// Seals `len` bytes of `in` into `out` (len + 16 bytes: ciphertext then tag). Returns len + 16,
 /// or -1 when libcrypto fails.
@@ -17,5 +18,14 @@ long CRelayCrypto_seal(const uint8_t *key, uint64_t counter, const uint8_t *ad, 
 /// len - 16, or -1 when it does not authenticate (then `out` holds nothing to use).
 long CRelayCrypto_open(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
                        const uint8_t *in, size_t len, uint8_t *out);
+
+/// "avx512" or "libcrypto": which implementation seal and open use in this process.
+const char *CRelayCrypto_implementation(void);
+
+/// libcrypto's ChaCha20-Poly1305 whatever the CPU (the reference the tests compare against).
+long CRelayCrypto_seal_libcrypto(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
+                                 const uint8_t *in, size_t len, uint8_t *out);
+long CRelayCrypto_open_libcrypto(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
+                                 const uint8_t *in, size_t len, uint8_t *out);
 
 #endif
