@@ -54,27 +54,59 @@ public enum Checksum {
     /// start at an even offset of the data being summed.
     @inline(__always)
     public static func sum(_ p: UnsafeRawBufferPointer) -> UInt32 {
-        // 32-bit halves into 64-bit accumulators: no carries to track (a 64 KB packet sums to
-        // under 2^46), and two independent chains.
-        var a: UInt64 = 0, b: UInt64 = 0
+        guard let base = p.baseAddress else { return 0 }
+        return fold(accumulate(from: base, to: nil, count: p.count))
+    }
+
+    /// Copies `count` bytes from `src` to `dst` and returns their sum (as `sum` does) in the same
+    /// pass: a TSO segment's payload is read once instead of twice.
+    @inline(__always)
+    public static func copySum(from src: UnsafeRawPointer, to dst: UnsafeMutableRawPointer, count: Int) -> UInt32 {
+        fold(accumulate(from: src, to: dst, count: count))
+    }
+
+    /// 32-bit halves of 64-byte vectors added into 64-bit lanes: no carries to track (a 64 KB
+    /// packet sums to under 2^46 per lane), eight independent lanes. Copies to `dst` on the way when
+    /// it is given.
+    @inline(__always)
+    static func accumulate(from src: UnsafeRawPointer, to dst: UnsafeMutableRawPointer?, count n: Int) -> UInt64 {
+        var v = SIMD8<UInt64>(repeating: 0)
+        let low = SIMD8<UInt64>(repeating: 0xffff_ffff)
         var i = 0
-        let n = p.count
-        while i + 16 <= n {
-            let w0 = p.loadUnaligned(fromByteOffset: i, as: UInt64.self), w1 = p.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)
-            a &+= (w0 & 0xffff_ffff) &+ (w0 >> 32)
-            b &+= (w1 & 0xffff_ffff) &+ (w1 >> 32)
-            i += 16
+        while i &+ 64 <= n {
+            let w = src.loadUnaligned(fromByteOffset: i, as: SIMD8<UInt64>.self)
+            dst?.storeBytes(of: w, toByteOffset: i, as: SIMD8<UInt64>.self)
+            v &+= (w & low) &+ (w &>> 32)
+            i &+= 64
         }
-        var acc = a &+ b  // < 2^47: no overflow
-        if i + 8 <= n {
-            let w = p.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+        var acc = v.wrappedSum()  // < 2^49: no overflow
+        while i &+ 8 <= n {
+            let w = src.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            dst?.storeBytes(of: w, toByteOffset: i, as: UInt64.self)
             acc &+= (w & 0xffff_ffff) &+ (w >> 32)
-            i += 8
+            i &+= 8
         }
-        if i + 4 <= n { let (s, o) = acc.addingReportingOverflow(UInt64(p.loadUnaligned(fromByteOffset: i, as: UInt32.self))); acc = s &+ (o ? 1 : 0); i += 4 }
-        if i + 2 <= n { let (s, o) = acc.addingReportingOverflow(UInt64(p.loadUnaligned(fromByteOffset: i, as: UInt16.self))); acc = s &+ (o ? 1 : 0); i += 2 }
-        if i < n { let (s, o) = acc.addingReportingOverflow(UInt64(p[i])); acc = s &+ (o ? 1 : 0) }
-        // Fold the native-order lanes to 16 bits, then to network order (RFC 1071 §2(B)).
+        if i &+ 4 <= n {
+            let w = src.loadUnaligned(fromByteOffset: i, as: UInt32.self)
+            dst?.storeBytes(of: w, toByteOffset: i, as: UInt32.self)
+            acc &+= UInt64(w); i &+= 4
+        }
+        if i &+ 2 <= n {
+            let w = src.loadUnaligned(fromByteOffset: i, as: UInt16.self)
+            dst?.storeBytes(of: w, toByteOffset: i, as: UInt16.self)
+            acc &+= UInt64(w); i &+= 2
+        }
+        if i < n {
+            let b = src.load(fromByteOffset: i, as: UInt8.self)
+            dst?.storeBytes(of: b, toByteOffset: i, as: UInt8.self)
+            acc &+= UInt64(b)  // a last odd byte starts a zero-padded word: its low byte in native order
+        }
+        return acc
+    }
+
+    /// Folds native-order lanes to 16 bits, then to network order (RFC 1071 §2(B)).
+    @inline(__always)
+    static func fold(_ acc: UInt64) -> UInt32 {
         var f = (acc & 0xffff_ffff) &+ (acc >> 32)
         f = (f & 0xffff) &+ (f >> 16)
         f = (f & 0xffff) &+ (f >> 16)
@@ -167,7 +199,9 @@ public struct TSOPlan: Sendable {
         precondition(out.count >= total)
         let seg = UnsafeMutableRawBufferPointer(rebasing: out[0..<total])
         seg.copyMemory(from: UnsafeRawBufferPointer(rebasing: p[0..<hdr]))
-        if len > 0 { UnsafeMutableRawBufferPointer(rebasing: seg[hdr...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: p[(hdr + off)..<(hdr + off + len)])) }
+        precondition(hdr + off + len <= p.count)
+        // The payload is copied and summed in one pass (it starts at an even offset from l4).
+        let payloadSum = len > 0 ? Checksum.copySum(from: p.baseAddress! + hdr + off, to: seg.baseAddress! + hdr, count: len) : 0
         if v4 {
             Checksum.store(UInt16(total), seg, 2)
             Checksum.store(id0 &+ UInt16(truncatingIfNeeded: i), seg, 4)
@@ -183,8 +217,8 @@ public struct TSOPlan: Sendable {
         if i != 0 { f &= ~0x80 }          // CWR
         seg[l4 + 13] = f
         seg[l4 + 16] = 0; seg[l4 + 17] = 0
-        let s = Checksum.add(Checksum.pseudoHeader(UnsafeRawBufferPointer(seg), proto: 6, length: total - l4),
-                             Checksum.sum(UnsafeRawBufferPointer(rebasing: seg[l4...])))
+        let s = Checksum.add(Checksum.add(Checksum.pseudoHeader(UnsafeRawBufferPointer(seg), proto: 6, length: total - l4),
+                                          Checksum.sum(UnsafeRawBufferPointer(rebasing: seg[l4..<hdr]))), payloadSum)
         Checksum.store(~UInt16(s), seg, l4 + 16)
         return total
     }

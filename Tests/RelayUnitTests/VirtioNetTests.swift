@@ -77,10 +77,16 @@ struct VirtioNetTests {
 
     @Test func checksumMatchesRFC1071() {
         var rng = SystemRandomNumberGenerator()
-        for len in [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1499, 1500, 65535] {
+        for len in Array(0...200) + [255, 256, 257, 1407, 1408, 1499, 1500, 65535] {
             let d = (0..<len).map { _ in UInt8.random(in: 0...255, using: &rng) }
             let fast = d.withUnsafeBytes { ~UInt16(Checksum.sum($0)) }
             #expect(fast == internetChecksum(d[...]), "length \(len)")
+            // Copy and sum in one pass: the same sum, the same bytes, nothing written past the end.
+            var out = [UInt8](repeating: 0xa5, count: len + 64)
+            let copied = d.withUnsafeBytes { src in out.withUnsafeMutableBytes { dst in
+                ~UInt16(Checksum.copySum(from: src.baseAddress ?? UnsafeRawPointer(dst.baseAddress!), to: dst.baseAddress! + 1, count: len)) } }
+            let same = Array(out[1..<(len + 1)]) == d && out[0] == 0xa5 && out[(len + 1)...].allSatisfy { $0 == 0xa5 }
+            #expect(copied == fast && same, "copySum, length \(len)")
         }
         // All ones everywhere: the sum folds without losing carries.
         let ones = [UInt8](repeating: 0xff, count: 4096)
