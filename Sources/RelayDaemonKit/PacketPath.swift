@@ -291,15 +291,38 @@ extension TunnelService {
             for i in 0..<n where p.lens[i] > 0 {
                 let base = i * slot, total = Int(p.lens[i])
                 let step = p.gro && p.segs[i] > 0 ? Int(p.segs[i]) : total
-                var off = 0
-                while off < total {
-                    let len = min(step, total - off)
-                    receive(p.rx[(base + off)..<(base + off + len)], from: p.from[i])
-                    off += len
-                }
+                if step >= total { receive(p.rx[base..<(base + total)], from: p.from[i]) }
+                else { receiveTrain(p, base: base, total: total, step: step, from: p.from[i]) }
             }
             flushCoalesced()
             if n < batch { break }
+        }
+    }
+
+    /// The segments of one GRO train (one source; `step` bytes each but the last): runs of data
+    /// messages to one session go through handleDataRun together, anything else one by one.
+    func receiveTrain(_ p: UDPPump, base: Int, total: Int, step: Int, from: sockaddr_in6) {
+        let now = clock()
+        let maxRun = min(rxLens.count, (rxPlain.count - 65536) / step + 1)
+        func receiver(at o: Int) -> UInt32? {
+            p.rx.withUnsafeBytes { TunnelMessage.dataReceiver(UnsafeRawBufferPointer(rebasing: $0[(base + o)..<(base + min(o + step, total))])) }
+        }
+        var off = 0
+        while off < total {
+            guard let r = receiver(at: off) else {
+                receive(p.rx[(base + off)..<(base + min(off + step, total))], from: from)
+                off += step
+                continue
+            }
+            var k = 1
+            while k < maxRun, off + k * step < total, receiver(at: off + k * step) == r { k += 1 }
+            p.rx.withUnsafeBytes { rx in
+                handleDataRun(receiver: r, count: k, stride: step, from: from, now: now) { j in
+                    let m = UnsafeRawBufferPointer(rebasing: rx[(base + off + j * step)..<(base + min(off + (j + 1) * step, total))])
+                    return (m.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian, UnsafeRawBufferPointer(rebasing: m[16...]))
+                }
+            }
+            off += k * step
         }
     }
 

@@ -427,63 +427,89 @@ public final class TunnelService: @unchecked Sendable {
     }
 
     func handleData(receiver: UInt32, counter: UInt64, _ ct: ArraySlice<UInt8>, from: sockaddr_in6, now: Double) {
-        // 1. Find the session's key (locked), 2. decrypt (unlocked), 3. replay window and state (locked).
-        lock.lock()
-        guard let peer = byIndex[receiver] else { counters.unknownIndex += 1; lock.unlock(); return }
-        enum Slot { case current, previous, next }
-        var slot: Slot?, key: SymmetricKey?
-        // Sessions are read and updated in place (a copy would copy the replay window on write).
-        if peer.current?.localIndex == receiver { slot = .current; key = peer.current?.receiveState(now: now) }
-        else if peer.previous?.localIndex == receiver { slot = .previous; key = peer.previous?.receiveState(now: now) }
-        else if peer.next?.localIndex == receiver { slot = .next; key = peer.next?.receiveState(now: now) }
-        lock.unlock()
-        // Opened into the UDP thread's scratch buffer: no allocation per packet.
-        guard let slot, let key,
-              let plen = ct.withUnsafeBytes({ c in rxPlain.withUnsafeMutableBytes { Noise.open(key: key, counter: counter, c, into: $0.baseAddress!) } }) else {
-            lock.lock(); counters.authFailed += 1; lock.unlock(); return
+        ct.withUnsafeBytes { c in
+            handleDataRun(receiver: receiver, count: 1, stride: 0, from: from, now: now) { _ in (counter, c) }
         }
-        let pt = rxPlain[0..<plen]
+    }
+
+    /// Data messages to one session (`receiver`): one message, or a run of consecutive segments of
+    /// one GRO train. 1. Find the session's key (one lock and lookup for the run), 2. open every
+    /// message unlocked into the UDP thread's scratch (`stride` bytes apart; nothing allocated),
+    /// 3. replay window and peer state for all of them under one lock, 4. deliver.
+    /// `message(j)` is message j's counter and ciphertext (with its tag).
+    func handleDataRun(receiver: UInt32, count k: Int, stride: Int, from: sockaddr_in6, now: Double,
+                       _ message: (Int) -> (counter: UInt64, ct: UnsafeRawBufferPointer)) {
+        precondition(k >= 1 && k <= rxLens.count && (k - 1) * stride + 65536 <= rxPlain.count)
         lock.lock()
-        var fresh = false
-        switch slot {
-        case .current: if peer.current?.localIndex == receiver { fresh = peer.current!.acceptCounter(counter) }
-        case .previous: if peer.previous?.localIndex == receiver { fresh = peer.previous!.acceptCounter(counter) }
-        case .next:
-            if var s = peer.next, s.localIndex == receiver {
+        guard let peer = byIndex[receiver] else { counters.unknownIndex += k; lock.unlock(); return }
+        // Sessions are read and updated in place (a copy would copy the replay window on write).
+        var key: SymmetricKey?
+        if peer.current?.localIndex == receiver { key = peer.current?.receiveState(now: now) }
+        else if peer.previous?.localIndex == receiver { key = peer.previous?.receiveState(now: now) }
+        else if peer.next?.localIndex == receiver { key = peer.next?.receiveState(now: now) }
+        lock.unlock()
+        guard let key else { lock.lock(); counters.authFailed += k; lock.unlock(); return }
+        rxPlain.withUnsafeMutableBytes { out in
+            for j in 0..<k {
+                let (counter, ct) = message(j)
+                rxCounters[j] = counter
+                rxLens[j] = Noise.open(key: key, counter: counter, ct, into: out.baseAddress! + j * stride) ?? -1
+            }
+        }
+        lock.lock()
+        for j in 0..<k {
+            guard rxLens[j] >= 0 else { counters.authFailed += 1; continue }
+            let counter = rxCounters[j]
+            var fresh = false
+            if peer.current?.localIndex == receiver { fresh = peer.current!.acceptCounter(counter) }
+            else if peer.previous?.localIndex == receiver { fresh = peer.previous!.acceptCounter(counter) }
+            else if var s = peer.next, s.localIndex == receiver {
                 fresh = s.acceptCounter(counter)
                 // Confirmed by the initiator: it becomes the session we send on.
                 peer.next = nil
                 if fresh { install(peer, s, now: s.createdAt) }
             }
+            guard fresh else { counters.authFailed += 1; rxLens[j] = -1; continue }  // a replay
+            peer.endpoint = from  // roaming: the last authenticated source
+            peer.lastReceived = now
+            peer.unansweredSince = nil
+            if let r = peer.responseSentAt, r.index == receiver {
+                // The initiator confirms a new session at once: response-to-first-data is a round trip.
+                peer.latency = now - r.at
+                peer.responseSentAt = nil
+            }
+            let plen = rxLens[j]
+            if plen == 0 { rxLens[j] = -1; continue }  // keepalive
+            // The inner source must belong to this peer's sites: no peer may speak for another site.
+            let src = rxPlain.withUnsafeBytes { IPHeader.source(UnsafeRawBufferPointer(rebasing: $0[(j * stride)..<(j * stride + plen)])) }
+            guard let src, peer.prefixes.contains(where: { $0.contains(src) }) else {
+                counters.spoofedSource += 1; rxLens[j] = -1; continue
+            }
+            peer.rxBytes += UInt64(plen); peer.rxPackets += 1
         }
-        guard fresh else { counters.authFailed += 1; lock.unlock(); return }  // a replay
-        peer.endpoint = from  // roaming: the last authenticated source
-        peer.lastReceived = now
-        peer.unansweredSince = nil
-        if let r = peer.responseSentAt, r.index == receiver {
-            // The initiator confirms a new session at once: response-to-first-data is a round trip.
-            peer.latency = now - r.at
-            peer.responseSentAt = nil
-        }
-        if pt.isEmpty { lock.unlock(); return }  // keepalive
-        // The inner source must belong to this peer's sites: no peer may speak for another site.
-        guard let (src, _) = IPHeader.addresses(pt[...]), peer.prefixes.contains(where: { $0.contains(src) }) else {
-            counters.spoofedSource += 1; lock.unlock(); return
-        }
-        peer.rxBytes += UInt64(pt.count); peer.rxPackets += 1
         let name = peer.name
         lock.unlock()
-        flows.add(pt[...], outbound: false, peer: name, now: now, to: &rxFlows)
+        for j in 0..<k where rxLens[j] > 0 {
+            deliverInbound(rxPlain[(j * stride)..<(j * stride + rxLens[j])], peer: peer, name: name, now: now)
+        }
+    }
+
+    /// One opened, accepted packet from `peer`: counted in the flow table, translated to IPv6 when
+    /// it is for one of this site's mapped IPv6 hosts, written to the TUN device.
+    func deliverInbound(_ pt: ArraySlice<UInt8>, peer: TunnelPeer, name: String, now: Double) {
+        flows.add(pt, outbound: false, peer: name, now: now, to: &rxFlows)
         // Inbound SIIT: IPv4 for one of this site's mapped IPv6 hosts becomes IPv6.
         let tr = rxTranslator
-        if !tr.inbound.isEmpty, pt.count >= 20, pt[0] >> 4 == 4, tr.inbound.contains(UInt32(pt[16]) << 24 | UInt32(pt[17]) << 16 | UInt32(pt[18]) << 8 | UInt32(pt[19])) {
+        let s = pt.startIndex
+        if !tr.inbound.isEmpty, pt.count >= 20, pt[s] >> 4 == 4,
+           tr.inbound.contains(UInt32(pt[s + 16]) << 24 | UInt32(pt[s + 17]) << 16 | UInt32(pt[s + 18]) << 8 | UInt32(pt[s + 19])) {
             let t = tr.value
             let r = pt.withUnsafeBytes { p in rxXlat.withUnsafeMutableBytes { SIIT.toIPv6(p, into: $0, map: t.map, decrement: false) } }
             guard case .translated(let n) = r else {
                 lock.lock(); counters.untranslatable += 1; lock.unlock()
                 if case .drop(let why) = r { logger.debug("not translated to IPv6: \(why)") }
                 // Back through the tunnel to the sender: its source has no IPv6 name here.
-                if let icmp = IPHeader.icmpError(pt[...], .sourcePolicy), takeICMPToken() {
+                if let icmp = IPHeader.icmpError(pt, .sourcePolicy), takeICMPToken() {
                     lock.lock()
                     if var s = peer.current, let ep = peer.endpoint {
                         let wire = s.seal(icmp[...]); peer.current = s; peer.lastSent = now; lock.unlock(); send(wire, to: ep)
@@ -502,8 +528,10 @@ public final class TunnelService: @unchecked Sendable {
     var rxFlows = FlowBatch()
     /// The translator as the UDP thread saw it at the start of its current batch.
     var rxTranslator = TranslatorRef(SiteTranslator(RelayConfiguration()))
-    /// Opened packets (only the UDP thread uses it).
-    var rxPlain = [UInt8](repeating: 0, count: 65536)
+    /// Opened packets (only the UDP thread uses it): one message of up to 64 KB, or a run of up to
+    /// `rxLens.count` GRO segments side by side.
+    var rxPlain = [UInt8](repeating: 0, count: 65536 + 63 * 2048)
+    var rxLens = [Int](repeating: 0, count: 64), rxCounters = [UInt64](repeating: 0, count: 64)
     /// Inbound translation scratch (only the UDP thread uses it).
     var rxXlat = [UInt8](repeating: 0, count: 65536 + 64)
 
@@ -709,6 +737,17 @@ func put64be(_ v: UInt64, _ out: inout [UInt8]) { for i in (0..<8).reversed() { 
 
 /// Just enough of IPv4/IPv6 headers for routing decisions.
 public enum IPHeader {
+    /// The source address of an IPv4 or IPv6 packet (nil when too short or neither).
+    @inline(__always)
+    public static func source(_ p: UnsafeRawBufferPointer) -> IPAddress? {
+        guard let first = p.first else { return nil }
+        switch first >> 4 {
+        case 4: return p.count >= 20 ? .v4(IPv4Address(p[12], p[13], p[14], p[15])) : nil
+        case 6: return p.count >= 40 ? .v6(SIIT.load6(p, 8)) : nil
+        default: return nil
+        }
+    }
+
     public static func addresses(_ p: ArraySlice<UInt8>) -> (src: IPAddress, dst: IPAddress)? {
         guard let first = p.first else { return nil }
         let s = p.startIndex

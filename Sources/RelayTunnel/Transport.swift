@@ -64,6 +64,14 @@ public enum TunnelMessage: Equatable {
         }
     }
 
+    /// The receiver index when `b` is a data message (as `parse` would read it), else nil: the
+    /// receive path's test for runs of data messages.
+    @inline(__always)
+    public static func dataReceiver(_ b: UnsafeRawBufferPointer) -> UInt32? {
+        guard b.count >= TunnelLimits.overhead, b[0] == WireType.data.rawValue, b[1] == 0, b[2] == 0, b[3] == 0 else { return nil }
+        return b.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian
+    }
+
     public static func initiation(sender: UInt32, noise: [UInt8]) -> [UInt8] {
         var out: [UInt8] = [WireType.initiation.rawValue, 0, 0, 0]
         put32(sender, &out)
