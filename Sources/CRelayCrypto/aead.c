@@ -89,7 +89,7 @@ static long fast_seal(const uint8_t *key, uint64_t counter, const uint8_t *ad, s
     uint8_t pk[32];
     CRelayChaCha20_avx512(key, counter, in, len, out, pk);
     int ok = poly_tag(pk, ad, adlen, out, len, out + len);
-    OPENSSL_cleanse(pk, sizeof pk);
+    explicit_bzero(pk, sizeof pk);
     return ok ? (long)len + 16 : -1;
 }
 
@@ -108,8 +108,8 @@ static long fast_open(const uint8_t *key, uint64_t counter, const uint8_t *ad, s
         ok = poly_tag(pk, ad, adlen, in, plen, tag) && CRYPTO_memcmp(tag, in + plen, 16) == 0;
         if (ok) CRelayChaCha20_avx512(key, counter, in, plen, out, pk);
     }
-    OPENSSL_cleanse(pk, sizeof pk);
-    if (!ok) { OPENSSL_cleanse(out, plen); return -1; }
+    explicit_bzero(pk, sizeof pk);
+    if (!ok) { explicit_bzero(out, plen); return -1; }
     return (long)plen;
 }
 
