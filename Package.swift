@@ -97,7 +97,7 @@ let package = Package(
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "RelayComponentTests", dependencies: [
             "RelayCore", "RelayWire", "RelayHelperAPI", "RelayIPC", "RelayHelperKit", "RelayTestHarness", "RelayControlAPI", "RelayTunnel",
-            "RelayDaemonKit", "RelayConfig", .product(name: "Logging", package: "swift-log"),
+            "RelayDaemonKit", "RelayConfig", "CRelayShim", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "RelayKernelTests", dependencies: [
             "RelayCore", "RelayHelperAPI", "RelayIPC", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayTestHarness", "RelayControlAPI",

@@ -1,3 +1,4 @@
+import CRelayShim
 import Foundation
 import Logging
 import Testing
@@ -115,6 +116,74 @@ struct TunnelServiceTests {
         try waitFor { t.a.countersSnapshot().handshakesSent >= 3 }
         #expect(t.send(pkt, into: t.tunA[1], expectAt: t.tunB[1]) == pkt)
         #expect(t.b.countersSnapshot().handshakesCompleted >= 3)
+    }
+
+    @Test("a UDP GRO train that mixes valid, replayed and forged datagrams: the valid ones arrive once each, in order; the others are counted")
+    func groTrainWithReplaysAndForgeries() throws {
+        let t = try TunnelPair()
+        // P sits between A and B on loopback (A's endpoint for B), so the test holds A's sealed
+        // datagrams and can hand them to B as one GSO message: B's socket has UDP_GRO on, so the
+        // kernel delivers them as one train and B opens them as a run.
+        let p = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue), 0); defer { close(p) }
+        var off: Int32 = 0
+        setsockopt(p, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &off, 4)
+        var any = sockaddr_in6(); any.sin6_family = sa_family_t(AF_INET6)
+        var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        _ = withUnsafePointer(to: &any) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(p, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &any) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(p, $0, &len) } }
+        let proxyPort = UInt16(bigEndian: any.sin6_port)
+        t.a.configure(t.config(site: "240.1.1.0/24", peer: "b", key: t.idB.publicKeyBase64, port: proxyPort, peerSite: "240.2.2.0/24"))
+
+        func loopback(_ port: UInt16) -> sockaddr_in6 {
+            var a = sockaddr_in6(); a.sin6_family = sa_family_t(AF_INET6); a.sin6_port = port.bigEndian
+            _ = inet_pton(AF_INET6, "::ffff:127.0.0.1", &a.sin6_addr)
+            return a
+        }
+        // A also asks its peers for its reflected address (STUN) and confirms a new session with a
+        // keepalive (an empty data message): P passes over those.
+        func take(_ type: UInt8) -> [UInt8]? {
+            while let d = t.receive(p, timeout: 2) { if d.first == type && (type != 0xC4 || d.count > TunnelLimits.overhead) { return d } }
+            return nil
+        }
+        func give(_ bytes: [UInt8], to port: UInt16, segment: Int = 0) -> Int32 {
+            var to = loopback(port), err: Int32 = 0
+            var offsets = [0], lens = [Int32(bytes.count)], segs = [Int32(segment)]
+            return CRelayShim_send_batch_gso(p, bytes, &offsets, 1, &lens, &segs, &to, &err)
+        }
+        // The handshake through P, then the first packet.
+        let first = TunnelPair.ipv4(src: "240.1.1.20", dst: "240.2.2.20", payload: "packet-0")
+        _ = first.withUnsafeBytes { write(t.tunA[1], $0.baseAddress, $0.count) }
+        let initiation = try #require(take(0xC1), "A's initiation")
+        #expect(give(initiation, to: t.b.port) == 1)
+        let response = try #require(take(0xC2), "B's response (to P, where the initiation came from)")
+        #expect(give(response, to: t.a.port) == 1)
+        let d0 = try #require(take(0xC4), "the first data message")
+        #expect(give(d0, to: t.b.port) == 1)
+        #expect(t.receive(t.tunB[1], timeout: 2) == first)
+
+        // Four more packets of one size: A seals them, P keeps them.
+        let pkts = (1...4).map { TunnelPair.ipv4(src: "240.1.1.20", dst: "240.2.2.20", payload: "packet-\($0)") }
+        var sealed: [[UInt8]] = []
+        for pkt in pkts {
+            _ = pkt.withUnsafeBytes { write(t.tunA[1], $0.baseAddress, $0.count) }
+            sealed.append(try #require(take(0xC4), "data message for \(pkt)"))
+        }
+        #expect(Set(sealed.map(\.count)).count == 1)
+        var forged = sealed[2]
+        forged[forged.count - 20] ^= 0x01
+        let train = [sealed[0], sealed[1], sealed[0], forged, sealed[3]]
+        let before = t.b.countersSnapshot().authFailed
+        #expect(give(train.flatMap { $0 }, to: t.b.port, segment: sealed[0].count) == 1, "one GSO message")
+        #expect(t.receive(t.tunB[1], timeout: 2) == pkts[0])
+        #expect(t.receive(t.tunB[1], timeout: 2) == pkts[1])
+        #expect(t.receive(t.tunB[1], timeout: 2) == pkts[3], "the forged third is dropped, the fourth follows")
+        #expect(t.receive(t.tunB[1], timeout: 0.3) == nil, "nothing else: the replay is not delivered twice")
+        try waitFor { t.b.countersSnapshot().authFailed == before + 2 }
+        // The replayed and forged datagrams changed nothing: the session goes on.
+        let after = TunnelPair.ipv4(src: "240.1.1.20", dst: "240.2.2.20", payload: "packet-5")
+        _ = after.withUnsafeBytes { write(t.tunA[1], $0.baseAddress, $0.count) }
+        #expect(give(try #require(take(0xC4)), to: t.b.port) == 1)
+        #expect(t.receive(t.tunB[1], timeout: 2) == after)
     }
 
     func waitFor(_ cond: () -> Bool) throws {
