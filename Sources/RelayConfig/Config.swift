@@ -17,7 +17,7 @@ public enum ConfigFile {
         "": ["node", "site", "peer", "sessions", "reflector"],
         "reflector": ["enabled", "port", "rate", "burst", "servers", "address", "other_address", "other_port", "rto_ms", "retransmissions", "interval"],
         "sessions": ["tcp_timeout", "udp_timeout", "icmp_timeout", "other_timeout", "max"],
-        "node": ["name", "listen_port", "device", "mtu", "offload", "busy_poll"],
+        "node": ["name", "listen_port", "device", "mtu", "offload", "busy_poll", "threads"],
         "site": ["name", "lan4", "virtual4", "virtual6", "lan6", "virtual6_lan", "map"],
         "site.map": ["ipv4", "ipv6"],
         "peer": ["name", "public_key", "endpoint", "site"],
@@ -93,6 +93,11 @@ public enum ConfigFile {
                 if let m = int(n, "mtu", "node", 0...1_000_000) { cfg.node.mtu = m }
                 if let e = n["offload"] { if let b = e.bool { cfg.node.offload = b } else { err("node.offload", "must be true or false") } }
                 if let b = int(n, "busy_poll", "node", 0...1_000_000) { cfg.node.busyPoll = b }
+                if let t = n["threads"] {
+                    if t.string == "auto" { cfg.node.threads = 0 }
+                    else if let i = t.int, i == 1 || i == 2 { cfg.node.threads = i }
+                    else { err("node.threads", "must be 1, 2 or \"auto\"") }
+                }
             } else { err("node", "must be a table: [node]") }
         }
         if let v = root["sessions"] {

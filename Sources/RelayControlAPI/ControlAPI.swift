@@ -167,7 +167,7 @@ public func configChanges(from old: RelayConfiguration, to new: RelayConfigurati
 }
 
 private func describe(_ n: NodeConfig) -> String {
-    "name \(n.name), port \(n.listenPort), device \(n.device) mtu \(n.mtu), offload \(n.offload ? "on" : "off"), busy_poll \(n.busyPoll) µs"
+    "name \(n.name), port \(n.listenPort), device \(n.device) mtu \(n.mtu), offload \(n.offload ? "on" : "off"), busy_poll \(n.busyPoll) µs, threads \(n.threads == 0 ? "auto" : String(n.threads))"
 }
 private func describe(_ s: SiteConfig) -> String {
     "\(s.name) (lan4 \(s.lan4.map { "\($0)" } ?? "-"), virtual4 \(s.virtual4.map { "\($0)" } ?? "-"), virtual6 \(s.virtual6.map { "\($0)" } ?? "-"))"

@@ -97,10 +97,21 @@ public struct NodeConfig: Codable, Equatable, Sendable {
     /// Microseconds the packet loops keep polling after their last packet instead of sleeping
     /// (node.busy_poll; 0 = sleep at once). Lower latency for CPU time, like net.core.busy_poll.
     public var busyPoll: Int
-    public init(name: String = "relay", listenPort: UInt16 = 51820, device: String = "relay0", mtu: Int = 1408, offload: Bool = true, busyPoll: Int = 0) {
+    /// Packet threads (node.threads): 1 carries both directions, 2 gives the TUN and the UDP
+    /// direction a thread each, 0 ("auto") is 1 on machines with two CPUs or fewer, else 2.
+    /// busy_poll implies 1.
+    public var threads: Int
+    public init(name: String = "relay", listenPort: UInt16 = 51820, device: String = "relay0", mtu: Int = 1408, offload: Bool = true, busyPoll: Int = 0,
+                threads: Int = 0) {
         self.name = name; self.listenPort = listenPort; self.device = device; self.mtu = mtu; self.offload = offload; self.busyPoll = busyPoll
+        self.threads = threads
     }
-    enum CodingKeys: String, CodingKey { case name, listenPort, device, mtu, offload, busyPoll }
+    /// How many packet threads relayd runs with this configuration on a machine with `cpus` CPUs.
+    public func packetThreads(cpus: Int) -> Int {
+        if busyPoll > 0 { return 1 }
+        return threads == 0 ? (cpus <= 2 ? 1 : 2) : threads
+    }
+    enum CodingKeys: String, CodingKey { case name, listenPort, device, mtu, offload, busyPoll, threads }
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         name = try c.decode(String.self, forKey: .name)
@@ -109,6 +120,7 @@ public struct NodeConfig: Codable, Equatable, Sendable {
         mtu = try c.decode(Int.self, forKey: .mtu)
         offload = try c.decodeIfPresent(Bool.self, forKey: .offload) ?? true
         busyPoll = try c.decodeIfPresent(Int.self, forKey: .busyPoll) ?? 0
+        threads = try c.decodeIfPresent(Int.self, forKey: .threads) ?? 0
     }
 }
 

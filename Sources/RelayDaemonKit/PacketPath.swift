@@ -128,7 +128,7 @@ extension TunnelService {
         let pump = TunPump()
         defer { pump.deallocate() }
         while !isStopped {
-            if busyPollNanos > 0 { usleep(50_000); continue }
+            if singleThread { usleep(50_000); continue }
             let h = tunHandle
             guard h.fd >= 0 else { usleep(100_000); continue }
             pump.nonBlocking(h.fd)
@@ -244,8 +244,9 @@ extension TunnelService {
         b.reset()
     }
 
-    /// Peers to TUN, the thread's loop. With busy polling on, it carries the TUN direction too:
-    /// one poll on both descriptors, kept spinning for busy_poll after the last packet.
+    /// Peers to TUN, the thread's loop. With one packet thread (node.threads, or busy polling) it
+    /// carries the TUN direction too: one poll on both descriptors, kept spinning for busy_poll
+    /// after the last packet when that is set.
     func udpLoop() {
         let pump = UDPPump(gro: CRelayShim_udp_enable_gro(socketFD) == 0), tunPump = TunPump()
         defer { tunPump.deallocate() }
@@ -253,7 +254,7 @@ extension TunnelService {
         var pfds = [pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0), pollfd(fd: -1, events: Int16(POLLIN), revents: 0)]
         while !isStopped {
             let window = busyPollNanos
-            guard window > 0 else {
+            guard singleThread else {
                 pfds[0].revents = 0
                 guard poll(&pfds, 1, 200) > 0 else { continue }
                 drainUDP(pump)
@@ -262,7 +263,7 @@ extension TunnelService {
             let h = tunHandle
             if h.fd >= 0 { tunPump.nonBlocking(h.fd) }
             pfds[0].revents = 0; pfds[1].fd = h.fd; pfds[1].revents = 0
-            let spinning = monotonicNanoseconds() &- lastWork < window
+            let spinning = window > 0 && monotonicNanoseconds() &- lastWork < window
             guard poll(&pfds, h.fd >= 0 ? 2 : 1, spinning ? 0 : 200) > 0 else {
                 if spinning { sched_yield() }
                 continue

@@ -73,6 +73,8 @@ public final class TunnelService: @unchecked Sendable {
 
     /// node.busy_poll in nanoseconds (read without the lock: a plain word, set on configure).
     var busyPollNanos: UInt64 = 0
+    /// One packet thread carries both directions (node.threads, busy_poll); read like busyPollNanos.
+    var singleThread = false
     /// The UDP thread's view of the TUN device (taken once per receive batch) and its coalescer.
     var rxTun = TunHandle(fd: -1, vnetHeader: false)
     var coalescer = TCPCoalescer(buffer: UnsafeMutableRawBufferPointer.allocate(byteCount: TCPCoalescer.capacity, alignment: 16))
@@ -131,6 +133,7 @@ public final class TunnelService: @unchecked Sendable {
     public func configure(_ cfg: RelayConfiguration) {
         lock.lock(); defer { lock.unlock() }
         busyPollNanos = UInt64(max(0, cfg.node.busyPoll)) * 1000
+        singleThread = cfg.node.packetThreads(cpus: ProcessInfo.processInfo.activeProcessorCount) == 1
         var next: [TunnelPeer] = []
         for p in cfg.peers {
             guard let key = Data(base64Encoded: p.publicKey).map(Array.init), key.count == 32 else { continue }

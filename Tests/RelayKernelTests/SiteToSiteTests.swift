@@ -169,13 +169,14 @@ extension SiteToSiteTests {
 }
 
 extension SiteToSiteTests {
-    @Test("offloads: TCP leaves A's TUN device as bursts larger than its MTU and enters B's as coalesced writes, byte for byte; with node.offload = false (and busy polling) one packet per read and write, same bytes", arguments: [true, false])
+    @Test("offloads: TCP leaves A's TUN device as bursts larger than its MTU and enters B's as coalesced writes, byte for byte (two packet threads); with node.offload = false (and busy polling) one packet per read and write, same bytes", arguments: [true, false])
     func offloads(_ offload: Bool) throws {
         try KernelGate.check()
         try Lab.with("s2s-offload") { lab in
             let s = try SiteToSite(lab, extraHostNumbers: [])
-            // Without offloads the loops also busy-poll (node.busy_poll), so that path is exercised too.
-            try s.start(nodeExtra: offload ? "" : "offload = false\nbusy_poll = 2000")
+            // With offloads, two packet threads (node.threads; the other tests run with "auto", one
+            // thread on CI's two CPUs); without, the loop also busy-polls (node.busy_poll).
+            try s.start(nodeExtra: offload ? "threads = 2" : "offload = false\nbusy_poll = 2000")
             let file = lab.logDirectory.appendingPathComponent("data").path, got = lab.logDirectory.appendingPathComponent("received").path
             try Command.run(["bash", "-c", "head -c 8000000 /dev/urandom > \(file)"])
             try s.hostB.spawn(["socat", "-u", "TCP-LISTEN:9300,reuseaddr", "CREATE:\(got)"], label: "sink")

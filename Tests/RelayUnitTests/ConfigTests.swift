@@ -46,6 +46,15 @@ struct ConfigTests {
         #expect(off.desiredKernelState.device?.offload == false)
         #expect(cfg.node.busyPoll == 0, "busy polling is off unless asked for")
         #expect(try ConfigFile.parse(siteAConfig().replacingOccurrences(of: "name = \"gw-a\"", with: "name = \"gw-a\"\nbusy_poll = 30000")).0.node.busyPoll == 30000)
+        // Packet threads: auto (1 on two CPUs or fewer, else 2), 1 or 2; busy polling implies 1.
+        #expect(cfg.node.threads == 0)
+        #expect(cfg.node.packetThreads(cpus: 2) == 1 && cfg.node.packetThreads(cpus: 1) == 1 && cfg.node.packetThreads(cpus: 8) == 2)
+        for (text, n) in [("1", 1), ("2", 2), ("\"auto\"", 0)] {
+            let c = try ConfigFile.parse(siteAConfig().replacingOccurrences(of: "name = \"gw-a\"", with: "name = \"gw-a\"\nthreads = \(text)")).0
+            #expect(c.node.threads == n, "threads = \(text)")
+        }
+        #expect(NodeConfig(threads: 2).packetThreads(cpus: 2) == 2 && NodeConfig(threads: 1).packetThreads(cpus: 64) == 1)
+        #expect(NodeConfig(busyPoll: 50, threads: 2).packetThreads(cpus: 64) == 1)
         // The annotated example in contrib/ differs only by its placeholder key.
         let contrib = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../contrib/relayd.toml")
         let text = try String(contentsOf: contrib, encoding: .utf8).replacingOccurrences(of: "CHANGE-ME-to-the-peer's-44-character-base64-public-key=", with: keyA)
@@ -66,6 +75,8 @@ struct ConfigTests {
         ("[node]\nmtu = 100\n", "node.mtu", "out of range"),
         ("[node]\noffload = \"yes\"\n", "node.offload", "true or false"),
         ("[node]\nbusy_poll = -5\n", "node.busy_poll", "0...1000000"),
+        ("[node]\nthreads = 3\n", "node.threads", "1, 2 or \"auto\""),
+        ("[node]\nthreads = \"many\"\n", "node.threads", "1, 2 or \"auto\""),
         (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nlan6 = \"fd00:cafe::/64\""), "site.virtual6_lan", "go together"),
         (siteAConfig(site: "name = \"A\"\nlan6 = \"fd00:cafe::/64\"\nvirtual6_lan = \"fd11::/48\""), "site.virtual6_lan", "same size"),
         (siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"240.1.1.0/24\"\nmap = [{ ipv4 = \"10.0.0.1\", ipv6 = \"fd00::1\" }]"), "site.map[0].ipv4", "outside site.lan4"),
