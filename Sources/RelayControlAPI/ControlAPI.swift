@@ -52,6 +52,23 @@ public struct HelperLinkStatus: Codable, Equatable, Sendable {
     }
 }
 
+/// The packet path as it runs: packet threads (node.threads resolved on this machine), offloads,
+/// busy polling, and which ChaCha20-Poly1305 implementation this CPU gets.
+public struct PacketPathStatus: Codable, Equatable, Sendable {
+    public var threads: Int
+    /// The setting: "auto", "1" or "2".
+    public var threadsSetting: String
+    public var cpus: Int
+    public var offload: Bool
+    public var busyPollMicroseconds: Int
+    /// "avx512" (relayd's ChaCha20 with libcrypto's Poly1305) or "libcrypto".
+    public var aead: String
+    public init(threads: Int, threadsSetting: String, cpus: Int, offload: Bool, busyPollMicroseconds: Int, aead: String) {
+        self.threads = threads; self.threadsSetting = threadsSetting; self.cpus = cpus; self.offload = offload
+        self.busyPollMicroseconds = busyPollMicroseconds; self.aead = aead
+    }
+}
+
 public struct StatusResponse: Codable, Equatable, Sendable {
     public var version: String
     public var nodeName: String
@@ -71,9 +88,12 @@ public struct StatusResponse: Codable, Equatable, Sendable {
     public var sessions: FlowStats?
     /// The STUN reflector (nil when disabled).
     public var reflector: ReflectorCounters?
+    /// How the packet path runs.
+    public var packetPath: PacketPathStatus?
     public init(version: String, nodeName: String, publicKey: String, startedAt: Date, uptimeSeconds: Double, config: ConfigStatus,
-                helper: HelperLinkStatus, sites: Int, peers: Int, tunnelPort: UInt16? = nil, tunnel: TunnelCounters? = nil, sessions: FlowStats? = nil, reflector: ReflectorCounters? = nil) {
-        self.tunnelPort = tunnelPort; self.tunnel = tunnel; self.sessions = sessions; self.reflector = reflector
+                helper: HelperLinkStatus, sites: Int, peers: Int, tunnelPort: UInt16? = nil, tunnel: TunnelCounters? = nil, sessions: FlowStats? = nil, reflector: ReflectorCounters? = nil,
+                packetPath: PacketPathStatus? = nil) {
+        self.tunnelPort = tunnelPort; self.tunnel = tunnel; self.sessions = sessions; self.reflector = reflector; self.packetPath = packetPath
         self.version = version; self.nodeName = nodeName; self.publicKey = publicKey; self.startedAt = startedAt; self.uptimeSeconds = uptimeSeconds
         self.config = config; self.helper = helper; self.sites = sites; self.peers = peers
     }

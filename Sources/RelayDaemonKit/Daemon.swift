@@ -4,6 +4,7 @@ import RelayConfig
 import RelayControlAPI
 import RelayCore
 import RelayIPC
+import RelayTunnel
 import RelayWire
 
 public struct DaemonOptions: Sendable {
@@ -125,7 +126,14 @@ public final class Daemon: @unchecked Sendable {
         return StatusResponse(version: RelayVersion.string, nodeName: config.node.name, publicKey: identity.publicKeyBase64, startedAt: startedAt,
                               uptimeSeconds: Date().timeIntervalSince(startedAt), config: configStatus, helper: helper.snapshot,
                               sites: (config.site == nil ? 0 : 1) + config.peers.reduce(0) { $0 + $1.sites.count }, peers: config.peers.count,
-                              tunnelPort: tunnel.port, tunnel: tunnel.countersSnapshot(), sessions: flows.stats(), reflector: reflector?.snapshot)
+                              tunnelPort: tunnel.port, tunnel: tunnel.countersSnapshot(), sessions: flows.stats(), reflector: reflector?.snapshot,
+                              packetPath: packetPathStatus)
+    }
+
+    var packetPathStatus: PacketPathStatus {
+        let n = config.node, cpus = ProcessInfo.processInfo.activeProcessorCount
+        return PacketPathStatus(threads: n.packetThreads(cpus: cpus), threadsSetting: n.threads == 0 ? "auto" : String(n.threads), cpus: cpus,
+                                offload: n.offload, busyPollMicroseconds: n.busyPoll, aead: Noise.implementation)
     }
 
     public func sites() -> SitesResponse {

@@ -6,6 +6,10 @@ import Foundation
 /// sessions. A pure state machine: bytes in, bytes out; the ephemeral key can be injected (tests
 /// compare with other implementations byte for byte).
 public enum Noise {
+    /// Which ChaCha20-Poly1305 this process uses: "avx512" (relayd's ChaCha20, libcrypto's
+    /// Poly1305) or "libcrypto".
+    public static var implementation: String { String(cString: CRelayCrypto_implementation()) }
+
     public static let protocolName = Array("Noise_IK_25519_ChaChaPoly_SHA256".utf8)
     public static let dhLen = 32
     public static let tagLen = 16

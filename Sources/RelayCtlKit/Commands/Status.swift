@@ -24,6 +24,10 @@ struct Status: ParsableCommand {
             lines.append("sites     \(s.sites)   peers \(s.peers)")
             if let t = s.tunnel {
                 lines.append("tunnel    UDP \(s.tunnelPort.map(String.init) ?? "-"); handshakes \(t.handshakesCompleted) completed / \(t.handshakesSent) sent")
+                if let p = s.packetPath {
+                    let threads = "\(p.threads) packet thread\(p.threads == 1 ? "" : "s")" + (p.threadsSetting == "auto" ? " (auto, \(p.cpus) CPUs)" : "")
+                    lines.append("          \(threads), offloads \(p.offload ? "on" : "off"), busy_poll \(p.busyPollMicroseconds > 0 ? "\(p.busyPollMicroseconds) µs" : "off"), ChaCha20-Poly1305 \(p.aead)")
+                }
                 lines.append("          dropped: \(t.malformed) malformed, \(t.authFailed) unauthenticated, \(t.unknownIndex) unknown index, \(t.unknownPeer) unknown peer, \(t.replayedInitiation) replayed handshakes, \(t.spoofedSource) spoofed sources, \(t.noRoute) without a route, \(t.queueOverflow) queue overflow")
             }
             print(lines.joined(separator: "\n"))
