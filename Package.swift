@@ -86,7 +86,7 @@ let package = Package(
         .target(name: "RelayTestHarness", dependencies: ["CRelayShim"],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
         .executableTarget(name: "relay-lab", dependencies: [
-            "RelayTestHarness", "RelayCore", "RelayIPC", "RelayNftables",
+            "RelayTestHarness", "RelayCore", "RelayIPC", "RelayNftables", "CRelayCrypto",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CRelayCrypto
 import Foundation
 import RelayCore
 import RelayIPC
@@ -14,6 +15,7 @@ struct Bench: ParsableCommand {
     @Flag(help: "Skip the helper apply benchmark.") var noApply = false
     @Flag(help: "Skip the STUN reflector benchmark.") var noStun = false
     @Flag(help: "Skip the IPv6 -> IPv4 translation benchmark (Relay against tayga).") var noSiit = false
+    @Flag(help: "Skip the AEAD benchmark (relayd's ChaCha20-Poly1305 against libcrypto's).") var noAead = false
     @Option(help: "Flow counts for relayd's memory figures.") var memoryFlows: [Int] = [10_000, 100_000]
 
     func run() throws {
@@ -57,6 +59,14 @@ struct Bench: ParsableCommand {
         print(pad("benchmark", 40) + pad("relay-helper", 14) + pad("anchor: nft -f", 16) + "ratio (anchor/relay, >1 = faster)")
         for (name, r, a) in rows {
             print(pad(name, 40) + pad(String(format: "%.3f s", r), 14) + pad(String(format: "%.3f s", a), 16) + String(format: "%.2fx", a / r))
+        }
+        if !noAead {
+            let (r, l) = AEADBench.run(repeats: repeats)
+            let name = String(cString: CRelayCrypto_implementation())
+            print("")
+            print(pad("ChaCha20-Poly1305, 1408 B (ns/message)", 40) + pad(name, 14) + pad("libcrypto", 16) + "ratio (anchor/relay, >1 = faster)")
+            print(pad("  seal", 40) + pad(String(format: "%.0f", r.sealNs), 14) + pad(String(format: "%.0f", l.sealNs), 16) + String(format: "%.2fx", l.sealNs / r.sealNs))
+            print(pad("  open", 40) + pad(String(format: "%.0f", r.openNs), 14) + pad(String(format: "%.0f", l.openNs), 16) + String(format: "%.2fx", l.openNs / r.openNs))
         }
         if !noPaths { try paths() }
         if !noSiit { try translation() }
