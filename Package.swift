@@ -94,7 +94,8 @@ let package = Package(
         .testTarget(name: "RelayUnitTests", dependencies: [
             "RelayCore", "RelayWire", "RelayHelperAPI", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayCtlKit",
             "RelayConfig", "RelayControlAPI", "RelayDaemonKit", "RelayTunnel", "CRelayCrypto",
-        ], swiftSettings: [.swiftLanguageMode(.v5)]),
+        ], exclude: ["Golden"],  // read by path (#filePath), not bundled
+        swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "RelayComponentTests", dependencies: [
             "RelayCore", "RelayWire", "RelayHelperAPI", "RelayIPC", "RelayHelperKit", "RelayTestHarness", "RelayControlAPI", "RelayTunnel",
             "RelayDaemonKit", "RelayConfig", "CRelayShim", .product(name: "Logging", package: "swift-log"),
