@@ -1,7 +1,8 @@
 /* ChaCha20 (RFC 8439 §2.3-2.4) with AVX-512: 16 or 32 blocks at a time in zmm registers (a
-   narrower batch costs as much as 16 blocks on the CPUs measured). Used by aead.c when the CPU has AVX512F/VL/BW; libcrypto otherwise.
-   The first block of a message (counter 0) is Poly1305's one-time key (RFC 8439 §2.6), so one call
-   gives the key and the encrypted data together instead of a separate (scalar) block. */
+   narrower batch costs as much as 16 blocks on the CPUs measured). Used by aead.c when the CPU has
+   AVX512F/VL/BW; libcrypto otherwise. The first block of a message (counter 0) is Poly1305's
+   one-time key (RFC 8439 §2.6), so one call gives the key and the encrypted data together instead
+   of a separate (scalar) block. */
 #include <string.h>
 #include <immintrin.h>
 #include "chacha20_avx512.h"

@@ -503,9 +503,9 @@ public final class TunnelService: @unchecked Sendable {
         flows.add(pt, outbound: false, peer: name, now: now, to: &rxFlows)
         // Inbound SIIT: IPv4 for one of this site's mapped IPv6 hosts becomes IPv6.
         let tr = rxTranslator
-        let s = pt.startIndex
-        if !tr.inbound.isEmpty, pt.count >= 20, pt[s] >> 4 == 4,
-           tr.inbound.contains(UInt32(pt[s + 16]) << 24 | UInt32(pt[s + 17]) << 16 | UInt32(pt[s + 18]) << 8 | UInt32(pt[s + 19])) {
+        let at = pt.startIndex
+        if !tr.inbound.isEmpty, pt.count >= 20, pt[at] >> 4 == 4,
+           tr.inbound.contains(UInt32(pt[at + 16]) << 24 | UInt32(pt[at + 17]) << 16 | UInt32(pt[at + 18]) << 8 | UInt32(pt[at + 19])) {
             let t = tr.value
             let r = pt.withUnsafeBytes { p in rxXlat.withUnsafeMutableBytes { SIIT.toIPv6(p, into: $0, map: t.map, decrement: false) } }
             guard case .translated(let n) = r else {
