@@ -50,21 +50,16 @@ static void nonce(uint64_t counter, uint8_t iv[12]) {
    and the data in one pass, and libcrypto's Poly1305 MAC. libcrypto's ChaCha20-Poly1305 spends about
    as long on the Poly1305 key block (one block, computed apart and without SIMD) and on its generic
    EVP layer per message as on 1408 bytes of data; a tunnel seals one message per packet. */
-static int fast_checked, fast_usable;
+static int fast_usable;
 static __thread EVP_MAC_CTX *mac_ctx;
 static EVP_MAC *mac;
-static pthread_once_t mac_once = PTHREAD_ONCE_INIT;
-static void fetch_mac(void) { mac = EVP_MAC_fetch(NULL, "POLY1305", NULL); }
-
-static int fast(void) {
-    if (!__atomic_load_n(&fast_checked, __ATOMIC_ACQUIRE)) {
-        int u = CRelayChaCha20_avx512_usable() && getenv("RELAY_AEAD_GENERIC") == NULL;
-        if (u) { pthread_once(&mac_once, fetch_mac); u = mac != NULL; }
-        __atomic_store_n(&fast_usable, u, __ATOMIC_RELAXED);
-        __atomic_store_n(&fast_checked, 1, __ATOMIC_RELEASE);
-    }
-    return fast_usable;
+static pthread_once_t fast_once = PTHREAD_ONCE_INIT;
+static void decide(void) {
+    if (!CRelayChaCha20_avx512_usable() || getenv("RELAY_AEAD_GENERIC") != NULL) return;
+    mac = EVP_MAC_fetch(NULL, "POLY1305", NULL);
+    fast_usable = mac != NULL;
 }
+static int fast(void) { pthread_once(&fast_once, decide); return fast_usable; }
 
 static const uint8_t zeros[16];
 
