@@ -152,6 +152,10 @@ long CRelayCrypto_open_libcrypto(const uint8_t *key, uint64_t counter, const uin
     if (adlen && EVP_DecryptUpdate(c, NULL, &n, ad, (int)adlen) != 1) return -1;
     if (plen && EVP_DecryptUpdate(c, out, &n, in, (int)plen) != 1) return -1;
     if (EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, 16, tag) != 1) return -1;
-    if (EVP_DecryptFinal_ex(c, out + n, &m) != 1) return -1;
+    if (EVP_DecryptFinal_ex(c, out + n, &m) != 1) {
+        /* libcrypto decrypts before it checks the tag: wipe what it wrote. */
+        explicit_bzero(out, plen);
+        return -1;
+    }
     return (long)plen;
 }
