@@ -265,7 +265,7 @@ extension TunnelService {
             pfds[0].revents = 0; pfds[1].fd = h.fd; pfds[1].revents = 0
             let spinning = window > 0 && monotonicNanoseconds() &- lastWork < window
             guard poll(&pfds, h.fd >= 0 ? 2 : 1, spinning ? 0 : 200) > 0 else {
-                if spinning && getenv("RELAY_NOYIELD") == nil { sched_yield() }
+                if spinning { sched_yield() }
                 continue
             }
             lastWork = monotonicNanoseconds()
