@@ -27,6 +27,10 @@ struct PathBench {
         print(n / (time.time() - t0))
     """
 
+    /// Round trips per ping figure, 10 ms apart (well inside busy_poll's 30 ms): with 100, one
+    /// round trip that meets a 1-3 ms stall moves the mean by 10-30 µs instead of 33-100.
+    static let pings = 100
+
     /// iperf3 TCP and UDP, ping RTT, TCP request/response from `client` to `server` reached as `address`.
     static func measure(client: LabHost, server: LabHost, address: String, port: Int = 5201, udp: Bool = true, seconds: Int = 3) throws -> Figures {
         var f = Figures()
@@ -50,11 +54,11 @@ struct PathBench {
                 f.udpGbps = rate * (1 - lost / 100) / 1e9
             }
         }
-        let ping = try client.run(["ping", "-c", "30", "-i", "0.02", address], check: false).stdout
+        let ping = try client.run(["ping", "-c", String(pings), "-i", "0.01", address], check: false).stdout
         if let line = ping.split(separator: "\n").first(where: { $0.contains("rtt") }),
            let avg = line.split(separator: "=").last?.split(separator: "/").dropFirst().first { f.rttMs = Double(avg) }
-        // The median too: a mean of 30 moves with one or two slow round trips (on these VMs a
-        // kernel thread, kdamond, takes a CPU for about 1 ms every 512 ms).
+        // The median too: a mean moves with one or two slow round trips (on these VMs a kernel
+        // thread, kdamond, takes a CPU for about 1 ms every 512 ms).
         let times = ping.split(separator: "\n").compactMap { l in l.range(of: "time=").flatMap { Double(l[$0.upperBound...].prefix { $0 != " " }) } }.sorted()
         if !times.isEmpty { f.rttMedianMs = times.count % 2 == 1 ? times[times.count / 2] : (times[times.count / 2 - 1] + times[times.count / 2]) / 2 }
         try waitUntil("rr server") { try server.run(["ss", "-lntH"]).stdout.contains(":\(port + 100) ") }
@@ -199,7 +203,7 @@ struct PathBench {
         _ = try s.host6A!.run(["ping", "-6", "-c2", "-W2", dst], check: false)
         if ProcessInfo.processInfo.environment["RELAY_BENCH_VERBOSE"] == "1" {
             for (h, a) in [(s.hostA, "240.2.2.20"), (s.host6A!, dst), (s.hostA, "240.2.2.20"), (s.host6A!, dst)] {
-                print(a, String(try h.run(["ping", "-c", "30", "-i", "0.02", "-q", a], check: false).stdout.split(separator: "\n").last ?? ""))
+                print(a, String(try h.run(["ping", "-c", String(pings), "-i", "0.01", "-q", a], check: false).stdout.split(separator: "\n").last ?? ""))
             }
         }
         return try measure(client: s.host6A!, server: s.hostB, address: dst, udp: false)
