@@ -224,22 +224,27 @@ public struct TSOPlan: Sendable {
     }
 }
 
-/// The receiving side: consecutive TCP segments of one flow (same addresses, ports, IP fields,
-/// ACK, window and options; sequence numbers that follow on; equal sizes but the last) are merged
-/// into one packet written with a GSO header, so the kernel handles one large packet instead of
-/// many (like GRO, tcp_gro_receive's rules). Anything else passes through alone.
-/// The buffer holds [virtio_net_hdr][IP][TCP][payload...].
-public struct TCPCoalescer {
+/// The receiving side, like the kernel's GRO: consecutive packets of one flow are merged into one
+/// packet written with a GSO header, so the kernel handles one large packet instead of many until
+/// it reaches the host (or a device that cannot take it, where the kernel splits it again).
+/// - TCP segments (tcp_gro_receive's rules): the same addresses, ports, IP fields, ACK, window and
+///   options; sequence numbers that follow on; equal sizes but the last.
+/// - UDP datagrams (what `UDP_SEGMENT` would have sent): the same addresses, ports and IP fields,
+///   IPv4 identifications that count up by one (the kernel numbers the datagrams it splits off that
+///   way, so each comes out byte for byte as it went in), a checksum that verifies (an IPv4
+///   datagram without one passes alone: splitting would add one), equal sizes but the last.
+/// Anything else passes through alone. The buffer holds [virtio_net_hdr][IP][TCP or UDP][payload...].
+public struct Coalescer {
     public let buffer: UnsafeMutableRawBufferPointer
     /// Bytes of the packet in `buffer` after the virtio header; 0 when empty.
     public private(set) var length = 0
     public private(set) var segments = 0
-    var l4 = 0, hdr = 0, mss = 0, nextSeq: UInt32 = 0, closed = false
+    var l4 = 0, hdr = 0, mss = 0, nextSeq: UInt32 = 0, nextID: UInt16 = 0, udp = false, closed = false
 
     public static let capacity = VirtioNetHeader.size + 65535
     public static let maxSegments = 64
 
-    public init(buffer: UnsafeMutableRawBufferPointer) { precondition(buffer.count >= TCPCoalescer.capacity); self.buffer = buffer }
+    public init(buffer: UnsafeMutableRawBufferPointer) { precondition(buffer.count >= Coalescer.capacity); self.buffer = buffer }
 
     var packet: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(rebasing: buffer[VirtioNetHeader.size..<(VirtioNetHeader.size + length)]) }
 
@@ -262,6 +267,28 @@ public struct TCPCoalescer {
         return (l4, l4 + tcpLen)
     }
 
+    /// Where the UDP header starts, for a datagram with a payload this coalescer can merge (IPv4
+    /// without options or fragments, IPv6 without extension headers, lengths that agree, a
+    /// checksum that verifies).
+    static func udpShape(_ p: UnsafeRawBufferPointer) -> Int? {
+        guard p.count > 28 else { return nil }
+        let l4: Int
+        switch p[0] >> 4 {
+        case 4:
+            guard p[0] & 0x0f == 5, p[9] == 17, Int(Checksum.load16(p, 2)) == p.count, Checksum.load16(p, 6) & 0x3fff == 0,
+                  Checksum.load16(p, 26) != 0 else { return nil }
+            l4 = 20
+        case 6:
+            guard p.count > 48, p[6] == 17, Int(Checksum.load16(p, 4)) + 40 == p.count else { return nil }
+            l4 = 40
+        default: return nil
+        }
+        guard Int(Checksum.load16(p, l4 + 4)) == p.count - l4,
+              Checksum.add(Checksum.pseudoHeader(p, proto: 17, length: p.count - l4), Checksum.sum(UnsafeRawBufferPointer(rebasing: p[l4...]))) == 0xffff
+        else { return nil }
+        return l4
+    }
+
     /// Offers one packet. When it cannot join the packet being built, that one is flushed first
     /// (`write` gets [virtio_net_hdr][packet]); a packet that cannot be merged at all is flushed
     /// alone at once.
@@ -274,7 +301,8 @@ public struct TCPCoalescer {
         length = p.count
         segments = 1
         closed = true
-        if let (l4, hdr) = TCPCoalescer.shape(p), p.count > hdr {
+        udp = false
+        if let (l4, hdr) = Coalescer.shape(p), p.count > hdr {
             let flags = p[l4 + 13]
             // Plain ACK data (PSH allowed, then the packet is closed): others never merge.
             if flags & ~0x08 == 0x10 {
@@ -282,18 +310,29 @@ public struct TCPCoalescer {
                 nextSeq = Checksum.load32(p, l4 + 4) &+ UInt32(mss)
                 closed = flags & 0x08 != 0
             }
+        } else if let l4 = Coalescer.udpShape(p) {
+            self.l4 = l4; hdr = l4 + 8; mss = p.count - hdr; udp = true
+            nextID = l4 == 20 ? Checksum.load16(p, 4) &+ 1 : 0
+            closed = false
         }
         if closed { flush(write) }
     }
 
     /// Appends `p` to the packet being built when it continues it; false otherwise.
     mutating func append(_ p: UnsafeRawBufferPointer) -> Bool {
-        guard !closed, segments < TCPCoalescer.maxSegments else { return false }
+        guard !closed, segments < Coalescer.maxSegments else { return false }
         let cur = UnsafeRawBufferPointer(packet)
-        guard p.count > hdr, p.count - hdr <= mss, length + p.count - hdr <= 65535,
-              let (l4b, hdrb) = TCPCoalescer.shape(p), l4b == l4, hdrb == hdr else { return false }
-        let flags = p[l4 + 13]
-        guard flags & ~0x08 == 0x10, Checksum.load32(p, l4 + 4) == nextSeq else { return false }
+        guard p.count > hdr, p.count - hdr <= mss, length + p.count - hdr <= 65535 else { return false }
+        let flags: UInt8
+        if udp {
+            guard Coalescer.udpShape(p) == l4 else { return false }
+            if l4 == 20 { guard Checksum.load16(p, 4) == nextID else { return false } }
+            flags = 0
+        } else {
+            guard let (l4b, hdrb) = Coalescer.shape(p), l4b == l4, hdrb == hdr else { return false }
+            flags = p[l4 + 13]
+            guard flags & ~0x08 == 0x10, Checksum.load32(p, l4 + 4) == nextSeq else { return false }
+        }
         if l4 == 20 {
             // Version/IHL, TOS; TTL, protocol; addresses.
             guard p[0] == cur[0], p[1] == cur[1], p[8] == cur[8], p[9] == cur[9],
@@ -303,15 +342,20 @@ public struct TCPCoalescer {
             // Version, traffic class, flow label; next header, hop limit; addresses.
             guard memcmpEqual(p, cur, 0, 4), p[6] == cur[6], p[7] == cur[7], memcmpEqual(p, cur, 8, 32) else { return false }
         }
-        // Ports, ACK number, window, options.
-        guard memcmpEqual(p, cur, l4, 4), memcmpEqual(p, cur, l4 + 8, 4), memcmpEqual(p, cur, l4 + 14, 2),
-              memcmpEqual(p, cur, l4 + 20, hdr - l4 - 20) else { return false }
+        if udp {
+            // Ports.
+            guard memcmpEqual(p, cur, l4, 4) else { return false }
+        } else {
+            // Ports, ACK number, window, options.
+            guard memcmpEqual(p, cur, l4, 4), memcmpEqual(p, cur, l4 + 8, 4), memcmpEqual(p, cur, l4 + 14, 2),
+                  memcmpEqual(p, cur, l4 + 20, hdr - l4 - 20) else { return false }
+        }
         let n = p.count - hdr
         UnsafeMutableRawBufferPointer(rebasing: buffer[(VirtioNetHeader.size + length)..<(VirtioNetHeader.size + length + n)])
             .copyMemory(from: UnsafeRawBufferPointer(rebasing: p[hdr...]))
         length += n
         segments += 1
-        nextSeq = nextSeq &+ UInt32(n)
+        if udp { nextID = nextID &+ 1 } else { nextSeq = nextSeq &+ UInt32(n) }
         if flags & 0x08 != 0 { buffer[VirtioNetHeader.size + l4 + 13] |= 0x08; closed = true }
         if n < mss { closed = true }
         return true
@@ -327,12 +371,15 @@ public struct TCPCoalescer {
             let p = packet
             let v4 = l4 == 20
             if v4 { Checksum.store(UInt16(length), p, 2); Checksum.fixIPv4Header(p) } else { Checksum.store(UInt16(length - 40), p, 4) }
-            // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, the kernel completes the rest.
-            p[l4 + 16] = 0; p[l4 + 17] = 0
-            Checksum.store(UInt16(Checksum.pseudoHeader(UnsafeRawBufferPointer(p), proto: 6, length: length - l4)), p, l4 + 16)
-            VirtioNetHeader(flags: VirtioNetHeader.VIRTIO_NET_HDR_F_NEEDS_CSUM,
-                            gsoType: v4 ? VirtioNetHeader.VIRTIO_NET_HDR_GSO_TCPV4 : VirtioNetHeader.VIRTIO_NET_HDR_GSO_TCPV6,
-                            hdrLen: UInt16(hdr), gsoSize: UInt16(mss), csumStart: UInt16(l4), csumOffset: 16).write(to: all)
+            // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, the kernel completes the rest
+            // (for UDP, of each datagram it splits off, with that datagram's length).
+            let check = udp ? l4 + 6 : l4 + 16
+            if udp { Checksum.store(UInt16(length - l4), p, l4 + 4) }
+            p[check] = 0; p[check + 1] = 0
+            Checksum.store(UInt16(Checksum.pseudoHeader(UnsafeRawBufferPointer(p), proto: udp ? 17 : 6, length: length - l4)), p, check)
+            let gso = udp ? VirtioNetHeader.VIRTIO_NET_HDR_GSO_UDP_L4 : v4 ? VirtioNetHeader.VIRTIO_NET_HDR_GSO_TCPV4 : VirtioNetHeader.VIRTIO_NET_HDR_GSO_TCPV6
+            VirtioNetHeader(flags: VirtioNetHeader.VIRTIO_NET_HDR_F_NEEDS_CSUM, gsoType: gso, hdrLen: UInt16(hdr), gsoSize: UInt16(mss),
+                            csumStart: UInt16(l4), csumOffset: udp ? 6 : 16).write(to: all)
         }
         write(UnsafeRawBufferPointer(all))
         length = 0; segments = 0; closed = false

@@ -77,7 +77,7 @@ public final class TunnelService: @unchecked Sendable {
     var singleThread = false
     /// The UDP thread's view of the TUN device (taken once per receive batch) and its coalescer.
     var rxTun = TunHandle(fd: -1, vnetHeader: false)
-    var coalescer = TCPCoalescer(buffer: UnsafeMutableRawBufferPointer.allocate(byteCount: TCPCoalescer.capacity, alignment: 16))
+    var coalescer = Coalescer(buffer: UnsafeMutableRawBufferPointer.allocate(byteCount: Coalescer.capacity, alignment: 16))
 
     public convenience init(identity: NodeIdentity, logger: Logger, flows: FlowTable, tunFD: @escaping () -> Int32, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }) {
         self.init(identity: identity, logger: logger, flows: flows, tun: { TunHandle(fd: tunFD(), vnetHeader: false) }, clock: clock)

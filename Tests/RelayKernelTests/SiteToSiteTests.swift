@@ -205,6 +205,52 @@ extension SiteToSiteTests {
         }
     }
 
+    static let udpDatagrams = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../Support/udp_datagrams.py").standardized.path
+
+    @Test("offloads: bursts of UDP datagrams enter B's TUN device as UDP GSO writes; host B gets every datagram as A's TUN device carried it (IPv4 IDs, payloads, order) with checksums that verify, split by B's kernel")
+    func udpCoalescing() throws {
+        try KernelGate.check()
+        try Lab.with("s2s-udpgso") { lab in
+            let s = try SiteToSite(lab, extraHostNumbers: [])
+            try s.start()
+            // B's LAN link splits and checksums in software (as for a NIC without UDP segmentation),
+            // so host B's capture shows each datagram as it goes on the wire.
+            try s.gwB.run(["ethtool", "-K", "lan0", "tx-udp-segmentation", "off", "tx", "off"])
+            let dir = lab.logDirectory.path, sent = dir + "/tunA.pcap", got = dir + "/hostB.pcap", result = dir + "/received.json"
+            let capA = try s.gwA.spawn(["tcpdump", "-i", "relay0", "--immediate-mode", "-B", "16384", "-U", "-n", "-w", sent, "udp port 9400"], label: "tcpdump-a")
+            let capB = try s.hostB.spawn(["tcpdump", "-i", "eth0", "--immediate-mode", "-B", "16384", "-U", "-n", "-w", got, "udp port 9400"], label: "tcpdump-b")
+            try waitUntil("the captures run", timeout: 10) {
+                [sent, got].allSatisfy { ((try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int) ?? 0) >= 24 }
+            }
+            let count = Int(try Command.run(["/usr/bin/python3", Self.udpDatagrams, "count"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            let sink = try s.hostB.spawn(["/usr/bin/python3", Self.udpDatagrams, "recv", "9400", String(count), result], label: "udp-sink")
+            try waitUntil("sink") { try s.hostB.run(["ss", "-lnuH"]).stdout.contains(":9400") }
+            func tunRx() throws -> (bytes: Int, packets: Int) {
+                let j = try JSONSerialization.jsonObject(with: Data(try s.gwB.run(["ip", "-j", "-s", "link", "show", "relay0"]).stdout.utf8)) as? [[String: Any]]
+                let rx = (j?.first?["stats64"] as? [String: Any])?["rx"] as? [String: Any]
+                return (rx?["bytes"] as? Int ?? 0, rx?["packets"] as? Int ?? 0)
+            }
+            let before = try tunRx()
+            let send = try s.hostA.run(["/usr/bin/python3", Self.udpDatagrams, "send", "240.2.2.20", "9400"], timeout: 30, check: false)
+            #expect(send.succeeded, "sender: \(send.stderr)")
+            _ = try sink.waitForExit(timeout: 15)
+            let after = try tunRx()
+            usleep(300_000)
+            for c in [capA, capB] { c.signal(SIGINT); _ = try? c.waitForExit(timeout: 5) }
+            let r = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: result))) as? [String: Any]
+            #expect(r?["received"] as? Int == count && r?["identical"] as? Bool == true, "host B's socket: \(String(describing: r))")
+            // Fewer, larger writes than datagrams: relayd B merged them.
+            let writes = after.packets - before.packets
+            #expect(writes > 0 && writes < count / 3, "relayd B wrote \(writes) packets for \(count) datagrams: nothing merged")
+            let cmp = try s.hostB.run(["/usr/bin/python3", Self.udpDatagrams, "compare", sent, got, "9400"], timeout: 60, check: false)
+            let c = try JSONSerialization.jsonObject(with: Data(cmp.stdout.utf8)) as? [String: Any]
+            #expect(c?["sent"] as? Int == count && c?["got"] as? Int == count, "captures: \(cmp.stdout) \(cmp.stderr)")
+            #expect(c?["same"] as? Bool == true, "host B did not get the datagrams A's TUN device carried (IDs, payloads, order): \(cmp.stdout)")
+            #expect(c?["asExpected"] as? Bool == true, "payloads differ from those sent: \(cmp.stdout)")
+            #expect((c?["badChecksums"] as? [Any])?.isEmpty == true, "checksums that do not verify at host B: \(cmp.stdout)")
+        }
+    }
+
     @Test("path MTU: with a 1400-byte link on the underlay, relayd answers oversized packets with ICMP 'fragmentation needed', TCP adapts, the underlay never fragments")
     func pathMTU() throws {
         try KernelGate.check()

@@ -56,9 +56,9 @@ struct VirtioNetTests {
 
     /// Pushes packets through a coalescer; returns what it wrote (virtio header + packet each).
     static func coalesce(_ pkts: [[UInt8]]) -> [[UInt8]] {
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: TCPCoalescer.capacity, alignment: 16)
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Coalescer.capacity, alignment: 16)
         defer { buf.deallocate() }
-        var c = TCPCoalescer(buffer: buf)
+        var c = Coalescer(buffer: buf)
         var out: [[UInt8]] = []
         for p in pkts { p.withUnsafeBytes { c.push($0) { out.append(Array($0)) } } }
         c.flush { out.append(Array($0)) }
@@ -208,8 +208,110 @@ struct VirtioNetTests {
         }
     }
 
+    /// A UDP datagram (IPv4 or IPv6) with `payload` and valid checksums.
+    static func udp(v6: Bool, payload: [UInt8], id: UInt16 = 0x1234, srcPort: UInt16 = 40000, tos: UInt8 = 0) -> [UInt8] {
+        let ulen = 8 + payload.count
+        var u: [UInt8] = [UInt8(srcPort >> 8), UInt8(srcPort & 0xff), 0x27, 0x0f, UInt8(ulen >> 8), UInt8(ulen & 0xff), 0, 0] + payload
+        var ip: [UInt8]
+        if v6 {
+            ip = [0x60, tos, 0, 0, UInt8(ulen >> 8), UInt8(ulen & 0xff), 17, 64]
+            ip += [0xfd, 0, 0xca, 0xfe] + [UInt8](repeating: 0, count: 11) + [0x30]
+            ip += [0x64, 0, 0xff, 0x9b, 0x22, 0x22] + [UInt8](repeating: 0, count: 6) + [192, 168, 1, 20]
+        } else {
+            let total = 20 + ulen
+            ip = [0x45, tos, UInt8(total >> 8), UInt8(total & 0xff), UInt8(id >> 8), UInt8(id & 0xff), 0x40, 0, 64, 17, 0, 0, 240, 1, 1, 20, 240, 2, 2, 20]
+            let c = internetChecksum(ip[...]); ip[10] = UInt8(c >> 8); ip[11] = UInt8(c & 0xff)
+        }
+        let addrs = v6 ? Array(ip[8..<40]) : Array(ip[12..<20])
+        var c = internetChecksum((addrs + [0, 17, UInt8(ulen >> 8), UInt8(ulen & 0xff)] + u)[...])
+        if c == 0 { c = 0xffff }
+        u[6] = UInt8(c >> 8); u[7] = UInt8(c & 0xff)
+        return ip + u
+    }
+
+    /// What the kernel does with a UDP GSO packet (__udp_gso_segment, inet_gso_segment): the
+    /// headers copied onto each `gsoSize` slice of the payload, lengths set, IPv4 identifications
+    /// counting up from the first, checksums computed in full. An independent model, byte by byte.
+    static func udpSplit(_ w: [UInt8]) -> [[UInt8]] {
+        let vh = w.withUnsafeBytes { VirtioNetHeader($0) }
+        let p = Array(w[10...])
+        let v6 = p[0] >> 4 == 6, l4 = v6 ? 40 : 20, size = Int(vh.gsoSize)
+        let payload = Array(p[(l4 + 8)...])
+        var out: [[UInt8]] = []
+        var off = 0, k = 0
+        while off < payload.count {
+            let chunk = Array(payload[off..<min(off + size, payload.count)])
+            var ip = Array(p[0..<l4])
+            let ulen = 8 + chunk.count
+            if v6 { ip[4] = UInt8(ulen >> 8); ip[5] = UInt8(ulen & 0xff) } else {
+                let total = 20 + ulen, id = (Int(p[4]) << 8 | Int(p[5])) + k
+                ip[2] = UInt8(total >> 8); ip[3] = UInt8(total & 0xff); ip[4] = UInt8(id >> 8 & 0xff); ip[5] = UInt8(id & 0xff)
+                ip[10] = 0; ip[11] = 0
+                let c = internetChecksum(ip[...]); ip[10] = UInt8(c >> 8); ip[11] = UInt8(c & 0xff)
+            }
+            var u = Array(p[l4..<(l4 + 4)]) + [UInt8(ulen >> 8), UInt8(ulen & 0xff), 0, 0] + chunk
+            let addrs = v6 ? Array(ip[8..<40]) : Array(ip[12..<20])
+            var c = internetChecksum((addrs + [0, 17, UInt8(ulen >> 8), UInt8(ulen & 0xff)] + u)[...])
+            if c == 0 { c = 0xffff }
+            u[6] = UInt8(c >> 8); u[7] = UInt8(c & 0xff)
+            out.append(ip + u)
+            off += size; k += 1
+        }
+        return out
+    }
+
+    @Test(arguments: [false, true])
+    func udpCoalescingIsUndoneByTheKernelsSplit(v6: Bool) {
+        // 20 datagrams of 1200 bytes and a last one of 500, consecutive identifications (wrapping).
+        let id0: UInt16 = 0xfff5
+        let dgrams = (0..<21).map { i in
+            Self.udp(v6: v6, payload: (0..<(i == 20 ? 500 : 1200)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ i) }, id: id0 &+ UInt16(i))
+        }
+        let out = Self.coalesce(dgrams)
+        #expect(out.count == 1)
+        let l4 = v6 ? 40 : 20
+        let vh = out[0].withUnsafeBytes { VirtioNetHeader($0) }
+        #expect(vh == VirtioNetHeader(flags: 1, gsoType: VirtioNetHeader.VIRTIO_NET_HDR_GSO_UDP_L4, hdrLen: UInt16(l4 + 8), gsoSize: 1200,
+                                      csumStart: UInt16(l4), csumOffset: 6))
+        let p = Array(out[0][10...])
+        #expect(p.count == l4 + 8 + 20 * 1200 + 500)
+        #expect(Int(p[l4 + 4]) << 8 | Int(p[l4 + 5]) == p.count - l4, "UDP length of the whole")
+        if !v6 { #expect(internetChecksum(p[0..<20]) == 0) }
+        // The kernel's split gives back exactly the datagrams that went in.
+        let again = Self.udpSplit(out[0])
+        #expect(again.count == dgrams.count)
+        for (i, (a, b)) in zip(again, dgrams).enumerated() { #expect(a == b, "datagram \(i) differs after the split") }
+    }
+
+    @Test func udpCoalescingMergesOnlyWhatSplitsBackTheSame() {
+        let a1 = Self.udp(v6: false, payload: [UInt8](repeating: 1, count: 1000), id: 10)
+        let a2 = Self.udp(v6: false, payload: [UInt8](repeating: 2, count: 1000), id: 11)
+        let idGap = Self.udp(v6: false, payload: [UInt8](repeating: 3, count: 1000), id: 20)
+        let otherPort = Self.udp(v6: false, payload: [UInt8](repeating: 4, count: 1000), id: 21, srcPort: 40001)
+        let otherTOS = Self.udp(v6: false, payload: [UInt8](repeating: 5, count: 1000), id: 22, tos: 0x10)
+        var noSum = Self.udp(v6: false, payload: [UInt8](repeating: 6, count: 1000), id: 23); noSum[26] = 0; noSum[27] = 0
+        var badSum = Self.udp(v6: false, payload: [UInt8](repeating: 7, count: 1000), id: 24); badSum[100] ^= 1
+        let b1 = Self.udp(v6: false, payload: [UInt8](repeating: 8, count: 600), id: 25)
+        let bigger = Self.udp(v6: false, payload: [UInt8](repeating: 9, count: 700), id: 26)
+        var fragment = Self.udp(v6: false, payload: [UInt8](repeating: 10, count: 600), id: 27); fragment[6] |= 0x20
+        let empty = Self.udp(v6: false, payload: [], id: 28)
+        let pkts = [a1, a2, idGap, otherPort, otherTOS, noSum, badSum, b1, bigger, fragment, empty]
+        let out = Self.coalesce(pkts)
+        // a1+a2 merged; everything else alone and untouched (a bad checksum is not repaired).
+        #expect(out.count == pkts.count - 1)
+        #expect(Self.udpSplit(out[0]) == [a1, a2])
+        for (w, p) in zip(out.dropFirst(), pkts.dropFirst(2)) {
+            #expect(w.withUnsafeBytes { VirtioNetHeader($0) } == VirtioNetHeader())
+            #expect(Array(w[10...]) == p)
+        }
+        // A TCP segment between two datagrams of one flow ends the run.
+        let t = Self.tcp(v6: false, seq: 1, payload: [UInt8](repeating: 1, count: 100), flags: 0x10)
+        let mixed = Self.coalesce([a1, t, a2])
+        #expect(mixed.map { $0.count - 10 } == [a1.count, t.count, a2.count])
+    }
+
     /// A peer (authenticated, but not trusted) can send any inner packet: mutated and truncated TCP
-    /// segments through the coalescer never crash it, and everything it writes is one well-formed
+    /// segments and UDP datagrams through the coalescer never crash it, and everything it writes is one well-formed
     /// virtio header plus at most 64 KB, with the bytes of the packets it took.
     @Test func fuzzedCoalescerInputNeverCrashes() {
         var rng = SystemRandomNumberGenerator()
@@ -217,10 +319,11 @@ struct VirtioNetTests {
         for k in 0..<8 {
             let payload = [UInt8](repeating: UInt8(k), count: 1000)
             base.append(Self.tcp(v6: k % 2 == 1, seq: UInt32(k / 2 * 1000), payload: payload, flags: 0x10))
+            base.append(Self.udp(v6: k % 2 == 1, payload: payload, id: UInt16(k / 2)))
         }
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: TCPCoalescer.capacity, alignment: 16)
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Coalescer.capacity, alignment: 16)
         defer { buf.deallocate() }
-        var c = TCPCoalescer(buffer: buf)
+        var c = Coalescer(buffer: buf)
         var written = 0, offered = 0
         for _ in 0..<20_000 {
             var p = base[Int.random(in: 0..<base.count, using: &rng)]
@@ -228,7 +331,7 @@ struct VirtioNetTests {
             for _ in 0..<Int.random(in: 0...4, using: &rng) where !p.isEmpty { p[Int.random(in: 0..<p.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
             offered += p.count
             p.withUnsafeBytes { c.push($0) { out in
-                #expect(out.count > VirtioNetHeader.size && out.count <= TCPCoalescer.capacity)
+                #expect(out.count > VirtioNetHeader.size && out.count <= Coalescer.capacity)
                 written += out.count - VirtioNetHeader.size
             } }
         }
