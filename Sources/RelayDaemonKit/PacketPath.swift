@@ -275,8 +275,8 @@ extension TunnelService {
     }
 
     /// recvmmsg up to 64 datagrams per syscall (with UDP GRO, each can be a train of datagrams from
-    /// one peer), then each is opened; with offloads, TCP segments that follow on are coalesced
-    /// into one large packet per write.
+    /// one peer), then each is opened; with offloads, TCP segments and UDP datagrams of one flow
+    /// that follow on are coalesced into one large packet per write.
     func drainUDP(_ p: UDPPump) {
         let slot = UDPPump.slot, batch = UDPPump.batch
         let h = tunHandle

@@ -311,8 +311,8 @@ struct VirtioNetTests {
     }
 
     /// A peer (authenticated, but not trusted) can send any inner packet: mutated and truncated TCP
-    /// segments and UDP datagrams through the coalescer never crash it, and everything it writes is one well-formed
-    /// virtio header plus at most 64 KB, with the bytes of the packets it took.
+    /// segments and UDP datagrams through the coalescer never crash it, and everything it writes is
+    /// one well-formed virtio header plus at most 64 KB, with the bytes of the packets it took.
     @Test func fuzzedCoalescerInputNeverCrashes() {
         var rng = SystemRandomNumberGenerator()
         var base: [[UInt8]] = []
