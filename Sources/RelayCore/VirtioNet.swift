@@ -325,7 +325,7 @@ public struct Coalescer {
         guard p.count > hdr, p.count - hdr <= mss, length + p.count - hdr <= 65535 else { return false }
         let flags: UInt8
         if udp {
-            guard Coalescer.udpShape(p) == l4 else { return false }
+            // The checksum pass (udpShape) last, once the cheap fields match.
             if l4 == 20 { guard Checksum.load16(p, 4) == nextID else { return false } }
             flags = 0
         } else {
@@ -343,8 +343,8 @@ public struct Coalescer {
             guard memcmpEqual(p, cur, 0, 4), p[6] == cur[6], p[7] == cur[7], memcmpEqual(p, cur, 8, 32) else { return false }
         }
         if udp {
-            // Ports.
-            guard memcmpEqual(p, cur, l4, 4) else { return false }
+            // Ports; then lengths and the checksum.
+            guard memcmpEqual(p, cur, l4, 4), Coalescer.udpShape(p) == l4 else { return false }
         } else {
             // Ports, ACK number, window, options.
             guard memcmpEqual(p, cur, l4, 4), memcmpEqual(p, cur, l4 + 8, 4), memcmpEqual(p, cur, l4 + 14, 2),
