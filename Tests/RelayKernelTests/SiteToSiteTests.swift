@@ -207,31 +207,32 @@ extension SiteToSiteTests {
 
     static let udpDatagrams = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../Support/udp_datagrams.py").standardized.path
 
-    @Test("offloads: bursts of UDP datagrams enter B's TUN device as UDP GSO writes; host B gets every datagram as A's TUN device carried it (IPv4 IDs, payloads, order) with checksums that verify, split by B's kernel")
-    func udpCoalescing() throws {
+    @Test("offloads: bursts of UDP datagrams enter B's TUN device as UDP GSO writes; host B gets every datagram as A's TUN device carried it (IPv4 IDs, payloads, order) with checksums that verify, split by B's kernel (IPv4, and IPv6 between the sites' IPv6 LANs)", arguments: [false, true])
+    func udpCoalescing(_ v6: Bool) throws {
         try KernelGate.check()
         try Lab.with("s2s-udpgso") { lab in
-            let s = try SiteToSite(lab, extraHostNumbers: [])
+            let s = try SiteToSite(lab, extraHostNumbers: [], ipv6: v6)
             try s.start()
+            let (sender, receiver, dst, lan) = v6 ? (s.host6A!, s.host6B!, "fd22:2222::30", "lan6") : (s.hostA, s.hostB, "240.2.2.20", "lan0")
             // B's LAN link splits and checksums in software (as for a NIC without UDP segmentation),
             // so host B's capture shows each datagram as it goes on the wire.
-            try s.gwB.run(["ethtool", "-K", "lan0", "tx-udp-segmentation", "off", "tx", "off"])
+            try s.gwB.run(["ethtool", "-K", lan, "tx-udp-segmentation", "off", "tx", "off"])
             let dir = lab.logDirectory.path, sent = dir + "/tunA.pcap", got = dir + "/hostB.pcap", result = dir + "/received.json"
             let capA = try s.gwA.spawn(["tcpdump", "-i", "relay0", "--immediate-mode", "-B", "16384", "-U", "-n", "-w", sent, "udp port 9400"], label: "tcpdump-a")
-            let capB = try s.hostB.spawn(["tcpdump", "-i", "eth0", "--immediate-mode", "-B", "16384", "-U", "-n", "-w", got, "udp port 9400"], label: "tcpdump-b")
+            let capB = try receiver.spawn(["tcpdump", "-i", "eth0", "--immediate-mode", "-B", "16384", "-U", "-n", "-w", got, "udp port 9400"], label: "tcpdump-b")
             try waitUntil("the captures run", timeout: 10) {
                 [sent, got].allSatisfy { ((try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int) ?? 0) >= 24 }
             }
             let count = Int(try Command.run(["/usr/bin/python3", Self.udpDatagrams, "count"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
-            let sink = try s.hostB.spawn(["/usr/bin/python3", Self.udpDatagrams, "recv", "9400", String(count), result], label: "udp-sink")
-            try waitUntil("sink") { try s.hostB.run(["ss", "-lnuH"]).stdout.contains(":9400") }
+            let sink = try receiver.spawn(["/usr/bin/python3", Self.udpDatagrams, "recv", "9400", String(count), result], label: "udp-sink")
+            try waitUntil("sink") { try receiver.run(["ss", "-lnuH"]).stdout.contains(":9400") }
             func tunRx() throws -> (bytes: Int, packets: Int) {
                 let j = try JSONSerialization.jsonObject(with: Data(try s.gwB.run(["ip", "-j", "-s", "link", "show", "relay0"]).stdout.utf8)) as? [[String: Any]]
                 let rx = (j?.first?["stats64"] as? [String: Any])?["rx"] as? [String: Any]
                 return (rx?["bytes"] as? Int ?? 0, rx?["packets"] as? Int ?? 0)
             }
             let before = try tunRx()
-            let send = try s.hostA.run(["/usr/bin/python3", Self.udpDatagrams, "send", "240.2.2.20", "9400"], timeout: 30, check: false)
+            let send = try sender.run(["/usr/bin/python3", Self.udpDatagrams, "send", dst, "9400"], timeout: 30, check: false)
             #expect(send.succeeded, "sender: \(send.stderr)")
             _ = try sink.waitForExit(timeout: 15)
             let after = try tunRx()
@@ -242,7 +243,7 @@ extension SiteToSiteTests {
             // Fewer, larger writes than datagrams: relayd B merged them.
             let writes = after.packets - before.packets
             #expect(writes > 0 && writes < count / 3, "relayd B wrote \(writes) packets for \(count) datagrams: nothing merged")
-            let cmp = try s.hostB.run(["/usr/bin/python3", Self.udpDatagrams, "compare", sent, got, "9400"], timeout: 60, check: false)
+            let cmp = try receiver.run(["/usr/bin/python3", Self.udpDatagrams, "compare", sent, got, "9400"], timeout: 60, check: false)
             let c = try JSONSerialization.jsonObject(with: Data(cmp.stdout.utf8)) as? [String: Any]
             #expect(c?["sent"] as? Int == count && c?["got"] as? Int == count, "captures: \(cmp.stdout) \(cmp.stderr)")
             #expect(c?["same"] as? Bool == true, "host B did not get the datagrams A's TUN device carried (IDs, payloads, order): \(cmp.stdout)")

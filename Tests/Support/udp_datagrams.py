@@ -1,16 +1,17 @@
 #!/usr/bin/python3
 """UDP datagrams through a Relay tunnel, checked one by one (used by the kernel tests).
 
-  send HOST PORT          bursts of datagrams from one connected socket: each burst of equal sizes
-                          (but its last) in one send with UDP_SEGMENT, so it reaches the gateway
-                          at once, with consecutive IPv4 IDs; one burst of unequal sizes one by one
+  send HOST PORT          bursts of datagrams from one connected socket (IPv4 or IPv6 by HOST):
+                          each burst of equal sizes (but its last) in one send with UDP_SEGMENT,
+                          so it reaches the gateway at once, with consecutive IPv4 IDs; one burst
+                          of unequal sizes one by one
   recv PORT COUNT OUT     receive COUNT datagrams (or stop after 5 s of silence); write their
                           payloads' SHA-256 in arrival order to OUT as JSON
   compare SENT.pcap GOT.pcap PORT
                           read both captures with scapy; print JSON: whether the (IPv4 ID,
                           payload) lists of both sides are equal, whether the receiving side's
-                          payloads are the ones sent, in order, and the IDs of datagrams there
-                          whose IP or UDP checksum does not verify
+                          payloads are the ones sent, in order, and which datagrams there have
+                          an IP or UDP checksum that does not verify (IPv4 or IPv6)
 
 The payloads say which datagram they are, so a lost, duplicated, reordered, cut or merged datagram
 shows up in the comparison.
@@ -49,7 +50,7 @@ UDP_SEGMENT = 103
 
 
 def send(host, port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     s.connect((host, port))
     z = sizes()
     for b in range(BURSTS):
@@ -66,9 +67,10 @@ def send(host, port):
 
 
 def recv(port, count, out):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)  # IPv4 and IPv6
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    s.bind(("0.0.0.0", port))
+    s.bind(("::", port))
     s.settimeout(5)
     got = []
     try:
@@ -83,29 +85,32 @@ def recv(port, count, out):
 
 
 def compare(sent, got, port):
-    from scapy.all import IP, UDP, rdpcap, raw
+    from scapy.all import IP, IPv6, UDP, rdpcap, raw
 
     def datagrams(path):
         out = []
         for p in rdpcap(path):
-            if IP in p and UDP in p and p[UDP].dport == port:
-                out.append(p[IP])
+            for ip in (IP, IPv6):
+                if ip in p and UDP in p and p[UDP].dport == port:
+                    out.append(p[ip])
         return out
 
     a, b = datagrams(sent), datagrams(got)
     expected = [payload(n, z).hex() for n, z in enumerate(sizes())]
     bad = []
-    for ip in b:
-        fresh = IP(raw(ip))
-        del fresh.chksum
+    for i, ip in enumerate(b):
+        fresh = ip.__class__(raw(ip))
+        if isinstance(ip, IP):
+            del fresh.chksum
         del fresh[UDP].chksum
-        again = IP(raw(fresh))
-        if again.chksum != ip.chksum or again[UDP].chksum != ip[UDP].chksum:
-            bad.append(ip.id)
-    key = lambda ips: [(ip.id, bytes(ip[UDP].payload).hex()) for ip in ips]
+        again = ip.__class__(raw(fresh))
+        if (isinstance(ip, IP) and again.chksum != ip.chksum) or again[UDP].chksum != ip[UDP].chksum:
+            bad.append(i)
+    ident = lambda ip: ip.id if isinstance(ip, IP) else None
+    key = lambda ips: [(ident(ip), bytes(ip[UDP].payload).hex()) for ip in ips]
     print(json.dumps({"sent": len(a), "got": len(b), "same": key(a) == key(b), "badChecksums": bad,
                       "asExpected": [bytes(ip[UDP].payload).hex() for ip in b] == expected,
-                      "sentIDs": [ip.id for ip in a][:5], "gotIDs": [ip.id for ip in b][:5]}))
+                      "sentIDs": [ident(ip) for ip in a][:5], "gotIDs": [ident(ip) for ip in b][:5]}))
 
 
 if __name__ == "__main__":
