@@ -52,13 +52,18 @@ struct StunLoad: ParsableCommand {
     @Option var window = 256
     @Option(help: "Source addresses (127.0.0.1 upwards), one socket each.") var sources = 4
 
+    func validate() throws {
+        guard (1...200).contains(sources) else { throw ValidationError("--sources must be 1 to 200 (127.0.0.1 upwards), not \(sources)") }
+        guard window >= sources else { throw ValidationError("--window (\(window)) must be at least --sources (\(sources)): each source keeps part of it in flight") }
+    }
+
     func run() throws {
         func v4mapped(_ last: UInt8, port: Int) -> sockaddr_in6 {
             var a = sockaddr_in6(); a.sin6_family = sa_family_t(AF_INET6); a.sin6_port = UInt16(port).bigEndian
             withUnsafeMutableBytes(of: &a.sin6_addr) { $0[10] = 0xff; $0[11] = 0xff; $0[12] = 127; $0[15] = last }
             return a
         }
-        let n = max(1, min(sources, 200))
+        let n = sources
         var socks: [Int32] = []
         for i in 0..<n {
             let s = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue), 0)
@@ -73,7 +78,7 @@ struct StunLoad: ParsableCommand {
         }
         defer { for s in socks { close(s) } }
         let to = v4mapped(1, port: port)
-        let slot = 64, batch = 64, perSource = max(1, window / n)
+        let slot = 64, batch = 64, perSource = window / n
         let tx = UnsafeMutablePointer<UInt8>.allocate(capacity: slot * batch), rx = UnsafeMutablePointer<UInt8>.allocate(capacity: 2048 * batch)
         defer { tx.deallocate(); rx.deallocate() }
         let req = STUN.encode(type: STUN.bindingRequest, transactionID: [UInt8](repeating: 0, count: 12), attributes: [], fingerprint: false)
