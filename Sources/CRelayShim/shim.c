@@ -76,6 +76,12 @@ int CRelayShim_peer_credentials(int sock, int32_t *pid, uint32_t *uid, uint32_t 
     return 0;
 }
 
+int CRelayShim_peer_groups(int sock, uint32_t *groups, int cap) {
+    socklen_t len = (socklen_t)(sizeof(uint32_t) * (size_t)cap);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0) return -errno;
+    return (int)(len / sizeof(uint32_t));
+}
+
 int CRelayShim_tun_open(const char *name, int persist, int vnet_hdr, char *name_out) {
     int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
     if (fd < 0) return -errno;
@@ -126,11 +132,14 @@ int CRelayShim_keep_only_cap(int cap) {
         }
     }
     int had = (data[CAP_TO_INDEX(cap)].permitted & CAP_TO_MASK(cap)) != 0;
+    /* Ambient first (it must stay a subset of inheritable): nothing this process executes may
+     * inherit a capability. */
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) return -errno;
     memset(data, 0, sizeof data);
     if (had) {
         data[CAP_TO_INDEX(cap)].permitted = CAP_TO_MASK(cap);
         data[CAP_TO_INDEX(cap)].effective = CAP_TO_MASK(cap);
-        data[CAP_TO_INDEX(cap)].inheritable = CAP_TO_MASK(cap);
+        /* inheritable stays empty */
     }
     struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
     if (syscall(SYS_capset, &hdr, data) != 0) return -errno;

@@ -18,68 +18,117 @@ public final class HelperCounters: @unchecked Sendable {
     public var snapshot: [String: Int] { lock.lock(); defer { lock.unlock() }; return values }
 }
 
-/// The helper's dispatch: authenticate by SO_PEERCRED, check the operation's permission,
-/// re-validate arguments against the policy, apply under one lock, audit, answer.
+/// Connection slots: writers and readers in separate pools (a reader can never take a writer's
+/// place), and a bound per uid (one client cannot take them all). Strangers never get one.
+final class ConnectionSlots: @unchecked Sendable {
+    private let lock = NSLock()
+    private var writers = 0, readers = 0
+    private var perUID: [UInt32: Int] = [:]
+    let maxWriters: Int, maxReaders: Int, maxPerUID: Int
+
+    init(maxWriters: Int, maxReaders: Int, maxPerUID: Int) { self.maxWriters = maxWriters; self.maxReaders = maxReaders; self.maxPerUID = maxPerUID }
+
+    enum Refusal: Equatable { case pool(Int), uid(Int) }
+
+    /// Takes a slot, or says which bound is reached.
+    func take(uid: UInt32, write: Bool) -> Refusal? {
+        lock.lock(); defer { lock.unlock() }
+        if perUID[uid, default: 0] >= maxPerUID { return .uid(maxPerUID) }
+        if write ? writers >= maxWriters : readers >= maxReaders { return .pool(write ? maxWriters : maxReaders) }
+        perUID[uid, default: 0] += 1
+        if write { writers += 1 } else { readers += 1 }
+        return nil
+    }
+
+    func give(uid: UInt32, write: Bool) {
+        lock.lock(); defer { lock.unlock() }
+        perUID[uid, default: 1] -= 1
+        if perUID[uid] == 0 { perUID[uid] = nil }
+        if write { writers -= 1 } else { readers -= 1 }
+    }
+
+    var inUse: (writers: Int, readers: Int) { lock.lock(); defer { lock.unlock() }; return (writers, readers) }
+}
+
+/// The helper's dispatch: authenticate by the kernel's credentials before anything else, take a
+/// bounded slot, re-validate arguments against the policy, apply under one lock, audit, answer.
 public final class HelperServer: @unchecked Sendable {
     public let policy: HelperPolicy
     let logger: Logger
     let audit: Logger
     let applyLock = NSLock()
     public let counters = HelperCounters()
-    let maxConnections = 16
-    private var active = 0
-    private let activeLock = NSLock()
+    let slots: ConnectionSlots
+    let names: NameResolver
+    private var lastStrangerLog: [UInt32: UInt64] = [:]  // accept thread only
 
-    public init(policy: HelperPolicy, logger: Logger) {
+    public init(policy: HelperPolicy, logger: Logger, names: NameResolver = .system) {
         self.policy = policy
         self.logger = logger
+        self.names = names
+        slots = ConnectionSlots(maxWriters: policy.maxWriterConnections, maxReaders: policy.maxReaderConnections, maxPerUID: policy.maxConnectionsPerUID)
         var a = Logger(label: "relay-helper.audit")
         a.logLevel = .info
         audit = a
     }
 
-    /// Serves forever on `listener`, one thread per connection (bounded).
+    /// Serves forever on `listener`. The accept thread checks credentials (the kernel's, recorded
+    /// at connect: this never waits for the client) and refuses strangers at once, without a
+    /// thread or a slot; clients get one thread each within their pool's bounds.
     public func serve(_ listener: UnixListener) throws -> Never {
         while true {
             let conn = try listener.accept(maxFrame: policy.maxRequestBytes)
-            activeLock.lock()
-            let tooMany = active >= maxConnections
-            if !tooMany { active += 1 }
-            activeLock.unlock()
-            if tooMany {
+            guard let cred = try? conn.peerCredentials() else { conn.close(); continue }
+            let perm = policy.permission(uid: cred.uid, gid: cred.gid, groups: cred.groups, names: names)
+            guard perm != .none else {
+                refuseStranger(conn, cred)
+                continue
+            }
+            let write = perm == .write
+            if let refusal = slots.take(uid: cred.uid, write: write) {
                 counters.bump("refused_busy")
-                try? conn.send(HelperCodec.encode(HelperResponse(id: 0, error: WireError("helper.busy", "too many connections (\(maxConnections)); retry later"))))
+                let why: String
+                switch refusal {
+                case .uid(let n): why = "uid \(cred.uid) already has \(n) connections open (limits.max_connections_per_uid); close one or retry later"
+                case .pool(let n): why = "\(n) \(write ? "writer" : "reader") connections are open (limits.max_\(write ? "writer" : "reader")_connections); retry later"
+                }
+                conn.sendNow(HelperCodec.encode(HelperResponse(id: 0, error: WireError("helper.busy", why))))
                 conn.close()
                 continue
             }
             let t = Thread { [self] in
-                self.handle(conn)
-                self.activeLock.lock(); self.active -= 1; self.activeLock.unlock()
+                self.handle(conn, cred: cred, permission: perm)
+                self.slots.give(uid: cred.uid, write: write)
             }
             t.stackSize = 1 << 20
             t.start()
         }
     }
 
-    /// One connection: refuse strangers, then answer requests until the client leaves or misbehaves.
-    public func handle(_ conn: UnixConnection) {
-        defer { conn.close() }
-        guard let cred = try? conn.peerCredentials() else { return }
-        let perm = policy.permission(uid: cred.uid, gid: cred.gid)
-        guard perm != .none else {
-            counters.bump("refused_client")
-            logger.warning("refused connection from uid \(cred.uid) gid \(cred.gid) pid \(cred.pid): not a client in the policy")
-            try? conn.send(HelperCodec.encode(HelperResponse(id: 0, error: WireError(WireError.notAuthorized,
-                "uid \(cred.uid) is not a client of relay-helper: add it to [clients] in the helper's policy",
-                context: ["uid": String(cred.uid), "gid": String(cred.gid)]))))
-            conn.lingerClose()
-            return
+    /// A stranger gets its answer without waiting (its peer's receive queue takes it) and the
+    /// connection is closed; warnings are limited to one per uid a minute.
+    func refuseStranger(_ conn: UnixConnection, _ cred: PeerCredentials) {
+        counters.bump("refused_client")
+        let now = UInt64(time(nil))
+        if now >= lastStrangerLog[cred.uid, default: 0] + 60 {
+            if lastStrangerLog.count > 4096 { lastStrangerLog.removeAll() }
+            lastStrangerLog[cred.uid] = now
+            logger.warning("refused connection from uid \(cred.uid) gid \(cred.gid) pid \(cred.pid): not a client in the policy (further refusals of this uid in the next minute are counted, not logged)")
         }
-        conn.setReceiveTimeout(seconds: 30)
+        conn.sendNow(HelperCodec.encode(HelperResponse(id: 0, error: WireError(WireError.notAuthorized,
+            "uid \(cred.uid) is not a client of relay-helper: add it to [clients] in the helper's policy",
+            context: ["uid": String(cred.uid), "gid": String(cred.gid)]))))
+        conn.close()
+    }
+
+    /// One client's connection: answers requests until the client leaves, misbehaves, stays idle
+    /// past limits.idle_seconds, or takes longer than limits.frame_seconds to send one frame.
+    public func handle(_ conn: UnixConnection, cred: PeerCredentials, permission perm: HelperPolicy.Permission) {
+        defer { conn.close() }
         while true {
             let frame: [UInt8]
             do {
-                guard let (payload, fd) = try conn.receive() else { return }
+                guard let (payload, fd) = try conn.receive(idleMilliseconds: policy.idleSeconds * 1000, frameMilliseconds: policy.frameSeconds * 1000) else { return }
                 if fd >= 0 { close(fd); counters.bump("refused_descriptor") }
                 frame = payload
             } catch let e as WireError {
@@ -87,13 +136,17 @@ public final class HelperServer: @unchecked Sendable {
                 try? conn.send(HelperCodec.encode(HelperResponse(id: 0, error: e)))
                 conn.lingerClose()
                 return
+            } catch let e as IPCError where e.errno == ETIMEDOUT {
+                counters.bump("closed_timeout")
+                logger.debug("closed connection of uid \(cred.uid) pid \(cred.pid): \(e.message)")
+                conn.sendNow(HelperCodec.encode(HelperResponse(id: 0, error: WireError("helper.timeout", "\(e.message); connect again"))))
+                return
             } catch {
                 counters.bump("refused_broken")
                 return
             }
             let req: HelperRequest
             let t0 = DispatchTime.now().uptimeNanoseconds
-            defer { _ = t0 }
             switch HelperCodec.decodeRequest(frame) {
             case .failure(let e):
                 counters.bump("refused_malformed")

@@ -86,23 +86,33 @@ public final class KernelOwner {
     }
 
     /// `replace`: make these routes exist. Refuses to overwrite a route another owner has at the
-    /// same destination, table and metric (the kernel's REPLACE would take it over).
+    /// same destination, table and metric (the kernel's REPLACE would take it over), and to add one
+    /// inside another owner's route (it would pull part of, say, a LAN's connected /24 into the
+    /// device). Nothing is changed when any route is refused.
     public func replaceRoutes(_ routes: [RouteSpec]) throws -> Int {
         let rt = try Rtnetlink()
         let links = try rt.links()
         let all = try rt.routes().filter { $0.table == policy.routeTable }
-        var changed = 0
+        let foreign = all.filter { $0.protocolNumber != policy.routeProtocol }
+        var todo: [(RouteSpec, Int32)] = []
         for r in routes {
             let oif = try deviceIndex(rt, r.device, links: links)
             let same = all.filter { $0.destination == r.destination && ($0.metric ?? 0) == (r.metric ?? defaultMetric(r.destination)) }
-            if let foreign = same.first(where: { $0.protocolNumber != policy.routeProtocol }) {
-                throw HelperFailure("route.not_owned", "a route to \(r.destination) in table \(policy.routeTable) already exists with protocol \(foreign.protocolNumber) (not the helper's \(policy.routeProtocol)): remove it, or give the helper another routes.table")
+            if let f = same.first(where: { $0.protocolNumber != policy.routeProtocol }) {
+                throw HelperFailure("route.not_owned", "a route to \(r.destination) in table \(policy.routeTable) already exists with protocol \(f.protocolNumber) (not the helper's \(policy.routeProtocol)): remove it, or give the helper another routes.table")
+            }
+            if let f = HelperPolicy.shadowed(by: r.destination, among: foreign.map(\.destination)),
+               let info = foreign.first(where: { $0.destination == f }) {
+                let dev = info.oif.flatMap { i in links.first { $0.index == i }?.name } ?? "?"
+                throw HelperFailure("route.shadows", "a route to \(r.destination) would take traffic from \(f) dev \(dev) (protocol \(info.protocolNumber), not the helper's) in table \(policy.routeTable): Relay's routes may not cover part of another owner's route; choose virtual prefixes outside \(f)")
             }
             if same.contains(where: { $0.oif == oif }) { continue }
-            try rt.routeReplace(r.destination, oif: oif, table: policy.routeTable, protocolNumber: policy.routeProtocol, metric: r.metric)
-            changed += 1
+            todo.append((r, oif))
         }
-        return changed
+        for (r, oif) in todo {
+            try rt.routeReplace(r.destination, oif: oif, table: policy.routeTable, protocolNumber: policy.routeProtocol, metric: r.metric)
+        }
+        return todo.count
     }
 
     /// The kernel's default metric when none is given (IPv6 device routes get 1024).
@@ -142,19 +152,29 @@ public final class KernelOwner {
 
     // MARK: devices
 
-    /// Creates (or re-attaches to) the TUN device, sets MTU, addresses and up; returns it and its fd.
+    /// Creates (or adopts) the TUN device, sets MTU, addresses (without derived prefix routes) and
+    /// up; returns it and its fd. The device is persistent (it outlives relayd's restarts), so one
+    /// a crash left behind is adopted and reconfigured as a whole, or removed and created anew when
+    /// it cannot be adopted (another type or queue mode). A device this call cannot configure
+    /// completely is removed: never left half-configured.
     public func openDevice(_ d: DeviceSpec) throws -> (ObservedDevice, Int32, changed: Bool) {
         let rt = try Rtnetlink()
         var links = try rt.links()
         if let l = links.first(where: { $0.name == d.name }), l.kind != "tun" {
             throw HelperFailure("device.not_owned", "a \(l.kind ?? "non-TUN") device named \(d.name) exists: the helper only opens TUN devices it created")
         }
-        let existed = links.contains { $0.name == d.name }
+        var existed = links.contains { $0.name == d.name }
         if !existed && links.filter(isOwnDevice).count >= policy.maxDevices {
             throw HelperFailure("policy.refused", "the helper already has \(policy.maxDevices) devices (devices.max_devices)")
         }
         var out = [CChar](repeating: 0, count: 16)
-        let fd = CRelayShim_tun_open(d.name, 1, d.offload ? 1 : 0, &out)
+        var fd = CRelayShim_tun_open(d.name, 1, d.offload ? 1 : 0, &out)
+        if fd == -EINVAL && existed, let l = links.first(where: { $0.name == d.name }), !l.hasCarrier {
+            // A leftover of another shape (a TAP device, multiqueue): nobody uses it; replace it.
+            try rt.linkDelete(index: l.index)
+            existed = false
+            fd = CRelayShim_tun_open(d.name, 1, d.offload ? 1 : 0, &out)
+        }
         guard fd >= 0 else {
             let e = -fd
             if e == EBUSY { throw HelperFailure("device.busy", "TUN device \(d.name) is attached to another process: close it there first") }
@@ -167,20 +187,41 @@ public final class KernelOwner {
             links = try rt.links()
             guard let l = links.first(where: { $0.name == d.name }) else { throw HelperFailure("device.open_failed", "TUN device \(d.name) vanished after opening") }
             var changed = !existed
+            // No IPv6 link-local address (and so no fe80::/64 route); one already there goes below.
+            try rt.linkNoAddrGen(index: l.index)
             if l.mtu != d.mtu || !l.isUp { try rt.linkSet(index: l.index, mtu: d.mtu, up: true); changed = true }
-            let have = try rt.addresses().filter { $0.index == l.index }.map(\.address)
-            for a in have where !d.addresses.contains(a) && !a.isIPv6LinkLocal {
-                try rt.addressDelete(a, index: l.index); changed = true
+            let have = try rt.addresses().filter { $0.index == l.index }
+            for a in have {
+                // Unwanted, or added by someone else with its prefix route: remove (and re-add below).
+                if !d.addresses.contains(a.address) || a.flags & RTNL.IFA_F_NOPREFIXROUTE == 0 {
+                    try rt.addressDelete(a.address, index: l.index); changed = true
+                }
             }
-            for a in d.addresses where !have.contains(a) { try rt.addressReplace(a, index: l.index); changed = true }
+            let kept = Set(have.filter { d.addresses.contains($0.address) && $0.flags & RTNL.IFA_F_NOPREFIXROUTE != 0 }.map(\.address))
+            for a in d.addresses where !kept.contains(a) { try rt.addressReplace(a, index: l.index); changed = true }
             let now = try rt.links().first { $0.index == l.index } ?? l
             let addrs = try rt.addresses().filter { $0.index == l.index }.map(\.address).sorted()
             return (ObservedDevice(name: now.name, index: now.index, kind: now.kind, mtu: now.mtu, up: now.isUp, addresses: addrs,
                                    rxPackets: now.rxPackets, txPackets: now.txPackets), fd, changed)
         } catch {
             close(fd)
+            // Half-configured: remove it (its routes go with it); the next request creates it anew.
+            if let l = try? rt.links().first(where: { $0.name == d.name }), isOwnDevice(l), !l.hasCarrier {
+                try? rt.linkDelete(index: l.index)
+            }
             throw error
         }
+    }
+
+    /// Removes the helper's TUN devices that no process holds open (left by a crash of relayd and
+    /// the helper): relayd re-creates what it needs. Devices in use are left alone.
+    public func removeDetachedDevices() throws -> [String] {
+        let rt = try Rtnetlink()
+        var removed: [String] = []
+        for l in try rt.links() where isOwnDevice(l) && !l.hasCarrier {
+            do { try rt.linkDelete(index: l.index); removed.append(l.name) } catch let e as NetlinkError where e.errno == ENODEV {}
+        }
+        return removed
     }
 
     /// Deletes one of the helper's TUN devices (its routes go with it). False when absent.
@@ -223,9 +264,4 @@ public struct HelperFailure: Error, CustomStringConvertible {
     public var description: String { "\(code): \(message)" }
 }
 
-extension InterfaceAddress {
-    var isIPv6LinkLocal: Bool {
-        if case .v6(let a) = address { return a.high >> 54 == 0x3fa }  // fe80::/10
-        return false
-    }
-}
+

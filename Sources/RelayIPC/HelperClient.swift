@@ -8,22 +8,41 @@ public final class HelperClient {
     let conn: UnixConnection
     private var nextID: UInt64 = 1
 
-    public init(path: String) throws {
+    /// `timeout`: seconds a call waits for its answer before it fails with `helper.timeout` (a hung
+    /// helper must not pile up blocked callers).
+    public init(path: String, timeout: Int = 30) throws {
         do { conn = try UnixConnection.connect(path: path) } catch let e as IPCError {
             throw WireError("helper.unreachable", "relay-helper is not reachable at \(path) (\(e)): start it (systemctl start relay-helper) or pass its --socket path",
                             context: ["path": path])
         }
+        conn.setReceiveTimeout(seconds: timeout)
+        self.timeout = timeout
     }
+    let timeout: Int
 
     /// One request, one response; a descriptor passed with the response comes back too (else -1).
     public func callWithDescriptor(_ req: HelperRequest) throws -> (HelperResponse, Int32) {
         var r = req
         r.id = nextID
         nextID += 1
-        try conn.send(HelperCodec.encode(r))
-        guard let (payload, fd) = try conn.receive() else {
+        var received: (payload: [UInt8], descriptor: Int32)?
+        do {
+            do { try conn.send(HelperCodec.encode(r)) } catch {
+                // The helper may have answered and closed already (busy, not a client): read why.
+                guard let early = try? conn.receive() else { throw error }
+                return try decode(early.payload, early.descriptor)
+            }
+            received = try conn.receive()
+        } catch let e as IPCError where e.errno == ETIMEDOUT {
+            throw WireError("helper.timeout", "relay-helper did not answer \(r.op.rawValue) within \(timeout) s: is it hung? (systemctl status relay-helper)")
+        }
+        guard let (payload, fd) = received else {
             throw WireError("helper.closed", "relay-helper closed the connection")
         }
+        return try decode(payload, fd)
+    }
+
+    private func decode(_ payload: [UInt8], _ fd: Int32) throws -> (HelperResponse, Int32) {
         let resp: HelperResponse
         do { resp = try JSONDecoder().decode(HelperResponse.self, from: Data(payload)) } catch {
             if fd >= 0 { close(fd) }

@@ -8,6 +8,11 @@ public struct PeerCredentials: Sendable, Equatable {
     public var pid: Int32
     public var uid: UInt32
     public var gid: UInt32
+    /// Supplementary groups (SO_PEERGROUPS), as the kernel recorded them when the peer connected.
+    public var groups: [UInt32]
+    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32] = []) {
+        self.pid = pid; self.uid = uid; self.gid = gid; self.groups = groups
+    }
 }
 
 public struct IPCError: Error, CustomStringConvertible {
@@ -65,18 +70,88 @@ public final class UnixConnection: @unchecked Sendable {  // used by one thread 
         return UnixConnection(fd: s, maxFrame: maxFrame)
     }
 
+    /// The kernel's record of the peer (taken at connect, not claimed by it): SO_PEERCRED and
+    /// SO_PEERGROUPS.
     public func peerCredentials() throws -> PeerCredentials {
         var pid: Int32 = 0, uid: UInt32 = 0, gid: UInt32 = 0
         let rc = CRelayShim_peer_credentials(fd, &pid, &uid, &gid)
         guard rc == 0 else { throw IPCError("SO_PEERCRED", errno: -rc) }
-        return PeerCredentials(pid: pid, uid: uid, gid: gid)
+        var groups = [UInt32](repeating: 0, count: 64)
+        var n = CRelayShim_peer_groups(fd, &groups, Int32(groups.count))
+        if n == -ERANGE {  // NGROUPS_MAX is 65536
+            groups = [UInt32](repeating: 0, count: 65536)
+            n = CRelayShim_peer_groups(fd, &groups, Int32(groups.count))
+        }
+        guard n >= 0 else { throw IPCError("SO_PEERGROUPS", errno: -n) }
+        return PeerCredentials(pid: pid, uid: uid, gid: gid, groups: Array(groups.prefix(Int(n))))
     }
 
     /// Seconds after which a blocked read gives up (a client that sends half a frame cannot hold a
     /// server thread forever).
-    public func setReceiveTimeout(seconds: Int) {
-        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+    public func setReceiveTimeout(seconds: Int) { setReceiveTimeout(milliseconds: seconds * 1000) }
+
+    public func setReceiveTimeout(milliseconds ms: Int) {
+        var tv = timeval(tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000)
         _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Sends without ever waiting (a refusal to a client that does not read must not hold the
+    /// server): what does not fit now is dropped with the connection.
+    public func sendNow(_ payload: [UInt8]) {
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+        try? send(payload)
+        _ = fcntl(fd, F_SETFL, flags)
+    }
+
+    /// Next frame, with deadlines: `idle` for the first byte of a frame (a client that sends
+    /// nothing), `frame` from the first byte to the last (a client that sends half a frame, or
+    /// one byte at a time). nil at a clean end of stream; a timeout throws with errno ETIMEDOUT.
+    public func receive(idleMilliseconds idle: Int, frameMilliseconds frame: Int) throws -> (payload: [UInt8], descriptor: Int32)? {
+        var frameDeadline: UInt64?
+        while true {
+            if case .frame(let f) = try decoder.next() {
+                let d = pendingFD
+                pendingFD = -1
+                return (f, d)
+            }
+            let now = UnixConnection.monotonicMilliseconds()
+            if decoder.buffered > 0 && frameDeadline == nil { frameDeadline = now + UInt64(frame) }
+            let wait: Int
+            if let dl = frameDeadline {
+                guard dl > now else { throw IPCError("a frame did not arrive whole within \(frame) ms", errno: ETIMEDOUT) }
+                wait = Int(dl - now)
+            } else { wait = idle }
+            setReceiveTimeout(milliseconds: max(wait, 1))
+            guard try readChunk() else { return nil }
+            if frameDeadline == nil && decoder.buffered == 0 { continue }
+        }
+    }
+
+    static func monotonicMilliseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+
+    /// One read into the decoder. False at a clean end of stream.
+    private func readChunk() throws -> Bool {
+        var got: Int32 = -1, truncated: Int32 = 0
+        let n = chunk.withUnsafeMutableBytes { CRelayShim_recv_with_fd(fd, $0.baseAddress, $0.count, &got, &truncated) }
+        if got >= 0 {
+            if pendingFD >= 0 { Glibc.close(pendingFD) }
+            pendingFD = got
+        }
+        if n < 0 {
+            if Int32(-n) == EAGAIN { throw IPCError(decoder.buffered > 0 ? "timed out waiting for the rest of a frame" : "timed out waiting for a request", errno: ETIMEDOUT) }
+            throw IPCError("receive", errno: Int32(-n))
+        }
+        if n == 0 {
+            if decoder.buffered > 0 { throw IPCError("connection closed in the middle of a frame") }
+            return false
+        }
+        decoder.feed(chunk[0..<n])
+        return true
     }
 
     /// Sends one frame; `passing` attaches a descriptor to its first byte.
@@ -92,7 +167,8 @@ public final class UnixConnection: @unchecked Sendable {  // used by one thread 
         }
     }
 
-    /// Next frame and any descriptor that came with it; nil at a clean end of stream.
+    /// Next frame and any descriptor that came with it; nil at a clean end of stream. Waits as long
+    /// as the socket's receive timeout allows.
     public func receive() throws -> (payload: [UInt8], descriptor: Int32)? {
         while true {
             if case .frame(let f) = try decoder.next() {
@@ -100,21 +176,7 @@ public final class UnixConnection: @unchecked Sendable {  // used by one thread 
                 pendingFD = -1
                 return (f, d)
             }
-            var got: Int32 = -1, truncated: Int32 = 0
-            let n = chunk.withUnsafeMutableBytes { CRelayShim_recv_with_fd(fd, $0.baseAddress, $0.count, &got, &truncated) }
-            if got >= 0 {
-                if pendingFD >= 0 { Glibc.close(pendingFD) }
-                pendingFD = got
-            }
-            if n < 0 {
-                if Int32(-n) == EAGAIN { throw IPCError("timed out waiting for the rest of a frame", errno: EAGAIN) }
-                throw IPCError("receive", errno: Int32(-n))
-            }
-            if n == 0 {
-                if decoder.buffered > 0 { throw IPCError("connection closed in the middle of a frame") }
-                return nil
-            }
-            decoder.feed(chunk[0..<n])
+            guard try readChunk() else { return nil }
         }
     }
 }
@@ -130,7 +192,10 @@ func sockaddrUn(_ path: String) throws -> sockaddr_un {
     return addr
 }
 
-/// A listening AF_UNIX stream socket created under umask 077, then given `mode` (and a group).
+/// A listening AF_UNIX stream socket. The file is created with its final mode by bind itself (the
+/// umask is set to the complement of `mode` around it): no window in which it has another mode,
+/// and no chmod on a path someone could have replaced. A group, if given, only narrows who may
+/// connect (the file is first owned by the process's own group).
 public final class UnixListener {
     public let fd: Int32
     public let path: String
@@ -148,14 +213,13 @@ public final class UnixListener {
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard s >= 0 else { throw IPCError("socket", errno: errno) }
         var addr = try sockaddrUn(path)
-        let old = umask(0o077)
+        let old = umask(~mode & 0o777)
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         umask(old)
         guard rc == 0 else { let e = errno; Glibc.close(s); throw IPCError("cannot bind \(path)", errno: e) }
         if let group { _ = chown(path, UInt32.max, group) }
-        chmod(path, mode)
         guard listen(s, backlog) == 0 else { let e = errno; Glibc.close(s); throw IPCError("listen on \(path)", errno: e) }
         fd = s
     }

@@ -21,12 +21,18 @@ public enum RTNL {
     public static let IFLA_LINKINFO: UInt16 = 18
     public static let IFLA_INFO_KIND: UInt16 = 1
     public static let IFLA_STATS64: UInt16 = 23
+    public static let IFLA_AF_SPEC: UInt16 = 26
+    public static let IFLA_INET6_ADDR_GEN_MODE: UInt16 = 8
+    public static let IN6_ADDR_GEN_MODE_NONE: UInt8 = 1
     public static let IFF_UP: UInt32 = 0x1
+    /// Carrier: for a TUN device, some process has it open (attached).
+    public static let IFF_LOWER_UP: UInt32 = 0x10000
 
     public static let IFA_ADDRESS: UInt16 = 1
     public static let IFA_LOCAL: UInt16 = 2
     public static let IFA_FLAGS: UInt16 = 8
     public static let IFA_F_NODAD: UInt32 = 0x02
+    public static let IFA_F_NOPREFIXROUTE: UInt32 = 0x200
     public static let IFA_F_PERMANENT: UInt8 = 0x80
 
     public static let RTA_DST: UInt16 = 1
@@ -54,6 +60,8 @@ public struct LinkInfo: Sendable, Equatable {
     public var rxPackets: UInt64
     public var txPackets: UInt64
     public var isUp: Bool { flags & RTNL.IFF_UP != 0 }
+    /// For a TUN device: a process holds it open.
+    public var hasCarrier: Bool { flags & RTNL.IFF_LOWER_UP != 0 }
 }
 
 /// A route as RTM_GETROUTE reports it.
@@ -95,6 +103,19 @@ public enum RtnetlinkRequests {
         return b.finish()
     }
 
+    /// `ip link set dev <index> addrgenmode none`: no IPv6 link-local address, so no fe80::/64
+    /// route the helper did not ask for.
+    public static func linkNoAddrGen(index: Int32, seq: UInt32) -> [UInt8] {
+        var b = NetlinkRequestBuilder(type: RTNL.RTM_NEWLINK, flags: NL.NLM_F_REQUEST | NL.NLM_F_ACK, seq: seq)
+        b.header(ifinfomsg(index: index))
+        let spec = b.beginNest(RTNL.IFLA_AF_SPEC)
+        let inet6 = b.beginNest(UInt16(AF_INET6))
+        b.attrU8(RTNL.IFLA_INET6_ADDR_GEN_MODE, RTNL.IN6_ADDR_GEN_MODE_NONE)
+        b.endNest(inet6)
+        b.endNest(spec)
+        return b.finish()
+    }
+
     /// `ip link del dev <index>`
     public static func linkDelete(index: Int32, seq: UInt32) -> [UInt8] {
         var b = NetlinkRequestBuilder(type: RTNL.RTM_DELLINK, flags: NL.NLM_F_REQUEST | NL.NLM_F_ACK, seq: seq)
@@ -109,13 +130,15 @@ public enum RtnetlinkRequests {
         return b.finish()
     }
 
-    /// `ip addr replace <address> dev <index>` (IPv6 with `nodad`: a tunnel has no neighbours to ask)
+    /// `ip addr replace <address> dev <index> noprefixroute` (IPv6 also `nodad`: a tunnel has no
+    /// neighbours to ask). No prefix route: the kernel would otherwise route the address's whole
+    /// prefix into the device by itself; routes are the helper's to add, each checked on its own.
     public static func addressReplace(_ a: InterfaceAddress, index: Int32, seq: UInt32) -> [UInt8] {
         var b = NetlinkRequestBuilder(type: RTNL.RTM_NEWADDR, flags: NL.NLM_F_REQUEST | NL.NLM_F_ACK | NL.NLM_F_CREATE | NL.NLM_F_REPLACE, seq: seq)
         b.header(ifaddrmsg(a, index: index))
         b.attr(RTNL.IFA_LOCAL, a.address.bytes)
         b.attr(RTNL.IFA_ADDRESS, a.address.bytes)
-        if a.family == .ipv6 { b.attrU32(RTNL.IFA_FLAGS, RTNL.IFA_F_NODAD) }
+        b.attrU32(RTNL.IFA_FLAGS, RTNL.IFA_F_NOPREFIXROUTE | (a.family == .ipv6 ? RTNL.IFA_F_NODAD : 0))
         return b.finish()
     }
 
@@ -200,19 +223,21 @@ public enum RtnetlinkReplies {
         return info.name.isEmpty ? nil : info
     }
 
-    public static func address(_ m: NetlinkMessage) -> (index: Int32, address: InterfaceAddress)? {
+    public static func address(_ m: NetlinkMessage) -> (index: Int32, address: InterfaceAddress, flags: UInt32)? {
         let p = m.payload
         guard m.type == RTNL.RTM_NEWADDR, p.count >= 8 else { return nil }
         let s = p.startIndex
         let fam = p[s], len = Int(p[s + 1])
         let index = Int32(bitPattern: UInt32(p[s + 4]) | UInt32(p[s + 5]) << 8 | UInt32(p[s + 6]) << 16 | UInt32(p[s + 7]) << 24)
         var local: IPAddress?, addr: IPAddress?
+        var flags = UInt32(p[s + 2])  // ifa_flags; IFA_FLAGS carries all 32 bits when present
         for a in NetlinkAttributes(p.dropFirst(8)) {
             if a.type == RTNL.IFA_LOCAL { local = ip(fam, a.payload) }
             if a.type == RTNL.IFA_ADDRESS { addr = ip(fam, a.payload) }
+            if a.type == RTNL.IFA_FLAGS, let f = a.u32 { flags = f }
         }
         guard let chosen = local ?? addr, len <= (chosen.family == .ipv4 ? 32 : 128) else { return nil }
-        return (index, InterfaceAddress(chosen, length: len))
+        return (index, InterfaceAddress(chosen, length: len), flags)
     }
 
     static func ip(_ fam: UInt8, _ b: ArraySlice<UInt8>) -> IPAddress? {
@@ -286,13 +311,18 @@ public final class Rtnetlink {
         try request({ RtnetlinkRequests.linkSet(index: index, mtu: mtu, up: up, seq: $0) }, context: "ip link set dev #\(index)")
     }
 
+    /// `ip link set dev X addrgenmode none`
+    public func linkNoAddrGen(index: Int32) throws {
+        try request({ RtnetlinkRequests.linkNoAddrGen(index: index, seq: $0) }, context: "ip link set dev #\(index) addrgenmode none")
+    }
+
     /// `ip link del dev X`
     public func linkDelete(index: Int32) throws {
         try request({ RtnetlinkRequests.linkDelete(index: index, seq: $0) }, context: "ip link del dev #\(index)")
     }
 
-    /// `ip addr show` → (interface index, address)
-    public func addresses() throws -> [(index: Int32, address: InterfaceAddress)] {
+    /// `ip addr show` → (interface index, address, IFA_F_* flags)
+    public func addresses() throws -> [(index: Int32, address: InterfaceAddress, flags: UInt32)] {
         try dump { RtnetlinkRequests.addressDump(seq: $0) }.compactMap(RtnetlinkReplies.address)
     }
 

@@ -296,8 +296,18 @@ enum NftBuild {
             }
         }
         switch r {
-        case .dnatPrefix(let f, let m), .dnatExact(let f, let m):
+        case .dnatPrefix(let f, let m, let dev), .dnatExact(let f, let m, let dev):
             let prefix: Bool = { if case .dnatPrefix = r { return true }; return false }()
+            // iifname "dev*": a wildcard compares the name's first bytes (no NUL).
+            add("meta") {
+                nftnl_expr_set_u32($0, attr(NFTNL_EXPR_META_KEY), NFT.NFT_META_IIFNAME)
+                nftnl_expr_set_u32($0, attr(NFTNL_EXPR_META_DREG), NFT.NFT_REG_1)
+            }
+            add("cmp") { e in
+                nftnl_expr_set_u32(e, attr(NFTNL_EXPR_CMP_SREG), NFT.NFT_REG_1)
+                nftnl_expr_set_u32(e, attr(NFTNL_EXPR_CMP_OP), NFT.NFT_CMP_EQ)
+                Array(dev.utf8).withUnsafeBytes { _ = nftnl_expr_set(e, attr(NFTNL_EXPR_CMP_DATA), $0.baseAddress, UInt32($0.count)) }
+            }
             nfproto(f); load(f, daddr: true); lookup(m, map: false)
             add("counter") { _ in }
             load(f, daddr: true); lookup(m, map: true)

@@ -7,8 +7,12 @@ public struct TableSpec: Sendable, Equatable, Codable {
     public var name: String
     public var dnatPriority: Int32
     public var snatPriority: Int32
-    public init(name: String = "relay", dnatPriority: Int32 = -100, snatPriority: Int32 = 100) {
-        self.name = name; self.dnatPriority = dnatPriority; self.snatPriority = snatPriority
+    /// The helper's device names start with this: inbound translation (DNAT) applies only to
+    /// packets that came out of them (`iifname "relay*"`), never to what arrives on the LAN or the
+    /// underlay.
+    public var devicePrefix: String
+    public init(name: String = "relay", dnatPriority: Int32 = -100, snatPriority: Int32 = 100, devicePrefix: String = "relay") {
+        self.name = name; self.dnatPriority = dnatPriority; self.snatPriority = snatPriority; self.devicePrefix = devicePrefix
     }
 }
 
@@ -35,10 +39,10 @@ public struct TablePlan: Sendable, Equatable {
     public enum Hook: String, Sendable, Equatable { case prerouting, postrouting }
 
     public enum Rule: Sendable, Equatable {
-        /// `ip daddr @map counter dnat ip prefix to ip daddr map @map`
-        case dnatPrefix(IPFamily, map: String)
-        /// `ip daddr @map counter dnat ip to ip daddr map @map`
-        case dnatExact(IPFamily, map: String)
+        /// `iifname "relay*" ip daddr @map counter dnat ip prefix to ip daddr map @map`
+        case dnatPrefix(IPFamily, map: String, from: String)
+        /// `iifname "relay*" ip daddr @map counter dnat ip to ip daddr map @map`
+        case dnatExact(IPFamily, map: String, from: String)
         /// `ip daddr @remote ip saddr @map counter snat ip prefix to ip saddr map @map`
         case snatPrefix(IPFamily, map: String, remote: String)
         /// `ip daddr @remote ip saddr @map counter snat ip to ip saddr map @map`
@@ -48,10 +52,10 @@ public struct TablePlan: Sendable, Equatable {
         public var text: String {
             func ipk(_ f: IPFamily) -> String { f == .ipv4 ? "ip" : "ip6" }
             switch self {
-            case .dnatPrefix(let f, let m):
-                return "\(ipk(f)) daddr @\(m) counter dnat \(ipk(f)) prefix to \(ipk(f)) daddr map @\(m)"
-            case .dnatExact(let f, let m):
-                return "\(ipk(f)) daddr @\(m) counter dnat \(ipk(f)) to \(ipk(f)) daddr map @\(m)"
+            case .dnatPrefix(let f, let m, let dev):
+                return "iifname \"\(dev)*\" \(ipk(f)) daddr @\(m) counter dnat \(ipk(f)) prefix to \(ipk(f)) daddr map @\(m)"
+            case .dnatExact(let f, let m, let dev):
+                return "iifname \"\(dev)*\" \(ipk(f)) daddr @\(m) counter dnat \(ipk(f)) to \(ipk(f)) daddr map @\(m)"
             case .snatPrefix(let f, let m, let r):
                 return "\(ipk(f)) daddr @\(r) \(ipk(f)) saddr @\(m) counter snat \(ipk(f)) prefix to \(ipk(f)) saddr map @\(m)"
             case .snatExact(let f, let m, let r):
@@ -93,12 +97,12 @@ public struct TablePlan: Sendable, Equatable {
             let dx = state.dnatExact.filter { $0.match.family == f }.sorted { $0.match < $1.match }
             if !dx.isEmpty {
                 sets.append(PlannedSet(name: "dnatx\(n)", family: f, kind: .exactMap, prefixes: [], addresses: dx.map { ($0.match, $0.translate) }))
-                pre.append(.dnatExact(f, map: "dnatx\(n)"))
+                pre.append(.dnatExact(f, map: "dnatx\(n)", from: spec.devicePrefix))
             }
             let d = state.dnat.filter { $0.match.family == f }.sorted { $0.match < $1.match }
             if !d.isEmpty {
                 sets.append(PlannedSet(name: "dnat\(n)", family: f, kind: .prefixMap, prefixes: d.map { ($0.match, $0.translate) }, addresses: []))
-                pre.append(.dnatPrefix(f, map: "dnat\(n)"))
+                pre.append(.dnatPrefix(f, map: "dnat\(n)", from: spec.devicePrefix))
             }
             let sx = state.snatExact.filter { $0.match.family == f }.sorted { $0.match < $1.match }
             if !sx.isEmpty {

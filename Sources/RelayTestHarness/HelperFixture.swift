@@ -6,18 +6,27 @@ public struct HelperFixture {
     public let socketPath: String
     public let policyPath: String
 
+    /// `allowed` fills each of the three lists that are not given apart: what may be translated
+    /// (`translate`), routed into devices (`routes`), carried by a device (`addresses`).
     public static func policy(clients: [UInt32] = [0], readers: [UInt32] = [], table: String = "relay",
                               allowed: [String] = ["192.168.0.0/16", "240.0.0.0/4", "10.0.0.0/8", "fc00::/7", "64:ff9b::/32"],
+                              translate: [String]? = nil, routes: [String]? = nil, addresses: [String]? = nil,
                               maxElements: Int = 200_000, extra: String = "") -> String {
-        """
+        func list(_ l: [String]) -> String { "[" + l.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
+        // `extra` may hold whole sections; the list keys go into theirs.
+        return """
         [clients]
         uids = [\(clients.map(String.init).joined(separator: ", "))]
         read_uids = [\(readers.map(String.init).joined(separator: ", "))]
         [table]
         name = "\(table)"
         [nat]
-        allowed_prefixes = [\(allowed.map { "\"\($0)\"" }.joined(separator: ", "))]
+        translate = \(list(translate ?? allowed))
         max_elements = \(maxElements)
+        [routes]
+        destinations = \(list(routes ?? allowed))
+        [devices]
+        addresses = \(list(addresses ?? allowed))
         \(extra)
         """
     }

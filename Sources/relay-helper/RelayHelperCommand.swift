@@ -9,6 +9,18 @@ import RelayNftables
 
 @main
 struct RelayHelperCommand: ParsableCommand {
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let e as HelperExit {
+            FileHandle.standardError.write(Data("relay-helper: \(e.description)\n".utf8))
+            Foundation.exit(e.code)
+        } catch {
+            exit(withError: error)
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "relay-helper",
         abstract: "Relay's privileged helper: programs its own nftables table, routes and TUN devices for relayd.",
@@ -36,7 +48,13 @@ struct RelayHelperCommand: ParsableCommand {
         let logger = Logger(label: "relay-helper")
         if let path = checkPolicy {
             let p = try loadPolicy(path)
-            print("\(path): ok (table inet \(p.table.name), \(p.allowedPrefixes.count) allowed prefixes, clients uids \(p.clientUIDs) gids \(p.clientGIDs))")
+            func l(_ x: [IPPrefix]) -> String { x.isEmpty ? "none" : x.map(\.description).joined(separator: " ") }
+            print("\(path): ok")
+            print("  table inet \(p.table.name); clients uids \(p.clientUIDs) gids \(p.clientGIDs) users \(p.clientUserNames) groups \(p.clientGroupNames)")
+            print("  may translate:        \(l(p.translate))")
+            print("  may route to devices: \(l(p.routeDestinations))")
+            print("  devices may carry:    \(l(p.deviceAddresses))")
+            print("  exit default route: \(p.exitDefaultRoute ? "granted" : "no"); masquerade: \(p.masqueradeInterfaces.isEmpty ? "no" : p.masqueradeInterfaces.joined(separator: " ")); filter rules: \(p.maxFilterRules == 0 ? "no" : "up to \(p.maxFilterRules)")")
             for w in p.warnings { print("warning: \(w)") }
             return
         }
@@ -45,7 +63,7 @@ struct RelayHelperCommand: ParsableCommand {
         // Fail early and clearly if netlink is not usable (no CAP_NET_ADMIN in this namespace).
         let table = try NftablesTable(spec: pol.table)
         do { _ = try table.tableExists() } catch {
-            throw ValidationError("cannot read nftables over netlink (\(error)): relay-helper needs CAP_NET_ADMIN")
+            throw HelperExit("cannot read nftables over netlink (\(error)): relay-helper needs CAP_NET_ADMIN", code: 77)
         }
         if cleanup {
             let removed = try KernelOwner(policy: pol).cleanup()
@@ -53,6 +71,11 @@ struct RelayHelperCommand: ParsableCommand {
             return
         }
         for w in pol.warnings { logger.warning("policy: \(w)") }
+        // Persistent devices nobody holds (relayd and the helper both went away): removed, never
+        // left half-configured; relayd re-creates what it needs.
+        if let gone = try? KernelOwner(policy: pol).removeDetachedDevices(), !gone.isEmpty {
+            logger.notice("removed TUN devices no process held open: \(gone.joined(separator: ", "))")
+        }
         let dir = (socket as NSString).deletingLastPathComponent
         if !dir.isEmpty { try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
         let listener = try UnixListener(path: socket, mode: 0o666)
@@ -70,10 +93,10 @@ struct RelayHelperCommand: ParsableCommand {
 
     func loadPolicy(_ path: String) throws -> HelperPolicy {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw ValidationError("cannot read policy \(path): install one (make install puts policies/helper.toml at /etc/relay/helper.toml) or pass --policy")
+            throw HelperExit("cannot read policy \(path): install one (make install puts policies/helper.toml at /etc/relay/helper.toml) or pass --policy", code: 78)
         }
         do { return try HelperPolicy.parse(text, file: path) } catch let e as PolicyError {
-            throw ValidationError(e.description)
+            throw HelperExit(e.description, code: 78)
         }
     }
 
@@ -81,10 +104,18 @@ struct RelayHelperCommand: ParsableCommand {
     func dropPrivileges() throws {
         let cap = CRelayShim_CAP_NET_ADMIN()
         guard CRelayShim_cap_effective(cap) == 1 else {
-            throw ValidationError("relay-helper needs CAP_NET_ADMIN: run 'setcap cap_net_admin+ep \(CommandLine.arguments[0])' or start it from the systemd unit (AmbientCapabilities=CAP_NET_ADMIN)")
+            throw HelperExit("relay-helper needs CAP_NET_ADMIN: run 'setcap cap_net_admin+ep \(CommandLine.arguments[0])' or start it from the systemd unit (AmbientCapabilities=CAP_NET_ADMIN)", code: 77)
         }
         let rc = CRelayShim_keep_only_cap(cap)
-        guard rc == 0 else { throw ValidationError("cannot drop capabilities other than CAP_NET_ADMIN (errno \(-rc))") }
+        guard rc == 0 else { throw HelperExit("cannot drop capabilities other than CAP_NET_ADMIN (errno \(-rc))", code: 71) }
         _ = CRelayShim_set_no_new_privs()
     }
+}
+
+/// A runtime failure: its message on stderr and an exit code from sysexits.h (no usage text: the
+/// command line was fine).
+struct HelperExit: Error, CustomStringConvertible {
+    var description: String
+    var code: Int32
+    init(_ message: String, code: Int32) { description = message; self.code = code }
 }

@@ -65,13 +65,14 @@ struct RtnetlinkGoldenTests {
         #expect(RtnetlinkRequests.routeDelete(P("240.2.2.0/24"), oif: 1, table: 254, protocolNumber: 196, metric: nil, seq: Self.seq) == want)
     }
 
-    @Test("ip addr replace 240.1.1.1/24 dev lo")
+    @Test("ip addr replace 240.1.1.1/24 dev lo noprefixroute")
     func addressReplace() {
         let want = hex("""
-        28 00 00 00  14 00  05 05  01 02 03 04  00 00 00 00
+        30 00 00 00  14 00  05 05  01 02 03 04  00 00 00 00
         02 18 00 00  01 00 00 00
         08 00 02 00  f0 01 01 01
         08 00 01 00  f0 01 01 01
+        08 00 08 00  00 02 00 00
         """)
         #expect(RtnetlinkRequests.addressReplace(try! InterfaceAddress(parsing: "240.1.1.1/24"), index: 1, seq: Self.seq) == want)
     }
@@ -105,10 +106,12 @@ struct RtnetlinkGoldenTests {
 struct HelperPolicyKernelObjectsTests {
     let policy = try! HelperPolicy.parse("""
     [nat]
-    allowed_prefixes = ["240.0.0.0/4", "192.168.0.0/16", "fd00::/8"]
+    translate = ["240.0.0.0/4", "192.168.0.0/16", "fd00::/8"]
     [routes]
+    destinations = ["240.0.0.0/4", "fd00::/8"]
     max_routes = 2
     [devices]
+    addresses = ["240.0.0.0/4", "fd00::/8"]
     prefix = "rly"
     max_addresses = 1
     [integration]
@@ -120,7 +123,8 @@ struct HelperPolicyKernelObjectsTests {
         #expect(policy.check(routes: [RouteSpec(P("240.2.2.0/24"), device: "rly0")]).isEmpty)
         let cases: [([RouteSpec], String)] = [
             ([RouteSpec(P("8.8.8.0/24"), device: "rly0")], "outside the policy"),
-            ([RouteSpec(P("0.0.0.0/0"), device: "rly0")], "outside the policy"),
+            ([RouteSpec(P("0.0.0.0/0"), device: "rly0")], "is a default route"),
+            ([RouteSpec(P("192.168.1.0/25"), device: "rly0")], "outside the policy's routes.destinations"),
             ([RouteSpec(P("240.2.2.0/24"), device: "eth0")], "not one of the helper's devices"),
             ([RouteSpec(P("240.2.2.0/24"), device: "rly")], "not one of the helper's devices"),
             ([RouteSpec(P("240.2.2.0/24"), device: "rly0"), RouteSpec(P("240.2.2.0/24"), device: "rly0")], "listed twice"),
@@ -169,16 +173,16 @@ struct HelperPolicyKernelObjectsTests {
         let text = policy.integrations[0].render()
         #expect(text.contains("iifname \"rly*\" counter accept"))
         #expect(text.contains("insert rule inet filter forward counter jump relay-accept comment \"relay:integration\""))
-        #expect(throws: PolicyError.self) { _ = try HelperPolicy.parse("[nat]\nallowed_prefixes=[\"10.0.0.0/8\"]\n[integration]\nchains=[\"filter forward\"]") }
+        #expect(throws: PolicyError.self) { _ = try HelperPolicy.parse("[nat]\ntranslate=[\"10.0.0.0/8\"]\n[integration]\nchains=[\"filter forward\"]") }
     }
 
-    @Test("clients by name: resolved when the policy loads; an unknown name grants nothing and is a warning")
+    @Test("clients by name: an unknown name grants nothing and is a warning")
     func clientNames() throws {
-        let p = try HelperPolicy.parse("[clients]\nuids = []\nusers = [\"root\", \"no-such-user-here\"]\nread_groups = [\"no-such-group-here\"]\n[nat]\nallowed_prefixes = [\"10.0.0.0/8\"]")
-        #expect(p.clientUIDs == [0])
-        #expect(p.readerGIDs.isEmpty)
+        let p = try HelperPolicy.parse("[clients]\nuids = []\nusers = [\"root\", \"no-such-user-here\"]\nread_groups = [\"no-such-group-here\"]\n[nat]\ntranslate = [\"10.0.0.0/8\"]")
+        #expect(p.clientUIDs.isEmpty && p.clientUserNames == ["root", "no-such-user-here"])
         #expect(p.warnings.count == 2 && p.warnings[0].contains("no-such-user-here"))
         #expect(p.permission(uid: 0, gid: 0) == .write)
+        #expect(p.permission(uid: 1, gid: 1) == .none)
     }
 
     @Test("prefix from a kernel interval: inverse of endExclusive, refuses non-prefix ranges")

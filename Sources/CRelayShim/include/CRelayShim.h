@@ -24,6 +24,9 @@ long CRelayShim_recv_with_fd(int sock, void *buf, size_t cap, int *fd_out, int *
 
 /// SO_PEERCRED of a connected AF_UNIX socket. Returns 0 or -errno.
 int CRelayShim_peer_credentials(int sock, int32_t *pid, uint32_t *uid, uint32_t *gid);
+/// SO_PEERGROUPS: the peer's supplementary groups as the kernel recorded them at connect (up to
+/// `cap`). Returns how many, or -errno (-ERANGE when `cap` is too small).
+int CRelayShim_peer_groups(int sock, uint32_t *groups, int cap);
 
 /// Opens /dev/net/tun and attaches (or creates) the TUN device `name` (IFF_TUN|IFF_NO_PI, optionally
 /// IFF_VNET_HDR), makes it persistent when `persist` is set. Writes the kernel's name into `name_out`
@@ -37,8 +40,9 @@ int CRelayShim_tun_unpersist(const char *name);
 int CRelayShim_CAP_NET_ADMIN(void);
 /// 1 if `cap` is in the effective set, 0 if not, -errno on failure.
 int CRelayShim_cap_effective(int cap);
-/// Reduces permitted/effective/inheritable to exactly {cap} (plus ambient where raised), and drops the
-/// rest of the bounding set when CAP_SETPCAP allows. Returns 0 or -errno.
+/// Reduces permitted/effective to exactly {cap}, empties the inheritable and ambient sets (a program
+/// it executes never inherits a capability), and drops the rest of the bounding set when
+/// CAP_SETPCAP allows. Returns 0 or -errno.
 int CRelayShim_keep_only_cap(int cap);
 /// prctl(PR_SET_NO_NEW_PRIVS). Returns 0 or -errno.
 int CRelayShim_set_no_new_privs(void);
