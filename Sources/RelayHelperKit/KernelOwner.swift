@@ -188,7 +188,8 @@ public final class KernelOwner {
             guard let l = links.first(where: { $0.name == d.name }) else { throw HelperFailure("device.open_failed", "TUN device \(d.name) vanished after opening") }
             var changed = !existed
             // No IPv6 link-local address (and so no fe80::/64 route); one already there goes below.
-            try rt.linkNoAddrGen(index: l.index)
+            // A kernel without IPv6 has nothing to turn off.
+            do { try rt.linkNoAddrGen(index: l.index) } catch let e as NetlinkError where e.errno == EAFNOSUPPORT {}
             if l.mtu != d.mtu || !l.isUp { try rt.linkSet(index: l.index, mtu: d.mtu, up: true); changed = true }
             let have = try rt.addresses().filter { $0.index == l.index }
             for a in have {
@@ -211,17 +212,6 @@ public final class KernelOwner {
             }
             throw error
         }
-    }
-
-    /// Removes the helper's TUN devices that no process holds open (left by a crash of relayd and
-    /// the helper): relayd re-creates what it needs. Devices in use are left alone.
-    public func removeDetachedDevices() throws -> [String] {
-        let rt = try Rtnetlink()
-        var removed: [String] = []
-        for l in try rt.links() where isOwnDevice(l) && !l.hasCarrier {
-            do { try rt.linkDelete(index: l.index); removed.append(l.name) } catch let e as NetlinkError where e.errno == ENODEV {}
-        }
-        return removed
     }
 
     /// Deletes one of the helper's TUN devices (its routes go with it). False when absent.

@@ -71,11 +71,7 @@ struct RelayHelperCommand: ParsableCommand {
             return
         }
         for w in pol.warnings { logger.warning("policy: \(w)") }
-        // Persistent devices nobody holds (relayd and the helper both went away): removed, never
-        // left half-configured; relayd re-creates what it needs.
-        if let gone = try? KernelOwner(policy: pol).removeDetachedDevices(), !gone.isEmpty {
-            logger.notice("removed TUN devices no process held open: \(gone.joined(separator: ", "))")
-        }
+
         let dir = (socket as NSString).deletingLastPathComponent
         if !dir.isEmpty { try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
         let listener = try UnixListener(path: socket, mode: 0o666)

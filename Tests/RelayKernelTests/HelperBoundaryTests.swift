@@ -253,30 +253,36 @@ struct HelperBoundaryTests {
         }
     }
 
-    @Test("leftover persistent devices: a TAP device under the helper's name is replaced, a detached one is removed when the helper starts, one in use is kept")
+    @Test("leftover persistent devices: a TAP device under the helper's name is replaced; one that cannot be configured completely is removed, not left half-configured")
     func leftoverDevices() throws {
         try KernelGate.check()
         try Lab.with("left") { lab in
             let gw = try lab.host("gw")
             try gw.ip("tuntap", "add", "relay0", "mode", "tap")
-            try gw.ip("tuntap", "add", "relay7", "mode", "tun")
             try gw.ip("tuntap", "add", "eth9", "mode", "tun")  // not the helper's: untouched
             let helper = try HelperFixture.start(in: gw)
-            try waitUntil("the helper's start-up sweep", timeout: 5) { try gw.ipJSON("link", "show").allSatisfy { $0["ifname"] as? String != "relay7" } }
-            #expect(try gw.ipJSON("link", "show").contains { $0["ifname"] as? String == "eth9" })
-            // relay0 (a TAP, detached) was swept too; recreate one to check the replacement path.
-            try gw.ip("tuntap", "add", "relay0", "mode", "tap")
             let client = try HelperClient(path: helper.socketPath)
             let (dev, fd) = try client.openDevice(DeviceSpec(name: "relay0", mtu: 1400, addresses: [A("240.1.1.1/24")]))
-            defer { close(fd) }
+            close(fd)
             let info = (try gw.ipJSON("-d", "link", "show", "relay0").first?["linkinfo"] as? [String: Any])?["info_data"] as? [String: Any]
             #expect(info?["type"] as? String == "tun", "\(String(describing: info))")
             #expect(dev.addresses == [A("240.1.1.1/24")])
-            // A restart keeps the device in use (this test holds its fd).
-            helper.process.stop()
+            // A device whose IPv6 is off cannot take the IPv6 address asked for: the open fails and
+            // the device is gone (with whatever part of the request had been applied).
+            try gw.ip("tuntap", "add", "relay1", "mode", "tun")
+            try gw.sysctl("net.ipv6.conf.relay1.disable_ipv6", "1")
+            do {
+                let (_, fd1) = try client.openDevice(DeviceSpec(name: "relay1", mtu: 1400, addresses: [A("240.1.2.1/24"), A("64:ff9b:1::1/96")]))
+                close(fd1)
+                Issue.record("a device without IPv6 took an IPv6 address")
+            } catch let e as WireError { #expect(e.code.hasPrefix("kernel."), "\(e)") }
+            #expect(try gw.run(["ip", "link", "show", "relay1"], check: false).status != 0, "relay1 was left half-configured")
+            #expect(try gw.ipJSON("link", "show").contains { $0["ifname"] as? String == "eth9" })
+            // A restart keeps the (configured) device: relayd re-attaches to it.
+            helper.process.signal(SIGKILL)
+            _ = try helper.process.waitForExit()
             let again = try HelperFixture.start(in: gw, name: "helper2")
-            _ = again
-            #expect(try gw.ipJSON("link", "show").contains { $0["ifname"] as? String == "relay0" }, "a device in use was removed")
+            #expect(try HelperClient(path: again.socketPath).observe().devices.map(\.name) == ["relay0"])
         }
     }
 }

@@ -159,12 +159,14 @@ struct HelperNATTests {
     func trafficThroughPrefixNAT() throws {
         try KernelGate.check()
         try Lab.with("nat-traffic") { lab in
-            // Two sites with the same LAN, gateways on an underlay, no tunnel: the kernel alone.
+            // Two sites with the same LAN, gateways on an underlay, no tunnel: the kernel alone. The
+            // underlay stands in for the tunnel, so its interfaces carry the helper's device prefix
+            // (inbound translation applies only to packets that come out of Relay's devices).
             let a = try lab.host("a"), ga = try lab.host("ga"), gb = try lab.host("gb"), b = try lab.host("b")
             let hostNumbers = [20, 1 + 2, 77, 200, 254].filter { $0 != 1 }
             try lab.link(a, "eth0", hostNumbers.map { "192.168.1.\($0)/24" }, ga, "lan0", ["192.168.1.1/24"])
             try lab.link(b, "eth0", hostNumbers.map { "192.168.1.\($0)/24" }, gb, "lan0", ["192.168.1.1/24"])
-            try lab.link(ga, "wan0", ["10.10.10.10/24"], gb, "wan0", ["10.10.10.20/24"])
+            try lab.link(ga, "relaywan", ["10.10.10.10/24"], gb, "relaywan", ["10.10.10.20/24"])
             for g in [ga, gb] { try g.enableForwarding() }
             try a.route("default", via: "192.168.1.1")
             try b.route("default", via: "192.168.1.1")
