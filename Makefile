@@ -11,7 +11,7 @@ DEB_PACKAGES := libmnl-dev libnftnl-dev libssl-dev nftables iproute2 ethtool ipu
 BIN_DIR = $(shell $(SWIFT) build -c $(CONFIGURATION) --show-bin-path 2>/dev/null)
 TEST_ENV = RELAY_BIN_DIR=$(BIN_DIR)
 
-.PHONY: all deps build test test-unit test-component test-kernel bench demo demo-clean clean install uninstall lab-clean
+.PHONY: all deps build test test-unit test-component test-kernel test-sanitize fuzz bench demo demo-clean clean install uninstall lab-clean
 
 all: build
 
@@ -43,6 +43,35 @@ test-kernel:
 	@ip netns list 2>/dev/null | awk '/^rlab-/ {print $$1}' | sort > .kernel-netns-after || true; \
 	left=$$(comm -13 .kernel-netns-before .kernel-netns-after); rm -f .kernel-netns-before .kernel-netns-after; \
 	if [ -n "$$left" ]; then echo "kernel tests left namespace(s) behind:"; echo "$$left"; exit 1; fi
+
+## Unit and component tiers with AddressSanitizer (Swift and the C shims), then ThreadSanitizer;
+## each in its own build directory. Not part of `make test` (two more full builds).
+SANITIZE_FILTER := RelayUnitTests|RelayComponentTests
+test-sanitize: deps
+	$(SWIFT) build --build-tests --build-path .build/asan -Xswiftc -sanitize=address -Xcc -fsanitize=address
+	RELAY_BIN_DIR=$$($(SWIFT) build --build-path .build/asan --show-bin-path) ASAN_OPTIONS=detect_leaks=0 \
+	  $(SWIFT) test --skip-build --build-path .build/asan --filter '$(SANITIZE_FILTER)'
+	$(SWIFT) build --build-tests --build-path .build/tsan -Xswiftc -sanitize=thread -Xcc -fsanitize=thread
+	RELAY_BIN_DIR=$$($(SWIFT) build --build-path .build/tsan --show-bin-path) TSAN_OPTIONS=halt_on_error=1 \
+	  $(SWIFT) test --skip-build --build-path .build/tsan --filter '$(SANITIZE_FILTER)'
+
+## Coverage-guided fuzzing (libFuzzer, with AddressSanitizer) of every decoder that faces the
+## network or the privilege boundary, FUZZ_SECONDS per target. Seeds: Fuzz/corpus/TARGET (new
+## inputs go to .build/fuzz/work/TARGET); a crash stops the run and is kept as
+## .build/fuzz/crash-TARGET-*: copy it to Fuzz/crashes/TARGET/, where the unit tests replay it.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := helper-request helper-policy stun tunnel relayd-config
+fuzz: deps
+	$(SWIFT) build --build-path .build/fuzz --product relay-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DRELAY_LIBFUZZER
+	@bin=$$($(SWIFT) build --build-path .build/fuzz --show-bin-path)/relay-fuzz; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p .build/fuzz/work/$$t; \
+	  echo "fuzz $$t: $(FUZZ_SECONDS) s"; \
+	  if ! RELAY_FUZZ_TARGET=$$t ASAN_OPTIONS=detect_leaks=0 $$bin -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
+	       -print_final_stats=1 -artifact_prefix=.build/fuzz/crash-$$t- .build/fuzz/work/$$t Fuzz/corpus/$$t > .build/fuzz/$$t.log 2>&1; then \
+	    tail -60 .build/fuzz/$$t.log; echo "fuzz $$t: FAILED (input kept as .build/fuzz/crash-$$t-*)"; exit 1; fi; \
+	  grep -E "stat::number_of_executed_units|stat::new_units_added" .build/fuzz/$$t.log | tr '\n' ' '; echo; \
+	done; echo "fuzz: $(words $(FUZZ_TARGETS)) targets, no crash"
 
 bench: build
 	$(SWIFT) build -c release --product relay-lab

@@ -82,6 +82,15 @@ let package = Package(
         ]),
         .executableTarget(name: "relayctl", dependencies: ["RelayCtlKit"]),
 
+        // Fuzzing: the decoders that face the network or the privilege boundary, as functions of
+        // bytes (RelayFuzzTargets), and relay-fuzz, which runs them under libFuzzer (`make fuzz`) or
+        // replays files through them.
+        .target(name: "RelayFuzzTargets", dependencies: [
+            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayHelperKit", "RelayTunnel", "RelayConfig",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        .executableTarget(name: "relay-fuzz", dependencies: ["RelayFuzzTargets"]),
+
         // Test support: the network-namespace lab (kernel tier, demo, benchmarks).
         .target(name: "RelayTestHarness", dependencies: ["CRelayShim"],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
@@ -93,7 +102,7 @@ let package = Package(
         // Three tiers: unit (no root), component (real sockets, no root), kernel (root, netns).
         .testTarget(name: "RelayUnitTests", dependencies: [
             "RelayCore", "RelayWire", "RelayHelperAPI", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayCtlKit",
-            "RelayConfig", "RelayControlAPI", "RelayDaemonKit", "RelayTunnel", "CRelayCrypto",
+            "RelayConfig", "RelayControlAPI", "RelayDaemonKit", "RelayTunnel", "CRelayCrypto", "RelayFuzzTargets",
         ], exclude: ["Golden"],  // read by path (#filePath), not bundled
         swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "RelayComponentTests", dependencies: [
