@@ -162,6 +162,8 @@ struct RelaydTests {
         #expect(bad.status == 5 && bad.stderr.contains("node.nmae: unknown key (did you mean 'name'?)"))
         let explain = try Command.run([ctl, "explain", "--config", dir + "/ok.toml"])
         #expect(explain.stdout.contains("snat ip prefix to ip saddr map @snat4"))
+        #expect(explain.stdout.contains("iifname \"relay*\" ip daddr @dnat4 counter dnat ip prefix"), "inbound translation only from Relay's devices")
+        #expect(try Command.run([ctl, "explain", "--config", dir + "/ok.toml", "--device-prefix", "rly"]).stdout.contains("iifname \"rly*\" ip daddr @dnat4"))
         #expect(explain.stdout.contains("ip route replace 240.2.2.0/24 dev relay0 proto 196"))
         // The explained ruleset is valid nft syntax (nft --check parses it without applying).
         let nftText = explain.stdout.components(separatedBy: "# TUN device").first!

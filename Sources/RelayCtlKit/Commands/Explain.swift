@@ -12,6 +12,7 @@ struct Explain: ParsableCommand {
     @Option(help: "Configuration file.") var config = RelayPaths.defaultConfig
     @Option(help: "Table name (the helper policy's table.name).") var table = "relay"
     @Option(help: "Route protocol number (the helper policy's routes.protocol).") var routeProtocol = 196
+    @Option(help: "Device name prefix (the helper policy's devices.prefix): inbound translation applies only to packets from these devices.") var devicePrefix = "relay"
     @Flag(help: "Print JSON.") var json = false
 
     struct Output: Codable { var nft: String; var routes: [String]; var device: DeviceSpec?; var warnings: [ConfigIssue] }
@@ -20,7 +21,7 @@ struct Explain: ParsableCommand {
         try runCtl {
             let (cfg, warnings) = try loadConfigFile(config)
             let d = cfg.desiredKernelState
-            let nft = TablePlan(d.nat, spec: TableSpec(name: table)).render()
+            let nft = TablePlan(d.nat, spec: TableSpec(name: table, devicePrefix: devicePrefix)).render()
             let routes = d.routes.map { "ip route replace \($0.destination) dev \($0.device) proto \(routeProtocol)" }
             if json { printJSON(Output(nft: nft, routes: routes, device: d.device, warnings: warnings)); return }
             print("# nftables (load with: nft -f FILE)")
