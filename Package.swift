@@ -89,7 +89,8 @@ let package = Package(
             "RelayCore", "RelayWire", "RelayHelperAPI", "RelayHelperKit", "RelayTunnel", "RelayConfig",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
-        .executableTarget(name: "relay-fuzz", dependencies: ["RelayFuzzTargets"]),
+        .target(name: "CRelayFuzzDriver"),
+        .executableTarget(name: "relay-fuzz", dependencies: ["RelayFuzzTargets", "CRelayFuzzDriver"]),
 
         // Test support: the network-namespace lab (kernel tier, demo, benchmarks).
         .target(name: "RelayTestHarness", dependencies: ["CRelayShim"],
@@ -103,6 +104,7 @@ let package = Package(
         .testTarget(name: "RelayUnitTests", dependencies: [
             "RelayCore", "RelayWire", "RelayHelperAPI", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayCtlKit",
             "RelayConfig", "RelayControlAPI", "RelayDaemonKit", "RelayTunnel", "CRelayCrypto", "RelayFuzzTargets",
+            .product(name: "Crypto", package: "swift-crypto"),
         ], exclude: ["Golden"],  // read by path (#filePath), not bundled
         swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "RelayComponentTests", dependencies: [

@@ -54,9 +54,11 @@ static int fast_usable;
 static __thread EVP_MAC_CTX *mac_ctx;
 static EVP_MAC *mac;
 static pthread_once_t fast_once = PTHREAD_ONCE_INIT;
+static pthread_once_t mac_once = PTHREAD_ONCE_INIT;
+static void fetch_mac(void) { mac = EVP_MAC_fetch(NULL, "POLY1305", NULL); }
 static void decide(void) {
     if (!CRelayChaCha20_avx512_usable() || getenv("RELAY_AEAD_GENERIC") != NULL) return;
-    mac = EVP_MAC_fetch(NULL, "POLY1305", NULL);
+    pthread_once(&mac_once, fetch_mac);
     fast_usable = mac != NULL;
 }
 static int fast(void) { pthread_once(&fast_once, decide); return fast_usable; }
@@ -79,57 +81,39 @@ static int poly_tag(const uint8_t pk[32], const uint8_t *ad, size_t adlen, const
     return 1;
 }
 
-static long fast_seal(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
+static long fast_seal(const uint8_t *key, const uint8_t iv[12], const uint8_t *ad, size_t adlen,
                       const uint8_t *in, size_t len, uint8_t *out) {
     uint8_t pk[32];
-    CRelayChaCha20_avx512(key, counter, in, len, out, pk);
+    CRelayChaCha20_avx512_nonce96(key, iv, in, len, out, pk);
     int ok = poly_tag(pk, ad, adlen, out, len, out + len);
     explicit_bzero(pk, sizeof pk);
     return ok ? (long)len + 16 : -1;
 }
 
-static long fast_open(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
+static long fast_open(const uint8_t *key, const uint8_t iv[12], const uint8_t *ad, size_t adlen,
                       const uint8_t *in, size_t len, uint8_t *out) {
     size_t plen = len - 16;
     uint8_t pk[32], tag[16];
     int ok;
     if (out + plen <= in || in + len <= out) {
         /* Apart: decrypt and take the key in one pass, then check the tag over the ciphertext. */
-        CRelayChaCha20_avx512(key, counter, in, plen, out, pk);
+        CRelayChaCha20_avx512_nonce96(key, iv, in, plen, out, pk);
         ok = poly_tag(pk, ad, adlen, in, plen, tag) && CRYPTO_memcmp(tag, in + plen, 16) == 0;
     } else {
         /* In place: the ciphertext is needed for the tag before it is overwritten. */
-        CRelayChaCha20_avx512(key, counter, NULL, 0, NULL, pk);
+        CRelayChaCha20_avx512_nonce96(key, iv, NULL, 0, NULL, pk);
         ok = poly_tag(pk, ad, adlen, in, plen, tag) && CRYPTO_memcmp(tag, in + plen, 16) == 0;
-        if (ok) CRelayChaCha20_avx512(key, counter, in, plen, out, pk);
+        if (ok) CRelayChaCha20_avx512_nonce96(key, iv, in, plen, out, pk);
     }
     explicit_bzero(pk, sizeof pk);
     if (!ok) { explicit_bzero(out, plen); return -1; }
     return (long)plen;
 }
 
-long CRelayCrypto_seal(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
-                       const uint8_t *in, size_t len, uint8_t *out) {
-    if (len > 0x7fffffff) return -1;
-    if (fast()) return fast_seal(key, counter, ad, adlen, in, len, out);
-    return CRelayCrypto_seal_libcrypto(key, counter, ad, adlen, in, len, out);
-}
-
-long CRelayCrypto_open(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
-                       const uint8_t *in, size_t len, uint8_t *out) {
-    if (len < 16 || len > 0x7fffffff) return -1;
-    if (fast()) return fast_open(key, counter, ad, adlen, in, len, out);
-    return CRelayCrypto_open_libcrypto(key, counter, ad, adlen, in, len, out);
-}
-
-const char *CRelayCrypto_implementation(void) { return fast() ? "avx512" : "libcrypto"; }
-
-long CRelayCrypto_seal_libcrypto(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
-                                 const uint8_t *in, size_t len, uint8_t *out) {
+static long libcrypto_seal(const uint8_t *key, const uint8_t iv[12], const uint8_t *ad, size_t adlen,
+                           const uint8_t *in, size_t len, uint8_t *out) {
     EVP_CIPHER_CTX *c = context(1);
     if (!c || len > 0x7fffffff) return -1;
-    uint8_t iv[12];
-    nonce(counter, iv);
     int n = 0, m = 0;
     if (EVP_EncryptInit_ex2(c, NULL, rekey(1, key), iv, NULL) != 1) { enc_keyed = 0; return -1; }
     if (adlen && EVP_EncryptUpdate(c, NULL, &n, ad, (int)adlen) != 1) return -1;
@@ -139,14 +123,13 @@ long CRelayCrypto_seal_libcrypto(const uint8_t *key, uint64_t counter, const uin
     return (long)len + 16;
 }
 
-long CRelayCrypto_open_libcrypto(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
-                                 const uint8_t *in, size_t len, uint8_t *out) {
+static long libcrypto_open(const uint8_t *key, const uint8_t iv[12], const uint8_t *ad, size_t adlen,
+                           const uint8_t *in, size_t len, uint8_t *out) {
     EVP_CIPHER_CTX *c = context(0);
     if (!c || len < 16 || len > 0x7fffffff) return -1;
     size_t plen = len - 16;
-    uint8_t iv[12], tag[16];
+    uint8_t tag[16];
     memcpy(tag, in + plen, 16);
-    nonce(counter, iv);
     int n = 0, m = 0;
     if (EVP_DecryptInit_ex2(c, NULL, rekey(0, key), iv, NULL) != 1) { dec_keyed = 0; return -1; }
     if (adlen && EVP_DecryptUpdate(c, NULL, &n, ad, (int)adlen) != 1) return -1;
@@ -158,4 +141,59 @@ long CRelayCrypto_open_libcrypto(const uint8_t *key, uint64_t counter, const uin
         return -1;
     }
     return (long)plen;
+}
+
+long CRelayCrypto_seal(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
+                       const uint8_t *in, size_t len, uint8_t *out) {
+    if (len > 0x7fffffff) return -1;
+    uint8_t iv[12];
+    nonce(counter, iv);
+    if (fast()) return fast_seal(key, iv, ad, adlen, in, len, out);
+    return libcrypto_seal(key, iv, ad, adlen, in, len, out);
+}
+
+long CRelayCrypto_open(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
+                       const uint8_t *in, size_t len, uint8_t *out) {
+    if (len < 16 || len > 0x7fffffff) return -1;
+    uint8_t iv[12];
+    nonce(counter, iv);
+    if (fast()) return fast_open(key, iv, ad, adlen, in, len, out);
+    return libcrypto_open(key, iv, ad, adlen, in, len, out);
+}
+
+const char *CRelayCrypto_implementation(void) { return fast() ? "avx512" : "libcrypto"; }
+
+long CRelayCrypto_seal_libcrypto(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
+                                 const uint8_t *in, size_t len, uint8_t *out) {
+    uint8_t iv[12];
+    nonce(counter, iv);
+    return libcrypto_seal(key, iv, ad, adlen, in, len, out);
+}
+
+long CRelayCrypto_open_libcrypto(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
+                                 const uint8_t *in, size_t len, uint8_t *out) {
+    uint8_t iv[12];
+    nonce(counter, iv);
+    return libcrypto_open(key, iv, ad, adlen, in, len, out);
+}
+
+/* The AVX-512 ChaCha20 needs libcrypto's Poly1305 MAC too; usable whether or not RELAY_AEAD_GENERIC
+   switched the default. */
+static int avx512_here(void) {
+    if (!CRelayChaCha20_avx512_usable()) return 0;
+    pthread_once(&mac_once, fetch_mac);
+    return mac != NULL;
+}
+
+long CRelayCrypto_seal_nonce96(int impl, const uint8_t *key, const uint8_t *iv, const uint8_t *ad, size_t adlen,
+                               const uint8_t *in, size_t len, uint8_t *out) {
+    if (impl == 1) return avx512_here() ? fast_seal(key, iv, ad, adlen, in, len, out) : -2;
+    return libcrypto_seal(key, iv, ad, adlen, in, len, out);
+}
+
+long CRelayCrypto_open_nonce96(int impl, const uint8_t *key, const uint8_t *iv, const uint8_t *ad, size_t adlen,
+                               const uint8_t *in, size_t len, uint8_t *out) {
+    if (len < 16) return -1;
+    if (impl == 1) return avx512_here() ? fast_open(key, iv, ad, adlen, in, len, out) : -2;
+    return libcrypto_open(key, iv, ad, adlen, in, len, out);
 }

@@ -4,8 +4,11 @@
    one-time key (RFC 8439 §2.6), so one call gives the key and the encrypted data together instead
    of a separate (scalar) block. */
 #include <string.h>
-#include <immintrin.h>
+#include <stdlib.h>
 #include "chacha20_avx512.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
 
 #define TARGET __attribute__((target("avx512f,avx512vl,avx512bw")))
 
@@ -106,17 +109,23 @@ TARGET static void xor_into(uint8_t *out, const uint8_t *in, const uint8_t *ks, 
     }
 }
 
-static void state(uint32_t st[16], const uint8_t key[32], uint64_t counter) {
+/* Key and 96-bit nonce as little-endian words (as x86 is); block counter 0. */
+static void state(uint32_t st[16], const uint8_t key[32], const uint8_t nonce[12]) {
     memcpy(st, sigma, 16);
-    memcpy(st + 4, key, 32); /* little-endian words, as x86 is */
+    memcpy(st + 4, key, 32);
     st[12] = 0;
-    st[13] = 0;
-    st[14] = (uint32_t)counter;
-    st[15] = (uint32_t)(counter >> 32);
+    memcpy(st + 13, nonce, 12);
 }
 
-TARGET void CRelayChaCha20_avx512(const uint8_t key[32], uint64_t nonce, const uint8_t *in, size_t len,
+TARGET void CRelayChaCha20_avx512(const uint8_t key[32], uint64_t counter, const uint8_t *in, size_t len,
                                   uint8_t *out, uint8_t polykey[32]) {
+    uint8_t nonce[12] = {0};
+    for (int i = 0; i < 8; i++) nonce[4 + i] = (uint8_t)(counter >> (8 * i));
+    CRelayChaCha20_avx512_nonce96(key, nonce, in, len, out, polykey);
+}
+
+TARGET void CRelayChaCha20_avx512_nonce96(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *in, size_t len,
+                                          uint8_t *out, uint8_t polykey[32]) {
     uint32_t st[16];
     state(st, key, nonce);
     uint8_t ks[2048] __attribute__((aligned(64)));
@@ -146,3 +155,18 @@ int CRelayChaCha20_avx512_usable(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
 }
+
+#else
+/* Other architectures (aarch64, ...): never usable, so aead.c always takes libcrypto's AEAD. */
+int CRelayChaCha20_avx512_usable(void) { return 0; }
+void CRelayChaCha20_avx512(const uint8_t key[32], uint64_t counter, const uint8_t *in, size_t len,
+                           uint8_t *out, uint8_t polykey[32]) {
+    (void)key; (void)counter; (void)in; (void)len; (void)out; (void)polykey;
+    abort();
+}
+void CRelayChaCha20_avx512_nonce96(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *in, size_t len,
+                                   uint8_t *out, uint8_t polykey[32]) {
+    (void)key; (void)nonce; (void)in; (void)len; (void)out; (void)polykey;
+    abort();
+}
+#endif

@@ -1,37 +1,35 @@
+import CRelayFuzzDriver
 import Foundation
 import RelayFuzzTargets
 
-// Built two ways (see `make fuzz`):
-// - with -sanitize=fuzzer,address and -DRELAY_LIBFUZZER: libFuzzer's main calls
-//   LLVMFuzzerTestOneInput with the target named by RELAY_FUZZ_TARGET;
-// - normally: `relay-fuzz TARGET PATH...` replays files (or every file of directories) through the
-//   target, to reproduce a crash under a debugger.
-
-#if RELAY_LIBFUZZER
-nonisolated(unsafe) let selected: FuzzTarget = {
-    let name = ProcessInfo.processInfo.environment["RELAY_FUZZ_TARGET"] ?? ""
-    guard let t = FuzzTarget(rawValue: name) else {
-        FileHandle.standardError.write(Data("RELAY_FUZZ_TARGET must be one of: \(FuzzTarget.allCases.map(\.rawValue).joined(separator: ", "))\n".utf8))
-        exit(2)
-    }
-    return t
-}()
-
-@_cdecl("LLVMFuzzerTestOneInput")
-public func relayFuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
-    let bytes = data.map { Array(UnsafeBufferPointer(start: $0, count: size)) } ?? []
-    _ = selected.run(bytes)
-    return 0
-}
-#else
+/// `relay-fuzz TARGET PATH...` replays files (or every file of directories) through a fuzz target.
+/// Built for fuzzing (`make fuzz`: -sanitize=fuzzer,address, -DRELAY_LIBFUZZER for Swift and C),
+/// `RELAY_FUZZ_TARGET=TARGET relay-fuzz [libFuzzer options] CORPUS...` runs libFuzzer on it.
 @main
-struct RelayFuzzReplay {
+struct RelayFuzz {
+    static func usage() -> Never {
+        FileHandle.standardError.write(Data("usage: relay-fuzz TARGET PATH... (targets: \(FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")))\n".utf8))
+        exit(64)
+    }
+
     static func main() {
-        let args = Array(CommandLine.arguments.dropFirst())
-        guard let first = args.first, let target = FuzzTarget(rawValue: first), args.count >= 2 else {
-            FileHandle.standardError.write(Data("usage: relay-fuzz TARGET PATH... (targets: \(FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")))\n".utf8))
-            exit(64)
-        }
+        #if RELAY_LIBFUZZER
+        guard let t = FuzzTarget(rawValue: ProcessInfo.processInfo.environment["RELAY_FUZZ_TARGET"] ?? "") else { usage() }
+        FuzzState.target = t
+        var argc = CommandLine.argc
+        var argv = CommandLine.unsafeArgv
+        exit(CRelayFuzz_run(&argc, &argv) { data, size in
+            let bytes = data.map { Array(UnsafeBufferPointer(start: $0, count: size)) } ?? []
+            _ = FuzzState.target.run(bytes)
+            return 0
+        })
+        #else
+        replay(Array(CommandLine.arguments.dropFirst()))
+        #endif
+    }
+
+    static func replay(_ args: [String]) {
+        guard let first = args.first, let target = FuzzTarget(rawValue: first), args.count >= 2 else { usage() }
         var files: [String] = []
         for p in args.dropFirst() {
             var isDir: ObjCBool = false
@@ -39,7 +37,7 @@ struct RelayFuzzReplay {
                 FileHandle.standardError.write(Data("relay-fuzz: no such file or directory: \(p)\n".utf8)); exit(66)
             }
             if isDir.boolValue {
-                files += ((try? FileManager.default.contentsOfDirectory(atPath: p)) ?? []).sorted().map { "\(p)/\($0)" }
+                files += ((try? FileManager.default.contentsOfDirectory(atPath: p)) ?? []).sorted().filter { !$0.hasPrefix(".") }.map { "\(p)/\($0)" }
             } else { files.append(p) }
         }
         var accepted = 0
@@ -50,4 +48,6 @@ struct RelayFuzzReplay {
         print("\(target.rawValue): \(files.count) inputs replayed, \(accepted) accepted, no trap")
     }
 }
-#endif
+
+/// The target libFuzzer's callback runs (a C callback cannot capture it).
+enum FuzzState { nonisolated(unsafe) static var target = FuzzTarget.stun }

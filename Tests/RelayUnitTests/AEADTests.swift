@@ -1,4 +1,5 @@
 import CRelayCrypto
+import Crypto
 import Foundation
 import Testing
 
@@ -103,6 +104,74 @@ struct AEADTests {
                 CRelayCrypto_open(k.baseAddress!, 77, nil, 0, b.baseAddress!, len + 16, b.baseAddress!) } }
             let back = Array(buf.prefix(len)) == pt
             #expect(m == len && back, "open in place, length \(len)")
+        }
+    }
+
+    // MARK: known answers and an implementation independent of libcrypto
+
+    static func hex(_ s: String) -> [UInt8] {
+        let c = Array(s.filter { !$0.isWhitespace })
+        return stride(from: 0, to: c.count, by: 2).map { UInt8(String(c[$0...$0 + 1]), radix: 16)! }
+    }
+
+    /// RFC 8439 §2.8.2, the AEAD_CHACHA20_POLY1305 test vector, through each implementation that can
+    /// run here: libcrypto's everywhere, the AVX-512 ChaCha20 where the CPU has it (CI's does).
+    @Test("RFC 8439 §2.8.2 known answer: seal gives the RFC's ciphertext and tag, open gives the plaintext back, a flipped bit is refused", arguments: [0, 1])
+    func rfc8439KnownAnswer(_ impl: Int32) throws {
+        let key = Array(UInt8(0x80)...UInt8(0x9f))
+        let iv = Self.hex("07000000 40414243 44454647")
+        let ad = Self.hex("50515253 c0c1c2c3 c4c5c6c7")
+        let pt = Array("Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.".utf8)
+        let want = Self.hex("""
+            d31a8d34 648e60db 7b86afbc 53ef7ec2 a4aded51 296e08fe a9e2b5a7 36ee62d6
+            3dbea45e 8ca96712 82fafb69 da92728b 1a71de0a 9e060b29 05d6a5b6 7ecd3b36
+            92ddbd7f 2d778b8c 9803aee3 28091b58 fab324e4 fad67594 5585808b 4831d7bc
+            3ff4def0 8e4b7a9d e576d265 86cec64b 6116
+            1ae10b59 4f09e26a 7e902ecb d0600691
+            """)
+        func call(_ f: (Int32, UnsafePointer<UInt8>, UnsafePointer<UInt8>, UnsafePointer<UInt8>, Int, UnsafePointer<UInt8>, Int, UnsafeMutablePointer<UInt8>) -> Int,
+                  _ input: [UInt8], _ outCount: Int) -> (Int, [UInt8]) {
+            var out = [UInt8](repeating: 0, count: outCount)
+            let n = key.withUnsafeBufferPointer { k in iv.withUnsafeBufferPointer { v in ad.withUnsafeBufferPointer { a in
+                input.withUnsafeBufferPointer { i in out.withUnsafeMutableBufferPointer { o in
+                    f(impl, k.baseAddress!, v.baseAddress!, a.baseAddress!, a.count, i.baseAddress!, i.count, o.baseAddress!) } } } } }
+            return (n, out)
+        }
+        let seal = { CRelayCrypto_seal_nonce96($0, $1, $2, $3, $4, $5, $6, $7) }
+        let open = { CRelayCrypto_open_nonce96($0, $1, $2, $3, $4, $5, $6, $7) }
+        let (n, sealed) = call(seal, pt, pt.count + 16)
+        if n == -2 {
+            #expect(impl == 1 && CRelayCrypto_implementation().pointee == UInt8(ascii: "l"), "the AVX-512 path is unavailable only where the fallback is in use")
+            return
+        }
+        #expect(n == pt.count + 16 && sealed == want, "implementation \(impl): not the RFC's ciphertext and tag")
+        let (m, opened) = call(open, want, pt.count)
+        #expect(m == pt.count && opened == pt)
+        var bad = want
+        bad[bad.count - 1] ^= 0x80
+        #expect(call(open, bad, pt.count).0 == -1)
+    }
+
+    /// The AEAD in use here (AVX-512 or libcrypto) against swift-crypto's ChaChaPoly (BoringSSL's),
+    /// which shares no code with either: this comparison can fail on any CPU.
+    @Test("byte for byte the same as swift-crypto's ChaChaPoly (BoringSSL) on lengths 0...1500 and 64 KB, and each opens the other's")
+    func sameAsSwiftCrypto() throws {
+        var rng = SystemRandomNumberGenerator()
+        for len in Array(stride(from: 0, through: 1500, by: 7)) + [1408, 65_535] {
+            let key = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let ad = len % 2 == 0 ? [] : (0..<(len % 29)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let pt = (0..<len).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let counter = UInt64.random(in: 0...UInt64.max, using: &rng)
+            var iv = [UInt8](repeating: 0, count: 4)
+            withUnsafeBytes(of: counter.littleEndian) { iv += $0 }
+            let box = try ChaChaPoly.seal(pt, using: SymmetricKey(data: key), nonce: try ChaChaPoly.Nonce(data: iv), authenticating: ad)
+            let theirs = Array(box.ciphertext) + Array(box.tag)
+            let ours = try #require(Self.run(Self.seal, key: key, counter: counter, ad: ad, pt, outCount: len + 16))
+            let same = ours == theirs
+            let weOpen = Self.run(Self.open, key: key, counter: counter, ad: ad, theirs, outCount: len) == pt
+            let theyOpen = (try? ChaChaPoly.open(try ChaChaPoly.SealedBox(combined: iv + ours), using: SymmetricKey(data: key), authenticating: ad)).map(Array.init) == pt
+            #expect(same && weOpen && theyOpen, "length \(len) (\(String(cString: CRelayCrypto_implementation()))): same \(same), we open theirs \(weOpen), they open ours \(theyOpen)")
+            if !(same && weOpen && theyOpen) { return }
         }
     }
 }

@@ -28,4 +28,12 @@ long CRelayCrypto_seal_libcrypto(const uint8_t *key, uint64_t counter, const uin
 long CRelayCrypto_open_libcrypto(const uint8_t *key, uint64_t counter, const uint8_t *ad, size_t adlen,
                                  const uint8_t *in, size_t len, uint8_t *out);
 
+/// Tests: seal or open with any 96-bit nonce `iv` (RFC 8439's known-answer vectors) through one
+/// implementation: 0 = libcrypto's AEAD, 1 = the AVX-512 ChaCha20 with libcrypto's Poly1305
+/// (returns -2 when this CPU cannot run it). Otherwise as CRelayCrypto_seal / CRelayCrypto_open.
+long CRelayCrypto_seal_nonce96(int impl, const uint8_t *key, const uint8_t *iv, const uint8_t *ad, size_t adlen,
+                               const uint8_t *in, size_t len, uint8_t *out);
+long CRelayCrypto_open_nonce96(int impl, const uint8_t *key, const uint8_t *iv, const uint8_t *ad, size_t adlen,
+                               const uint8_t *in, size_t len, uint8_t *out);
+
 #endif
