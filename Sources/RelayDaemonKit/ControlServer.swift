@@ -20,6 +20,36 @@ struct ControlPeer {
     var canRead: Bool
 }
 
+/// Bounds on the control socket: connections at once (and per uid), how long a connection may
+/// stay silent or take to send a request, and how large a request body may be.
+public struct ControlLimits: Sendable {
+    public var maxConnections = 64
+    public var maxConnectionsPerUID = 16
+    public var idleSeconds: Int64 = 30
+    public var maxBody = 64 * 1024
+    public init() {}
+}
+
+/// Open control connections per uid (all of them counted on the server's one event loop thread,
+/// but guarded anyway: the initializer may run elsewhere in tests).
+final class ControlConnections: @unchecked Sendable {
+    private let lock = NSLock()
+    private var total = 0
+    private var perUID: [UInt32: Int] = [:]
+    func take(_ uid: UInt32, _ l: ControlLimits) -> String? {
+        lock.lock(); defer { lock.unlock() }
+        if perUID[uid, default: 0] >= l.maxConnectionsPerUID { return "uid \(uid) already has \(l.maxConnectionsPerUID) control connections open; close some and retry" }
+        if total >= l.maxConnections { return "\(l.maxConnections) control connections are open; retry later" }
+        total += 1; perUID[uid, default: 0] += 1
+        return nil
+    }
+    func give(_ uid: UInt32) {
+        lock.lock(); defer { lock.unlock() }
+        total -= 1; perUID[uid, default: 1] -= 1
+        if perUID[uid] == 0 { perUID[uid] = nil }
+    }
+}
+
 /// relayd's control API: HTTP/1.1 + JSON on a Unix socket, served by SwiftNIO.
 public final class ControlServer: @unchecked Sendable {
     let daemon: Daemon
@@ -29,10 +59,13 @@ public final class ControlServer: @unchecked Sendable {
     var channel: Channel?
     let listener: UnixListener
     let readGID: UInt32?
+    let limits: ControlLimits
+    let connections = ControlConnections()
 
-    public init(daemon: Daemon, logger: Logger) throws {
+    public init(daemon: Daemon, logger: Logger, limits: ControlLimits = ControlLimits()) throws {
         self.daemon = daemon
         self.logger = logger
+        self.limits = limits
         let path = daemon.options.controlSocket
         let dir = (path as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
@@ -47,12 +80,24 @@ public final class ControlServer: @unchecked Sendable {
             .serverChannelOption(ChannelOptions.backlog, value: 64)
             .childChannelInitializer { [self] ch in
                 self.identify(ch).flatMap { peer in
-                    ch.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
-                        ch.pipeline.addHandler(ControlHTTPHandler(server: self, peer: peer))
+                    // Bounded per uid and in all: over the bound, a clear 503 and the connection closes.
+                    var refusal: String? = "cannot identify the peer (SO_PEERCRED)"
+                    if let peer {
+                        refusal = self.connections.take(peer.uid, self.limits)
+                        if refusal == nil { ch.closeFuture.whenComplete { _ in self.connections.give(peer.uid) } }
+                    }
+                    return ch.eventLoop.makeCompletedFuture {
+                        let ops = ch.pipeline.syncOperations
+                        // No pipelining assistance: this handler answers unasked (busy, timeout) and
+                        // takes one request at a time itself.
+                        try ops.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
+                        try ops.addHandler(IdleStateHandler(readTimeout: .seconds(self.limits.idleSeconds)))
+                        try ops.addHandler(ControlHTTPHandler(server: self, peer: peer, refusal: refusal, maxBody: self.limits.maxBody))
                     }
                 }
             }
-        channel = try bootstrap.withBoundSocket(listener.fd).wait()
+        // NIO owns the descriptor from here on (and closes it); the listener must not close it too.
+        channel = try bootstrap.withBoundSocket(listener.releaseDescriptor()).wait()
         logger.info("control API on \(listener.path) (read: group \(daemon.options.readGroup)\(readGID == nil ? " (no such group)" : ""); change: root and uid \(getuid()))")
     }
 
@@ -131,36 +176,84 @@ public final class ControlServer: @unchecked Sendable {
     }
 }
 
-final class ControlHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
+/// One control connection. Its state changes in one place per event: waiting for a request,
+/// refusing one (too large, busy: the answer goes out and the connection closes without reading
+/// further), or closed.
+final class ControlHTTPHandler: ChannelDuplexHandler, @unchecked Sendable {
     typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
     let server: ControlServer
     let peer: ControlPeer?
+    let refusal: String?
+    let maxBody: Int
     var head: HTTPRequestHead?
     var bodyBytes = 0
-    static let maxBody = 64 * 1024
+    var refused = false
+    var inFlight = false
 
-    init(server: ControlServer, peer: ControlPeer?) { self.server = server; self.peer = peer }
+    init(server: ControlServer, peer: ControlPeer?, refusal: String? = nil, maxBody: Int = 64 * 1024) {
+        self.server = server; self.peer = peer; self.refusal = refusal; self.maxBody = maxBody
+    }
+
+    static func errorBody(_ code: String, _ message: String) -> Data {
+        (try? ControlJSON.encoder().encode(ControlErrorBody(WireError(code, message)))) ?? Data()
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if let refusal {
+            refused = true
+            respond(context, .serviceUnavailable, Self.errorBody("control.busy", refusal), keepAlive: false)
+        }
+        context.fireChannelActive()
+    }
+
+    /// No request (or no whole one) within the idle time: a 408 and close.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent, !refused, !inFlight {
+            refused = true
+            respond(context, .requestTimeout, Self.errorBody("control.timeout", "no complete request within \(server.limits.idleSeconds) s"), keepAlive: false)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !refused else { return }  // the answer is out; what the client still sends is dropped
         switch unwrapInboundIn(data) {
-        case .head(let h): head = h; bodyBytes = 0
-        case .body(let b): bodyBytes += b.readableBytes
+        case .head(let h):
+            if inFlight {
+                refused = true
+                respond(context, .badRequest, Self.errorBody("control.pipelined", "one request at a time: wait for the answer before the next request"), keepAlive: false)
+                return
+            }
+            head = h; bodyBytes = 0
+            if let declared = h.headers.first(name: "Content-Length").flatMap(Int.init), declared > maxBody { tooLarge(context) }
+        case .body(let b):
+            bodyBytes += b.readableBytes
+            if bodyBytes > maxBody { tooLarge(context) }
         case .end:
             guard let h = head else { return }
             head = nil
             let keepAlive = h.isKeepAlive
             let loop = context.eventLoop
             let ctx = NIOLoopBound(context, eventLoop: loop)
-            if bodyBytes > ControlHTTPHandler.maxBody {
-                respond(ctx.value, .payloadTooLarge, Data("{\"error\":{\"code\":\"control.too_large\",\"message\":\"request body over 64 KiB\"}}".utf8), keepAlive: false)
-                return
-            }
+            inFlight = true
             server.work.async { [self] in
                 let (status, body) = server.handle(method: h.method, uri: h.uri, peer: peer)
-                loop.execute { self.respond(ctx.value, status, body, keepAlive: keepAlive) }
+                loop.execute {
+                    self.inFlight = false
+                    if !self.refused { self.respond(ctx.value, status, body, keepAlive: keepAlive) }
+                }
             }
         }
+    }
+
+    /// Refuses as soon as the body passes the bound: the rest is never read.
+    func tooLarge(_ context: ChannelHandlerContext) {
+        refused = true
+        head = nil
+        respond(context, .payloadTooLarge, Self.errorBody("control.too_large", "request body over \(maxBody / 1024) KiB: the control API takes no large bodies"), keepAlive: false)
     }
 
     func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ body: Data, keepAlive: Bool) {

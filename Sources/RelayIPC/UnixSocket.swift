@@ -197,7 +197,7 @@ func sockaddrUn(_ path: String) throws -> sockaddr_un {
 /// and no chmod on a path someone could have replaced. A group, if given, only narrows who may
 /// connect (the file is first owned by the process's own group).
 public final class UnixListener {
-    public let fd: Int32
+    public private(set) var fd: Int32
     public let path: String
 
     public init(path: String, mode: mode_t = 0o660, group: gid_t? = nil, backlog: Int32 = 16) throws {
@@ -224,7 +224,15 @@ public final class UnixListener {
         fd = s
     }
 
-    deinit { Glibc.close(fd) }
+    deinit { if fd >= 0 { Glibc.close(fd) } }
+
+    /// Hands the descriptor to a new owner (e.g. SwiftNIO, which closes it): this listener no
+    /// longer closes it.
+    public func releaseDescriptor() -> Int32 {
+        let d = fd
+        fd = -1
+        return d
+    }
 
     public func accept(maxFrame: Int) throws -> UnixConnection {
         while true {

@@ -17,7 +17,7 @@ struct RelayFuzz {
         guard let t = FuzzTarget(rawValue: ProcessInfo.processInfo.environment["RELAY_FUZZ_TARGET"] ?? "") else { usage() }
         FuzzState.target = t
         var argc = CommandLine.argc
-        var argv = CommandLine.unsafeArgv
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
         exit(CRelayFuzz_run(&argc, &argv) { data, size in
             let bytes = data.map { Array(UnsafeBufferPointer(start: $0, count: size)) } ?? []
             _ = FuzzState.target.run(bytes)

@@ -8,6 +8,18 @@ import RelayDaemonKit
 
 @main
 struct RelayDaemonCommand: ParsableCommand {
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let e as RelaydExit {
+            FileHandle.standardError.write(Data("relayd: \(e.description)\n".utf8))
+            Foundation.exit(e.code)
+        } catch {
+            exit(withError: error)
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "relayd",
         abstract: "The unprivileged Relay daemon: configuration, identity, the helper link and the control API.",
@@ -26,6 +38,8 @@ struct RelayDaemonCommand: ParsableCommand {
     @Option(help: "relay-helper's socket.") var helperSocket = RelayPaths.defaultHelperSocket
     @Option(help: "Group whose members may read status (changing needs root or relayd's own user).") var readGroup = "relay"
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
+    @Option(help: ArgumentHelp("Seconds a control connection may stay without a complete request.", valueName: "seconds"))
+    var controlIdleTimeout = 30
 
     func run() throws {
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error") }
@@ -38,21 +52,24 @@ struct RelayDaemonCommand: ParsableCommand {
         if getuid() == 0 {
             logger.warning("relayd is running as root: it needs no privileges; run it as its own user (the systemd unit does)")
         }
+        guard (1...3600).contains(controlIdleTimeout) else { throw ValidationError("--control-idle-timeout must be 1...3600 seconds") }
         let options = DaemonOptions(configPath: config ?? RelayPaths.defaultConfig, configExplicit: config != nil, stateDirectory: stateDir,
                                     controlSocket: socket, helperSocket: helperSocket, readGroup: readGroup)
         let daemon: Daemon
         do { daemon = try Daemon(options: options, logger: logger) } catch let e as ConfigError {
-            throw ValidationError(e.description)
+            throw RelaydExit(e.description, code: 78)
         } catch {
-            throw ValidationError("\(error)")
+            throw RelaydExit("\(error)", code: 1)
         }
         let control: ControlServer
-        do { control = try ControlServer(daemon: daemon, logger: logger); try control.start() } catch {
-            throw ValidationError("cannot serve the control socket \(socket): \(error)")
+        var limits = ControlLimits()
+        limits.idleSeconds = Int64(controlIdleTimeout)
+        do { control = try ControlServer(daemon: daemon, logger: logger, limits: limits); try control.start() } catch {
+            throw RelaydExit("cannot serve the control socket \(socket): \(error)", code: 1)
         }
         do { try daemon.start() } catch {
             control.stop()
-            throw ValidationError("\(error)")
+            throw RelaydExit("\(error)", code: 1)
         }
         let cfg = daemon.currentConfig
         logger.notice("relayd \(RelayVersion.string) node \(cfg.node.name) id \(daemon.identity.publicKeyBase64); config \(options.configPath)\(FileManager.default.fileExists(atPath: options.configPath) ? "" : " (absent: embedded default)"); \(cfg.peers.count) peers")
@@ -78,4 +95,12 @@ struct RelayDaemonCommand: ParsableCommand {
         withExtendedLifetime(sources) {}
         logger.notice("stopped")
     }
+}
+
+/// A runtime failure: its message on stderr and an exit code (78 for a bad configuration, as in
+/// sysexits.h), without the usage text a command-line error gets.
+struct RelaydExit: Error, CustomStringConvertible {
+    var description: String
+    var code: Int32
+    init(_ message: String, code: Int32) { description = message; self.code = code }
 }

@@ -24,7 +24,10 @@ final class RelaydProcess {
     var pid: pid_t = 0
     let logPath: String
 
-    init(config: String?) throws {
+    let extraArgs: [String]
+
+    init(config: String?, extraArgs: [String] = []) throws {
+        self.extraArgs = extraArgs
         dir = NSTemporaryDirectory() + "relayd-test-\(getpid())-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         socket = dir + "/relayd.sock"
@@ -37,6 +40,7 @@ final class RelaydProcess {
     func start(config: Bool = true) throws {
         var argv = [try Binaries.path("relayd"), "--state-dir", dir + "/state", "--socket", socket, "--helper-socket", dir + "/no-helper.sock", "--read-group", "nogroup"]
         if config { argv += ["--config", configPath] }
+        argv += extraArgs
         pid = try Spawn.start(argv, stdoutPath: logPath, stderrPath: logPath)
         try waitUntil("relayd control socket", timeout: 10) {
             if let st = Spawn.reap(self.pid, block: false) { throw HarnessError("relayd exited with \(st): \(self.log)") }
@@ -145,6 +149,35 @@ struct RelaydTests {
         // Supplementary membership counts too (the group from /proc/PID/status).
         let supp = try Command.run(["setpriv", "--reuid=65533", "--regid=65533", "--groups=65534", ctl, "sites", "--socket", d.socket], check: false)
         #expect(supp.status == 0, "\(supp.stderr)")
+    }
+
+    static let controlClient = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../Support/control_client.py").standardized.path
+
+    @Test("control socket limits: a body over 64 KiB is refused as soon as it is declared or passed and never read whole; silent connections are closed; connections are bounded per uid")
+    func controlLimits() throws {
+        let d = try RelaydProcess(config: relaydConfig(peers: []), extraArgs: ["--control-idle-timeout", "2"])
+        func run(_ args: String...) throws -> [String: Any] {
+            let r = try Command.run(["/usr/bin/python3", Self.controlClient] + args, timeout: 60)
+            return (try JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n").last.map(String.init)?.utf8 ?? "".utf8)) as? [String: Any]) ?? ["raw": r.stdout + r.stderr]
+        }
+        // 100 MB declared: 413 at once, and the connection closes before the body could be sent.
+        let declared = try run("declared", d.socket, String(100 << 20))
+        #expect(declared["status"] as? Int == 413, "\(declared)")
+        #expect((declared["sent"] as? Int ?? .max) < 16 << 20, "relayd kept reading a body it had refused: \(declared)")
+        // Chunked (no length): refused once 64 KiB have arrived.
+        let chunked = try run("chunked", d.socket, String(100 << 20))
+        #expect(chunked["status"] as? Int == 413, "\(chunked)")
+        #expect((chunked["sent"] as? Int ?? .max) < 16 << 20, "\(chunked)")
+        // Silent: 408 after the idle time (2 s here).
+        let idle = try run("idle", d.socket, "10")
+        #expect(idle["status"] as? Int == 408, "\(idle)")
+        #expect((idle["seconds"] as? Double ?? 0) >= 1.5 && (idle["seconds"] as? Double ?? 99) < 6, "\(idle)")
+        // Per uid: 16 open connections are the bound; the 17th is told so (503).
+        let held = try run("hold", d.socket, "17", "0")
+        #expect(held["status"] as? Int == 503, "\(held)")
+        // relayd is still fine.
+        #expect(try d.ctl("status").status == 0)
+        #expect(!d.log.contains("Fatal"), "\(d.log)")
     }
 
     @Test("relayctl: exit codes and messages scripts can rely on; config check and explain without relayd")
