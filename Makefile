@@ -74,7 +74,7 @@ test-sanitize: deps
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := helper-request helper-policy stun tunnel relayd-config
 fuzz: deps
-	$(SWIFT) build --build-path .build/fuzz --product relay-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DRELAY_LIBFUZZER -Xcc -DRELAY_LIBFUZZER
+	$(SWIFT) build --build-path .build/fuzz --product relay-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DRELAY_LIBFUZZER -Xcc -DRELAY_LIBFUZZER -Xswiftc -use-ld=lld
 	@bin=$$($(SWIFT) build --build-path .build/fuzz --show-bin-path)/relay-fuzz; \
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p .build/fuzz/work/$$t; \

@@ -58,7 +58,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "RelayDaemonKit", dependencies: [
-            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayControlAPI", "RelayConfig", "RelayIPC", "RelayNftables", "CRelayShim", "RelayTunnel",
+            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayControlAPI", "RelayConfig", "RelayIPC", "CRelayShim", "RelayTunnel",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -95,14 +95,6 @@ int CRelayShim_tun_open(const char *name, int persist, int vnet_hdr, char *name_
     return fd;
 }
 
-int CRelayShim_tun_unpersist(const char *name) {
-    char out[IFNAMSIZ];
-    int fd = CRelayShim_tun_open(name, 0, 0, out);
-    if (fd < 0) return fd;
-    int rc = ioctl(fd, TUNSETPERSIST, 0) != 0 ? -errno : 0;
-    close(fd);
-    return rc;
-}
 
 int CRelayShim_CAP_NET_ADMIN(void) { return CAP_NET_ADMIN; }
 

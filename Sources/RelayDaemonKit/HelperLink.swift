@@ -18,7 +18,9 @@ public final class HelperLink: @unchecked Sendable {
     private var needApply = false
     private var stopped = false
     private var status: HelperLinkStatus
-    private var deviceFD: Int32 = -1
+    /// The TUN device the helper handed over. Dropping it does not close it under a packet thread
+    /// that holds a handle: the descriptor closes when the last holder lets go.
+    private var device: TunDescriptor?
     private var deviceSpec: DeviceSpec?
     private var thread: Thread?
 
@@ -32,7 +34,7 @@ public final class HelperLink: @unchecked Sendable {
 
     /// The TUN fd (or -1), for the packet path.
     /// The descriptor and whether it was opened with offloads (virtio headers), read together.
-    public var tunHandle: TunHandle { lock.lock(); defer { lock.unlock() }; return TunHandle(fd: deviceFD, vnetHeader: deviceFD >= 0 && deviceSpec?.offload == true) }
+    public var tunHandle: TunHandle { lock.lock(); defer { lock.unlock() }; return TunHandle(descriptor: device, vnetHeader: device != nil && deviceSpec?.offload == true) }
 
     let running = DispatchGroup()
 
@@ -52,8 +54,8 @@ public final class HelperLink: @unchecked Sendable {
         _ = running.wait(timeout: .now() + 5)
         callLock.lock()
         client = nil
-        if deviceFD >= 0 { close(deviceFD); deviceFD = -1 }
         callLock.unlock()
+        lock.lock(); device = nil; lock.unlock()
     }
 
     /// Sets what the kernel should hold; the link thread applies it (now, and after reconnects).
@@ -162,22 +164,32 @@ public final class HelperLink: @unchecked Sendable {
         lock.unlock()
     }
 
+    /// Drops the device and waits (up to 1 s) until the packet threads have let go of it too, so
+    /// that the descriptor is closed and the device can be opened again (a TUN device takes one).
+    private func releaseDevice() {
+        weak var old: TunDescriptor?
+        lock.lock(); old = device; device = nil; lock.unlock()
+        let deadline = Date().addingTimeInterval(1)
+        while old != nil && Date() < deadline { usleep(5_000) }
+    }
+
     /// NAT table, then the device (kept open across helper restarts), then routes to it.
     private func applyNow(_ d: DesiredKernelState) throws {
         let report = try withClient { try $0.apply(d.nat) }
         if report.changed { logger.info("helper applied NAT: \(report.changedElements) elements, chains \(report.rewrittenChains), sets \(report.replacedSets)") }
+        lock.lock(); let have = device != nil, haveSpec = deviceSpec; lock.unlock()
         if let spec = d.device {
-            if deviceFD < 0 || deviceSpec != spec {
-                if deviceFD >= 0 { close(deviceFD); deviceFD = -1 }
+            if !have || haveSpec != spec {
+                if have { releaseDevice() }
                 let (dev, fd) = try withClient { try $0.openDevice(spec) }
                 // The packet loops drain it until EAGAIN.
                 _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-                lock.lock(); deviceFD = fd; deviceSpec = spec; status.device = dev.name; lock.unlock()
+                lock.lock(); device = TunDescriptor(fd: fd); deviceSpec = spec; status.device = dev.name; lock.unlock()
                 logger.info("helper handed over TUN \(dev.name) (index \(dev.index), mtu \(dev.mtu))")
             }
-        } else if deviceFD >= 0 {
-            close(deviceFD)
-            lock.lock(); deviceFD = -1; deviceSpec = nil; status.device = nil; lock.unlock()
+        } else if have {
+            releaseDevice()
+            lock.lock(); deviceSpec = nil; status.device = nil; lock.unlock()
         }
         let r = try withClient { try $0.applyRoutes(d.routes) }
         if r.routesChanged > 0 { logger.info("helper changed \(r.routesChanged) routes") }

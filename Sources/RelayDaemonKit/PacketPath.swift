@@ -9,9 +9,25 @@ import Glibc
 
 /// The TUN descriptor relayd got from the helper, and whether it carries virtio_net_hdr (offloads).
 public struct TunHandle: Sendable {
-    public var fd: Int32
+    /// Keeps the descriptor open while this handle exists: a packet thread that took a handle can
+    /// never read or write a descriptor that was closed (and perhaps reused for another file) under
+    /// it, however the device is replaced meanwhile.
+    public let descriptor: TunDescriptor?
     public var vnetHeader: Bool
-    public init(fd: Int32, vnetHeader: Bool) { self.fd = fd; self.vnetHeader = vnetHeader }
+    @inline(__always) public var fd: Int32 { descriptor?.fd ?? -1 }
+    /// A descriptor the caller owns and closes (tests).
+    public init(fd: Int32, vnetHeader: Bool) {
+        descriptor = fd >= 0 ? TunDescriptor(fd: fd, owned: false) : nil; self.vnetHeader = vnetHeader
+    }
+    public init(descriptor: TunDescriptor?, vnetHeader: Bool) { self.descriptor = descriptor; self.vnetHeader = vnetHeader }
+}
+
+/// An open TUN descriptor, closed when its last holder lets go of it.
+public final class TunDescriptor: @unchecked Sendable {
+    public let fd: Int32
+    let owned: Bool
+    public init(fd: Int32, owned: Bool = true) { self.fd = fd; self.owned = owned }
+    deinit { if owned && fd >= 0 { close(fd) } }
 }
 
 /// Sealed datagrams on their way out: up to 64 messages for one sendmmsg, each message a train of

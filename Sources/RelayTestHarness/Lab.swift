@@ -15,7 +15,14 @@ public final class Lab {
     var processes: [LabProcess] = []
     private var tornDown = false
     private let lock = NSLock()
+    /// This lab's process logs and files, under `Lab.logRoot`. Removed at teardown unless a failure
+    /// was reported (then its path is printed with the report).
     public let logDirectory: URL
+    private var keepLogs = false
+
+    /// Where every lab keeps its logs: `$TMPDIR/relay-lab/`. `make lab-clean` (`relay-lab clean`)
+    /// removes those of runs that are gone.
+    public static var logRoot: URL { FileManager.default.temporaryDirectory.appendingPathComponent("relay-lab") }
 
     /// Makes a new lab after removing what crashed earlier runs left behind.
     public init(_ label: String = "lab", prefix: String? = nil) throws {
@@ -24,8 +31,7 @@ public final class Lab {
         if prefix == nil { Lab.removeStale() }
         let n = Lab.counter.increment()
         self.prefix = prefix ?? "\(Lab.namespaceMarker)\(getpid())-\(Lab.selfStartTime)-\(n)-"
-        logDirectory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("\(self.prefix)\(label.filter { $0.isLetter || $0.isNumber })-logs")
+        logDirectory = Lab.logRoot.appendingPathComponent("\(self.prefix)\(label.filter { $0.isLetter || $0.isNumber })-logs")
         try FileManager.default.createDirectory(at: logDirectory, withIntermediateDirectories: true)
         Lab.registry.add(self)
     }
@@ -81,11 +87,14 @@ public final class Lab {
         for p in processes { p.stop(grace: grace) }
         for h in hosts.values { Lab.removeNamespace(h.namespace) }
         Lab.registry.remove(self)
+        lock.lock(); let keep = keepLogs; lock.unlock()
+        if !keep { try? FileManager.default.removeItem(at: logDirectory) }
     }
 
     /// Every process log, newest last, for a failing test.
     public func failureReport(_ error: Error) -> String {
-        var s = "\n=== lab \(prefix) failed: \(error)\n"
+        lock.lock(); keepLogs = true; lock.unlock()
+        var s = "\n=== lab \(prefix) failed: \(error) (logs kept in \(logDirectory.path))\n"
         for p in processes {
             s += "--- \(p.label) (pid \(p.pid), host \(p.host.name)) \(p.exitDescription)\n"
             s += p.log(lastBytes: 8000) + "\n"
@@ -105,6 +114,18 @@ public final class Lab {
                 removeNamespace(ns)
             }
         }
+    }
+
+    /// Removes the log directories of runs that are gone (kept failures included). Returns how many.
+    @discardableResult
+    public static func removeStaleLogs() -> Int {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: logRoot.path)) ?? []
+        var n = 0
+        for d in names {
+            guard let owner = ownerOf(namespace: d), !processAlive(pid: owner.pid, startTime: owner.startTime) else { continue }
+            if (try? FileManager.default.removeItem(at: logRoot.appendingPathComponent(d))) != nil { n += 1 }
+        }
+        return n
     }
 
     static func ownerOf(namespace: String) -> (pid: Int32, startTime: UInt64)? {

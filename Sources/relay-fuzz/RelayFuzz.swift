@@ -51,3 +51,13 @@ struct RelayFuzz {
 
 /// The target libFuzzer's callback runs (a C callback cannot capture it).
 enum FuzzState { nonisolated(unsafe) static var target = FuzzTarget.stun }
+
+#if RELAY_LIBFUZZER
+/// libFuzzer's own entry name too (its archive's main refers to it).
+@_cdecl("LLVMFuzzerTestOneInput")
+public func relayFuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    let bytes = data.map { Array(UnsafeBufferPointer(start: $0, count: size)) } ?? []
+    _ = FuzzState.target.run(bytes)
+    return 0
+}
+#endif

@@ -27,9 +27,11 @@ struct RelayLab: ParsableCommand {
 
     struct Clean: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Remove namespaces left by crashed lab runs (only the harness's own, only dead runs).")
+            abstract: "Remove namespaces left by crashed lab runs, and the logs of finished runs kept in $TMPDIR/relay-lab (only the harness's own, only dead runs).")
         func run() throws {
             Lab.removeStale()
+            let n = Lab.removeStaleLogs()
+            print("relay-lab clean: removed \(n) log director\(n == 1 ? "y" : "ies") of finished runs from \(Lab.logRoot.path)")
         }
     }
 }

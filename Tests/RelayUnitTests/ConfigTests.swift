@@ -86,6 +86,7 @@ struct ConfigTests {
         (siteAConfig(extraPeer: "[[peer]]\nname = \"gw-c\"\npublic_key = \"\(keyB)\"\n[[peer.site]]\nname = \"C\"\nvirtual4 = \"240.3.3.0/24\"\nvirtual6 = \"64:ff9b:3333::/96\""), "peer[1].site[0].lan4", "needed with virtual6"),
         ("[node]\ndevice = \"this-name-is-too-long\"\n", "node.device", "not a usable device name"),
         ("[node\n", "line 1", "TOML syntax error"),
+        ("[node]\nname = \"a\u{00}b\"\n", "file", "line 2, column 10: control character U+0000"),
         ("[reflector]\nother_address = \"192.0.2.8\"\n", "reflector.address", "primary address too"),
         ("[reflector]\naddress = \"192.0.2.8\"\nother_address = \"192.0.2.8\"\n", "reflector.other_address", "must differ"),
         ("[reflector]\naddress = \"192.0.2.8\"\nother_address = \"2001:db8::8\"\n", "reflector.other_address", "same family"),

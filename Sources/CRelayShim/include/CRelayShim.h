@@ -33,8 +33,6 @@ int CRelayShim_peer_groups(int sock, uint32_t *groups, int cap);
 /// (16 bytes). Returns the fd or -errno.
 int CRelayShim_tun_open(const char *name, int persist, int vnet_hdr, char *name_out);
 
-/// Removes persistence from TUN device `name` so that it disappears when the last fd closes.
-int CRelayShim_tun_unpersist(const char *name);
 
 /// Capability numbers and checks (linux/capability.h names).
 int CRelayShim_CAP_NET_ADMIN(void);
