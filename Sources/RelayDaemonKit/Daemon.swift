@@ -89,7 +89,12 @@ public final class Daemon: @unchecked Sendable {
 
     /// Re-reads the configuration. A valid one is applied as a diff; an invalid one is refused and
     /// the running configuration stays in force.
+    private let reloading = NSLock()
+
     public func reload(trigger: String) -> Result<ReloadResponse, WireError> {
+        // One reload at a time (SIGHUP and relayctl reload may come together): each applies a whole
+        // configuration to the helper link and the tunnel, never half of two.
+        reloading.lock(); defer { reloading.unlock() }
         lock.lock()
         let old = config
         configStatus.lastReloadAttempt = Date()

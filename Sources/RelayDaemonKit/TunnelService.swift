@@ -19,8 +19,9 @@ final class TranslatorRef: @unchecked Sendable {
 }
 
 /// A peer as the tunnel sees it: identity, where to send, which virtual prefixes are behind it.
+/// One object per public key for as long as the key is configured: a reload updates it in place.
 final class TunnelPeer {
-    let name: String
+    var name: String
     let publicKey: [UInt8]
     var endpoint: sockaddr_in6?
     var prefixes: [IPPrefix]
@@ -140,9 +141,11 @@ public final class TunnelService: @unchecked Sendable {
             let prefixes = p.sites.flatMap(\.virtualPrefixes)
             let ep = p.endpoint.map(TunnelService.socketAddress)
             if let old = peers.first(where: { $0.publicKey == key }) {
+                // The same object: its sessions (and their counters) are never copied.
+                old.name = p.name
                 old.prefixes = prefixes
                 if let ep { old.endpoint = ep }
-                next.append(TunnelPeer(name: p.name, publicKey: key, endpoint: old.endpoint, prefixes: prefixes).adopting(old))
+                next.append(old)
             } else {
                 next.append(TunnelPeer(name: p.name, publicKey: key, endpoint: ep, prefixes: prefixes))
             }
@@ -403,7 +406,7 @@ public final class TunnelService: @unchecked Sendable {
         flushQueue(peer, now: now)
         if peer.queue.isEmpty && peer.current != nil {
             // Confirm the session to the responder right away (WireGuard sends a keepalive).
-            if var s = peer.current, let ep = peer.endpoint { let ka = s.seal([][...]); peer.current = s; peer.lastSent = now; send(ka, to: ep) }
+            if let s = peer.current, let ep = peer.endpoint { let ka = s.seal([][...]); peer.lastSent = now; send(ka, to: ep) }
         }
     }
 
@@ -418,7 +421,7 @@ public final class TunnelService: @unchecked Sendable {
     }
 
     func flushQueue(_ peer: TunnelPeer, now: Double) {
-        guard var s = peer.current, let ep = peer.endpoint else { return }
+        guard let s = peer.current, let ep = peer.endpoint else { return }
         for pkt in peer.queue {
             send(s.seal(pkt[...]), to: ep)
             peer.txBytes += UInt64(pkt.count); peer.txPackets += 1
@@ -426,7 +429,6 @@ public final class TunnelService: @unchecked Sendable {
         }
         if !peer.queue.isEmpty { peer.lastSent = now }
         peer.queue.removeAll()
-        peer.current = s
     }
 
     func handleData(receiver: UInt32, counter: UInt64, _ ct: ArraySlice<UInt8>, from: sockaddr_in6, now: Double) {
@@ -466,7 +468,7 @@ public final class TunnelService: @unchecked Sendable {
             var fresh = false
             if peer.current?.localIndex == receiver { fresh = peer.current!.acceptCounter(counter) }
             else if peer.previous?.localIndex == receiver { fresh = peer.previous!.acceptCounter(counter) }
-            else if var s = peer.next, s.localIndex == receiver {
+            else if let s = peer.next, s.localIndex == receiver {
                 fresh = s.acceptCounter(counter)
                 // Confirmed by the initiator: it becomes the session we send on.
                 peer.next = nil
@@ -514,8 +516,8 @@ public final class TunnelService: @unchecked Sendable {
                 // Back through the tunnel to the sender: its source has no IPv6 name here.
                 if let icmp = IPHeader.icmpError(pt, .sourcePolicy), takeICMPToken() {
                     lock.lock()
-                    if var s = peer.current, let ep = peer.endpoint {
-                        let wire = s.seal(icmp[...]); peer.current = s; peer.lastSent = now; lock.unlock(); send(wire, to: ep)
+                    if let s = peer.current, let ep = peer.endpoint {
+                        let wire = s.seal(icmp[...]); peer.lastSent = now; lock.unlock(); send(wire, to: ep)
                     } else { lock.unlock() }
                 }
                 return
@@ -563,8 +565,8 @@ public final class TunnelService: @unchecked Sendable {
             if let s = peer.previous, s.expired(now: now) { byIndex[s.localIndex] = nil; peer.previous = nil }
             if let s = peer.next, s.expired(now: now) { byIndex[s.localIndex] = nil; peer.next = nil }
             // Passive keepalive: we heard from the peer but have not said anything for a while.
-            if var s = peer.current, let ep = peer.endpoint, peer.lastReceived > peer.lastSent, now - peer.lastSent >= TunnelLimits.keepaliveTimeout {
-                send(s.seal([][...]), to: ep); peer.current = s; peer.lastSent = now
+            if let s = peer.current, let ep = peer.endpoint, peer.lastReceived > peer.lastSent, now - peer.lastSent >= TunnelLimits.keepaliveTimeout {
+                send(s.seal([][...]), to: ep); peer.lastSent = now
             }
         }
         flows.expire(now: now)
@@ -723,17 +725,6 @@ public final class TunnelService: @unchecked Sendable {
     }
 
     public func countersSnapshot() -> TunnelCounters { lock.lock(); defer { lock.unlock() }; return counters }
-}
-
-extension TunnelPeer {
-    /// Carries runtime state over from the same peer in the previous configuration.
-    func adopting(_ old: TunnelPeer) -> TunnelPeer {
-        current = old.current; previous = old.previous; next = old.next; pending = old.pending; queue = old.queue
-        lastInitiationStamp = old.lastInitiationStamp; lastSent = old.lastSent; lastReceived = old.lastReceived
-        lastHandshake = old.lastHandshake; rxBytes = old.rxBytes; txBytes = old.txBytes; rxPackets = old.rxPackets
-        txPackets = old.txPackets; latency = old.latency; nextRetry = old.nextRetry
-        return self
-    }
 }
 
 func put64be(_ v: UInt64, _ out: inout [UInt8]) { for i in (0..<8).reversed() { out.append(UInt8(truncatingIfNeeded: v >> (UInt64(i) * 8))) } }

@@ -120,8 +120,11 @@ public struct ReplayWindow: Sendable {
     }
 }
 
-/// One direction pair of keys after a handshake, with its index pair and counters.
-public struct TunnelSession {
+/// One direction pair of keys after a handshake, with its index pair and counters. A class: the
+/// send counter exists once, whoever holds the session (a peer replaced by a reload, a packet thread
+/// that looked it up earlier), so no (key, counter) pair can be sealed twice. Its mutable state is
+/// changed only under its owner's lock.
+public final class TunnelSession {
     public let localIndex: UInt32
     public let remoteIndex: UInt32
     public let createdAt: Double
@@ -140,13 +143,13 @@ public struct TunnelSession {
     public func wantsRekey(now: Double) -> Bool { isInitiator && (now - createdAt >= TunnelLimits.rekeyAfterTime || send.n >= TunnelLimits.rekeyAfterMessages) }
 
     /// Seals `plaintext` into a data message.
-    public mutating func seal(_ plaintext: ArraySlice<UInt8>) -> [UInt8] {
+    public func seal(_ plaintext: ArraySlice<UInt8>) -> [UInt8] {
         let (key, n, remote) = reserve()
         return TunnelSession.seal(plaintext, key: key, counter: n, remoteIndex: remote)
     }
 
     /// Takes the next counter (under the caller's lock); the sealing itself can then run unlocked.
-    public mutating func reserve(_ count: Int = 1) -> (SymmetricKey, UInt64, UInt32) {
+    public func reserve(_ count: Int = 1) -> (SymmetricKey, UInt64, UInt32) {
         let n = send.n
         send.n += UInt64(count)
         sent += UInt64(count)
@@ -174,11 +177,11 @@ public struct TunnelSession {
     public func receiveState(now: Double) -> SymmetricKey? { expired(now: now) ? nil : receiveKey }
 
     /// Records a counter after an unlocked decryption succeeded (under the caller's lock).
-    public mutating func acceptCounter(_ c: UInt64) -> Bool { window.accept(c) }
+    public func acceptCounter(_ c: UInt64) -> Bool { window.accept(c) }
 
     /// Opens a data message's ciphertext; nil when it does not authenticate or is a replay.
     /// (The counter is recorded only after authentication, so forgeries cannot move the window.)
-    public mutating func open(counter: UInt64, _ ciphertext: ArraySlice<UInt8>, now: Double) -> [UInt8]? {
+    public func open(counter: UInt64, _ ciphertext: ArraySlice<UInt8>, now: Double) -> [UInt8]? {
         guard !expired(now: now) else { return nil }
         guard let pt = try? Noise.open(key: receiveKey, counter: counter, ad: [], ciphertext) else { return nil }
         guard window.accept(counter) else { return nil }

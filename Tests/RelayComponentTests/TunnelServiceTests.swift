@@ -191,4 +191,99 @@ struct TunnelServiceTests {
         while Date() < end { if cond() { return }; usleep(20_000) }
         Issue.record("condition not met in 3 s")
     }
+
+    /// B translates A's IPv4 to IPv6 for its mapped host (192.168.1.30, as 240.2.2.30); A's site has
+    /// no IPv6 names, so every such packet is answered with an ICMP error through the tunnel. A
+    /// recording proxy (B's endpoint for A) sees every data message B seals, while B reloads its
+    /// configuration in a loop and sends its own traffic: no (session, counter) pair may repeat.
+    @Test("reloads in a loop while traffic and ICMP errors flow: no session counter is ever used twice")
+    func reloadsNeverReuseACounter() throws {
+        var tunA = [Int32](repeating: -1, count: 2), tunB = [Int32](repeating: -1, count: 2)
+        #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &tunA) == 0 && socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &tunB) == 0)
+        defer { for fd in tunA + tunB { close(fd) } }
+        for fd in [tunA[1], tunB[1]] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        let idA = NodeIdentity.generate(), idB = NodeIdentity.generate()
+        let ta = tunA[0], tb = tunB[0]
+        let a = TunnelService(identity: idA, logger: Logger(label: "a"), flows: FlowTable(), tunFD: { ta })
+        let b = TunnelService(identity: idB, logger: Logger(label: "b"), flows: FlowTable(), tunFD: { tb })
+        try a.start(port: 0); try b.start(port: 0)
+        defer { a.stop(); b.stop() }
+
+        // The proxy: one UDP socket on loopback, forwarding B -> A (recording) and A -> B.
+        let p = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0); defer { close(p) }
+        var sin = sockaddr_in(); sin.sin_family = sa_family_t(AF_INET); sin.sin_addr.s_addr = UInt32(0x7f000001).bigEndian
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(p, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(p, $0, &len) } }
+        let proxyPort = UInt16(bigEndian: sin.sin_port)
+
+        let site = SiteConfig(name: "B", lan4: IPPrefix("192.168.1.0/24"), virtual4: IPPrefix("240.2.2.0/24"), virtual6: IPPrefix("64:ff9b:2222::/96"),
+                              lan6: IPPrefix("fd00:cafe::/64"), virtual6Lan: IPPrefix("fd22:2222::/64"),
+                              map: [ExplicitMapping(ipv4: IPv4Address("192.168.1.30")!, ipv6: IPv6Address("fd00:cafe::30")!)])
+        let bConfig = RelayConfiguration(site: site, peers: [PeerConfig(name: "a", publicKey: idA.publicKeyBase64, endpoint: Endpoint("127.0.0.1:\(proxyPort)"),
+                                                                        sites: [SiteConfig(name: "A", virtual4: IPPrefix("240.1.1.0/24"))])])
+        a.configure(RelayConfiguration(site: SiteConfig(name: "A", lan4: IPPrefix("10.9.0.0/24"), virtual4: IPPrefix("240.1.1.0/24")),
+                                       peers: [PeerConfig(name: "b", publicKey: idB.publicKeyBase64, endpoint: Endpoint("127.0.0.1:\(b.port)"),
+                                                          sites: [SiteConfig(name: "B", virtual4: IPPrefix("240.2.2.0/24"))])]))
+        b.configure(bConfig)
+
+        final class Seen: @unchecked Sendable {
+            let lock = NSLock(); var pairs = Set<[UInt8]>(); var repeats = 0; var data = 0; var stopped = false
+            var running: Bool { lock.lock(); defer { lock.unlock() }; return !stopped }
+        }
+        let seen = Seen()
+        let aPort = a.port, bPort = b.port
+        let proxy = Thread {
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while seen.running {
+                var pfd = pollfd(fd: p, events: Int16(POLLIN), revents: 0)
+                guard poll(&pfd, 1, 50) > 0 else { continue }
+                var from = sockaddr_in(); var flen = socklen_t(MemoryLayout<sockaddr_in>.size)
+                let n = withUnsafeMutablePointer(to: &from) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(p, &buf, buf.count, 0, $0, &flen) } }
+                guard n > 0 else { continue }
+                let fromB = UInt16(bigEndian: from.sin_port) == bPort
+                if fromB && n >= 32 && buf[0] == 0xC4 {
+                    seen.lock.lock()
+                    seen.data += 1
+                    if !seen.pairs.insert(Array(buf[4..<16])).inserted { seen.repeats += 1 }  // receiver index and counter
+                    seen.lock.unlock()
+                }
+                var to = sockaddr_in(); to.sin_family = sa_family_t(AF_INET); to.sin_addr.s_addr = UInt32(0x7f000001).bigEndian
+                to.sin_port = (fromB ? aPort : bPort).bigEndian
+                _ = withUnsafePointer(to: &to) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(p, buf, n, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            }
+        }
+        proxy.start()
+        // The handshake, started from B's side, then the load for 3 s: A's packets that draw ICMP
+        // errors from B, B's own packets, B reloading as fast as it can. Bounded in count and time.
+        let toA = TunnelPair.ipv4(src: "240.2.2.20", dst: "240.1.1.20", payload: "from-b")
+        let needsICMP = TunnelPair.ipv4(src: "240.1.1.20", dst: "240.2.2.30", payload: "to-mapped-v6-host")
+        _ = toA.withUnsafeBytes { write(tunB[1], $0.baseAddress, $0.count) }
+        let end = Date().addingTimeInterval(3)
+        let writers = [(tunA[1], needsICMP), (tunB[1], toA)].map { fd, pkt in
+            Thread {
+                var sent = 0
+                while Date() < end && sent < 400_000 {
+                    _ = pkt.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                    sent += 1
+                    if sent % 64 == 0 { usleep(100) }
+                }
+            }
+        }
+        let drains = [tunA[1], tunB[1]].map { fd in
+            Thread { var buf = [UInt8](repeating: 0, count: 65536); while Date() < end.addingTimeInterval(0.5) { if read(fd, &buf, buf.count) <= 0 { usleep(200) } } }
+        }
+        for t in writers + drains { t.start() }
+        var reloads = 0
+        while Date() < end && reloads < 200_000 { b.configure(bConfig); reloads += 1 }
+        Thread.sleep(forTimeInterval: 0.8)
+        seen.lock.lock(); seen.stopped = true; seen.lock.unlock()
+        Thread.sleep(forTimeInterval: 0.1)
+        let c = b.countersSnapshot()
+        seen.lock.lock(); let repeats = seen.repeats, data = seen.data; seen.lock.unlock()
+        #expect(c.icmpErrorsSent >= 50, "B answered \(c.icmpErrorsSent) ICMP errors; the test needs them")
+        #expect(data >= 300 && reloads >= 100, "\(data) data messages, \(reloads) reloads")
+        #expect(repeats == 0, "\(repeats) of \(data) data messages from B reused a (session, counter) pair across \(reloads) reloads")
+        #expect(a.countersSnapshot().authFailed == 0, "A refused replays: \(a.countersSnapshot().authFailed)")
+    }
 }

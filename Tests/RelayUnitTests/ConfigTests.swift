@@ -119,3 +119,26 @@ struct ConfigTests {
         #expect(b.desiredKernelState.nat.remote == [P("240.2.2.0/24"), P("fd22:2222::/64"), P("240.3.3.0/24")])
     }
 }
+
+/// What is refused before the TOML parser sees it (shapes on which toml++ traps; make fuzz found them).
+@Suite("TOML text pre-check")
+struct TOMLTextTests {
+    @Test("a table header that does not start with a name is refused with its line; the same characters inside values, strings and comments are not", arguments: [
+        ("[# interfaces]\n", "line 1"),
+        ("a = 1\n\n  [[ =x]]\n", "line 3"),
+        ("[\u{01}]\n", "control character U+0001"),
+    ])
+    func refused(_ text: String, _ fragment: String) {
+        #expect(TOMLText.problem(text)?.contains(fragment) == true, "\(String(describing: TOMLText.problem(text)))")
+    }
+
+    @Test("valid documents pass: arrays over several lines, brackets in strings and comments, multi-line strings")
+    func accepted() {
+        for text in ["a = [\n  [1, 2],\n  [ \"x\" ],\n  [{ k = 1 }],\n]\n[t]\nb = \"[#\"\n",
+                     "x = \"\"\"\n[#\n\"\"\"\n[ok]\ny = '''\n[=\n'''\n",
+                     "# [# not a header]\n[\"quoted name\"]\n[[arr]]\n[ spaced . name ]\n",
+                     "s = \"a \\\" [# b\"\n[t]\n"] {
+            #expect(TOMLText.problem(text) == nil, "\(text): \(String(describing: TOMLText.problem(text)))")
+        }
+    }
+}
