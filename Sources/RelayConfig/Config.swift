@@ -26,7 +26,9 @@ public enum ConfigFile {
 
     /// Parses and validates; throws `ConfigError` with every error (warnings come back with the config).
     public static func parse(_ text: String, file: String = "<config>") throws -> (RelayConfiguration, [ConfigIssue]) {
-        if let p = TOMLText.problem(text) { throw ConfigError(file: file, issues: [ConfigIssue(.error, "file", p)]) }
+        if let p = TOMLText.check(text) {
+            throw ConfigError(file: file, issues: [ConfigIssue(.error, "line \(p.line)", "TOML syntax error at column \(p.column): \(p.message)")])
+        }
         let root: TOMLTable
         do { root = try TOMLTable(string: text) } catch let e as TOMLParseError {
             throw ConfigError(file: file, issues: [ConfigIssue(.error, "line \(e.source.begin.line)", "TOML syntax error at column \(e.source.begin.column): \(e.description)")])

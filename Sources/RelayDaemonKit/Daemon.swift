@@ -51,6 +51,7 @@ public final class Daemon: @unchecked Sendable {
         for w in status.warnings { logger.warning("config \(w.key): \(w.message)") }
         let link = helper
         tunnel = TunnelService(identity: id, logger: logger, flows: flows, tun: { link.tunHandle })
+        tunnel.initiationStamps = InitiationStamps(directory: options.stateDirectory)
     }
 
     static func loadConfig(_ o: DaemonOptions) throws -> (RelayConfiguration, ConfigStatus) {

@@ -59,6 +59,8 @@ public final class TunnelService: @unchecked Sendable {
     var peers: [TunnelPeer] = []
     var byIndex: [UInt32: TunnelPeer] = [:]
     public internal(set) var counters = TunnelCounters()
+    /// The greatest initiation timestamp per peer, persisted (set before start by the daemon).
+    public var initiationStamps = InitiationStamps(directory: nil)
     var socketFD: Int32 = -1
     public private(set) var port: UInt16 = 0
     var stopped = false
@@ -147,7 +149,9 @@ public final class TunnelService: @unchecked Sendable {
                 if let ep { old.endpoint = ep }
                 next.append(old)
             } else {
-                next.append(TunnelPeer(name: p.name, publicKey: key, endpoint: ep, prefixes: prefixes))
+                let peer = TunnelPeer(name: p.name, publicKey: key, endpoint: ep, prefixes: prefixes)
+                peer.lastInitiationStamp = initiationStamps.stamp(for: key)
+                next.append(peer)
             }
         }
         peers = next
@@ -368,14 +372,17 @@ public final class TunnelService: @unchecked Sendable {
         }
     }
 
+    /// A valid initiation with a newer timestamp than any accepted from its peer (kept across
+    /// restarts) gets a response at its source. The peer's endpoint does not move here: only
+    /// authenticated data on the new session (the initiator proving it is alive there) moves it.
     func handleInitiation(sender: UInt32, _ noise: [UInt8], from: sockaddr_in6, now: Double) {
         var r = Noise.Responder(staticKey: identity.privateKey)
         guard let payload = try? r.readMessage1(noise), payload.count == 8 else { lock.lock(); counters.authFailed += 1; lock.unlock(); return }
         let stamp = payload.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        lock.lock(); defer { lock.unlock() }
-        guard let peer = peers.first(where: { $0.publicKey == r.remoteStatic }) else { counters.unknownPeer += 1; return }
-        guard stamp > peer.lastInitiationStamp else { counters.replayedInitiation += 1; return }
-        guard let (m2, transport) = try? r.writeMessage2() else { counters.authFailed += 1; return }
+        lock.lock()
+        guard let peer = peers.first(where: { $0.publicKey == r.remoteStatic }) else { counters.unknownPeer += 1; lock.unlock(); return }
+        guard stamp > peer.lastInitiationStamp else { counters.replayedInitiation += 1; lock.unlock(); return }
+        guard let (m2, transport) = try? r.writeMessage2() else { counters.authFailed += 1; lock.unlock(); return }
         peer.lastInitiationStamp = stamp
         let index = freshIndex()
         let session = TunnelSession(localIndex: index, remoteIndex: sender, transport: transport, createdAt: now, isInitiator: false)
@@ -387,11 +394,17 @@ public final class TunnelService: @unchecked Sendable {
             byIndex[index] = peer
             peer.lastHandshake = now
         }
-        peer.endpoint = from
         counters.handshakesCompleted += 1
         peer.responseSentAt = (index, now)
+        let key = peer.publicKey, name = peer.name
+        lock.unlock()
+        // Durable before the answer leaves: after a crash, this initiation (and every older one) is
+        // still refused.
+        do { try initiationStamps.record(key, stamp) } catch {
+            logger.warning("cannot keep the handshake timestamp of \(name) in \(initiationStamps.path ?? "-"): \(error); a replay after a restart would be accepted once")
+        }
         send(TunnelMessage.response(sender: index, receiver: sender, noise: m2), to: from)
-        flushQueue(peer, now: now)
+        lock.lock(); flushQueue(peer, now: now); lock.unlock()
     }
 
     func handleResponse(sender: UInt32, receiver: UInt32, _ noise: [UInt8], from: sockaddr_in6, now: Double) {
@@ -475,7 +488,7 @@ public final class TunnelService: @unchecked Sendable {
                 if fresh { install(peer, s, now: s.createdAt) }
             }
             guard fresh else { counters.authFailed += 1; rxLens[j] = -1; continue }  // a replay
-            peer.endpoint = from  // roaming: the last authenticated source
+            peer.endpoint = from  // roaming: the last authenticated source (liveness proven here)
             peer.lastReceived = now
             peer.unansweredSince = nil
             if let r = peer.responseSentAt, r.index == receiver {
@@ -492,6 +505,8 @@ public final class TunnelService: @unchecked Sendable {
             }
             peer.rxBytes += UInt64(plen); peer.rxPackets += 1
         }
+        // Packets queued while the peer had no known endpoint go now that it has proven one.
+        if !peer.queue.isEmpty && peer.current != nil { flushQueue(peer, now: now) }
         let name = peer.name
         lock.unlock()
         for j in 0..<k where rxLens[j] > 0 {

@@ -26,7 +26,7 @@ extension HelperPolicy {
     /// Parses and validates a policy file's text; every problem is reported with its key.
     public static func parse(_ text: String, file: String = "<policy>", names resolver: NameResolver = .system) throws -> HelperPolicy {
         var problems: [String] = []
-        if let p = TOMLText.problem(text) { throw PolicyError(file: file, problems: [p]) }
+        if let p = TOMLText.check(text) { throw PolicyError(file: file, problems: ["TOML syntax error at \(p)"]) }
         let root: TOMLTable
         do { root = try TOMLTable(string: text) } catch let e as TOMLParseError {
             throw PolicyError(file: file, problems: ["TOML syntax error at line \(e.source.begin.line), column \(e.source.begin.column): \(e.description)"])

@@ -86,7 +86,7 @@ struct ConfigTests {
         (siteAConfig(extraPeer: "[[peer]]\nname = \"gw-c\"\npublic_key = \"\(keyB)\"\n[[peer.site]]\nname = \"C\"\nvirtual4 = \"240.3.3.0/24\"\nvirtual6 = \"64:ff9b:3333::/96\""), "peer[1].site[0].lan4", "needed with virtual6"),
         ("[node]\ndevice = \"this-name-is-too-long\"\n", "node.device", "not a usable device name"),
         ("[node\n", "line 1", "TOML syntax error"),
-        ("[node]\nname = \"a\u{00}b\"\n", "file", "line 2, column 10: control character U+0000"),
+        ("[node]\nname = \"a\u{00}b\"\n", "line 2", "TOML syntax error at column 10: control character U+0000"),
         ("[reflector]\nother_address = \"192.0.2.8\"\n", "reflector.address", "primary address too"),
         ("[reflector]\naddress = \"192.0.2.8\"\nother_address = \"192.0.2.8\"\n", "reflector.other_address", "must differ"),
         ("[reflector]\naddress = \"192.0.2.8\"\nother_address = \"2001:db8::8\"\n", "reflector.other_address", "same family"),
@@ -140,5 +140,36 @@ struct TOMLTextTests {
                      "s = \"a \\\" [# b\"\n[t]\n"] {
             #expect(TOMLText.problem(text) == nil, "\(text): \(String(describing: TOMLText.problem(text)))")
         }
+    }
+}
+
+extension TOMLTextTests {
+    @Test("malformed TOML is refused before the parser, with the place and what was expected", arguments: [
+        ("uids = [0,  }51}]\n", "line 1, column 13: expected a value"),    // found by make fuzz: toml++ asserts here
+        ("a = [1 2]\n", "expected ',' or ']' in the array"),
+        ("a = { b = 1, }\n", "expected a key"),
+        ("a = yes\n", "'yes' is not a TOML value"),
+        ("a = 007\n", "'007' is not a TOML value"),
+        ("a = \"open\n", "not closed before the end of the line"),
+        ("a = \"bad \\q\"\n", "unknown escape sequence"),
+        ("a = 1 b = 2\n", "expected the end of the line"),
+        ("[t\n", "expected ']' to close the table header"),
+        ("[[t]\n", "expected ']]'"),
+        ("a.\"\"\"b\"\"\" = 1\n", "a key cannot be a multi-line string"),
+        ("= 1\n", "expected a key"),
+    ])
+    func malformed(_ text: String, _ fragment: String) {
+        let p = TOMLText.problem(text)
+        #expect(p?.contains(fragment) == true, "\(text): \(String(describing: p))")
+    }
+
+    @Test("the values TOML allows pass", arguments: [
+        "a = 1\nb = -100\nc = +7\nd = 1_000\ne = 0x1F\nf = 0o17\ng = 0b101\nh = 3.14\ni = -0.5e-3\nj = inf\nk = -nan\nl = true\nm = false\n",
+        "d1 = 1979-05-27T07:32:00Z\nd2 = 1979-05-27 07:32:00.999-07:00\nd3 = 1979-05-27\nd4 = 07:32:00\n",
+        "s1 = \"tab\\t \\u00e9 \\U0001F600\"\ns2 = 'C:\\path'\ns3 = \"\"\"\nline \\\n   joined\"\"\"\ns4 = '''\nraw ''\n'''\n",
+        "\u{FEFF}[a.b.\"c d\"]\nx = [ [1, 2], [\"a\", 'b'], { k = 1 }, ]  # trailing comma\ny = {}\n[[arr]]\n[[arr]]\nz = { p = { q = [] } }\n",
+    ])
+    func wellFormed(_ text: String) {
+        #expect(TOMLText.problem(text) == nil, "\(String(describing: TOMLText.problem(text)))")
     }
 }
