@@ -111,6 +111,23 @@ public final class SiteToSite {
                                  "--helper-socket", helperA.socketPath, "--log-level", "debug"], label: "relayd-A-2", as: relaydUID)
     }
 
+    /// Starts relayd B again with its existing state and config (after a crash); waits for its
+    /// control socket to answer.
+    public func restartRelaydB() throws {
+        let d = dir("B")
+        try? FileManager.default.removeItem(atPath: socketB)
+        relaydB = try gwB.spawn([try Binaries.path("relayd"), "--config", d + "/relayd.toml", "--state-dir", d + "/state", "--socket", d + "/relayd.sock",
+                                 "--helper-socket", helperB.socketPath, "--log-level", "debug"], label: "relayd-B-2", as: relaydUID)
+        try waitUntil("relayd B back", timeout: 20) {
+            if !self.relaydB.isRunning { throw HarnessError("relayd B exited: \(self.relaydB.log())") }
+            guard FileManager.default.fileExists(atPath: self.socketB) else { return false }
+            return try self.relayctl(self.gwB, self.socketB, ["status"]).succeeded
+        }
+    }
+
+    /// B's state directory (the node key, persisted handshake timestamps).
+    public var stateB: String { dir("B") + "/state" }
+
     func startRelayd(_ gw: LabHost, site: String, key: String, config: String, helper: HelperFixture) throws -> LabProcess {
         let d = dir(site)
         try FileManager.default.createDirectory(atPath: d + "/state", withIntermediateDirectories: true)
