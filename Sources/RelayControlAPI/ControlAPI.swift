@@ -223,7 +223,7 @@ public struct SessionView: Codable, Equatable, Sendable {
 
 /// Counters of everything dropped on the tunnel path (never a crash, never an answer to strangers).
 public struct TunnelCounters: Codable, Equatable, Sendable {
-    public var malformed = 0, unknownIndex = 0, authFailed = 0, unknownPeer = 0, replayedInitiation = 0
+    public var malformed = 0, unknownIndex = 0, authFailed = 0, unknownPeer = 0, replayedInitiation = 0, notExported = 0
     public var spoofedSource = 0, noRoute = 0, queueOverflow = 0, handshakesSent = 0, handshakesCompleted = 0
     /// Packets too big for the path to the peer, answered with ICMP "fragmentation needed"/"packet too big".
     public var tooBig = 0

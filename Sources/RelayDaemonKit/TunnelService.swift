@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Synchronization
 import Logging
 import RelayControlAPI
 import RelayCore
@@ -59,6 +60,9 @@ public final class TunnelService: @unchecked Sendable {
     var peers: [TunnelPeer] = []
     var byIndex: [UInt32: TunnelPeer] = [:]
     public internal(set) var counters = TunnelCounters()
+    /// What this site exports to its peers: its virtual prefixes. A peer's packet to anything else
+    /// (the gateway's own addresses, the underlay, another routed network) is dropped.
+    var exported: [IPPrefix] = []
     /// The greatest initiation timestamp per peer, persisted (set before start by the daemon).
     public var initiationStamps = InitiationStamps(directory: nil)
     var socketFD: Int32 = -1
@@ -74,10 +78,13 @@ public final class TunnelService: @unchecked Sendable {
     /// ICMP errors relayd originates: at most 100 per second, burst 100 (RFC 4443 section 2.4 f).
     var icmpTokens: Double = 100, icmpRefilled: Double = 0
 
-    /// node.busy_poll in nanoseconds (read without the lock: a plain word, set on configure).
-    var busyPollNanos: UInt64 = 0
-    /// One packet thread carries both directions (node.threads, busy_poll); read like busyPollNanos.
-    var singleThread = false
+    /// node.busy_poll in nanoseconds, and whether one packet thread carries both directions
+    /// (node.threads, busy_poll): set on configure, read by the packet loops without the lock, so
+    /// atomics (ThreadSanitizer found the plain words racing).
+    let busyPollAtomic = Atomic<UInt64>(0)
+    let singleThreadAtomic = Atomic<Bool>(false)
+    var busyPollNanos: UInt64 { busyPollAtomic.load(ordering: .relaxed) }
+    var singleThread: Bool { singleThreadAtomic.load(ordering: .relaxed) }
     /// The UDP thread's view of the TUN device (taken once per receive batch) and its coalescer.
     var rxTun = TunHandle(fd: -1, vnetHeader: false)
     var coalescer = Coalescer(buffer: UnsafeMutableRawBufferPointer.allocate(byteCount: Coalescer.capacity, alignment: 16))
@@ -135,8 +142,8 @@ public final class TunnelService: @unchecked Sendable {
     /// Applies a configuration: keeps sessions of unchanged peers, drops removed ones.
     public func configure(_ cfg: RelayConfiguration) {
         lock.lock(); defer { lock.unlock() }
-        busyPollNanos = UInt64(max(0, cfg.node.busyPoll)) * 1000
-        singleThread = cfg.node.packetThreads(cpus: ProcessInfo.processInfo.activeProcessorCount) == 1
+        busyPollAtomic.store(UInt64(max(0, cfg.node.busyPoll)) * 1000, ordering: .relaxed)
+        singleThreadAtomic.store(cfg.node.packetThreads(cpus: ProcessInfo.processInfo.activeProcessorCount) == 1, ordering: .relaxed)
         var next: [TunnelPeer] = []
         for p in cfg.peers {
             guard let key = Data(base64Encoded: p.publicKey).map(Array.init), key.count == 32 else { continue }
@@ -155,6 +162,7 @@ public final class TunnelService: @unchecked Sendable {
             }
         }
         peers = next
+        exported = cfg.site.map { [$0.virtual4, $0.virtual6, $0.virtual6Lan].compactMap { $0 } } ?? []
         translator = TranslatorRef(SiteTranslator(cfg))
         if reflectionServers != cfg.reflector.servers { reflectionServers = cfg.reflector.servers; lastReflection = 0 }
         reflectionInterval = Double(cfg.reflector.interval)
@@ -503,6 +511,11 @@ public final class TunnelService: @unchecked Sendable {
             guard let src, peer.prefixes.contains(where: { $0.contains(src) }) else {
                 counters.spoofedSource += 1; rxLens[j] = -1; continue
             }
+            // ... and its destination must be something this site exports.
+            let dst = rxPlain.withUnsafeBytes { IPHeader.destination(UnsafeRawBufferPointer(rebasing: $0[(j * stride)..<(j * stride + plen)])) }
+            guard let dst, exported.contains(where: { $0.contains(dst) }) else {
+                counters.notExported += 1; rxLens[j] = -1; continue
+            }
             peer.rxBytes += UInt64(plen); peer.rxPackets += 1
         }
         // Packets queued while the peer had no known endpoint go now that it has proven one.
@@ -753,6 +766,15 @@ public enum IPHeader {
         switch first >> 4 {
         case 4: return p.count >= 20 ? .v4(IPv4Address(p[12], p[13], p[14], p[15])) : nil
         case 6: return p.count >= 40 ? .v6(SIIT.load6(p, 8)) : nil
+        default: return nil
+        }
+    }
+
+    public static func destination(_ p: UnsafeRawBufferPointer) -> IPAddress? {
+        guard let first = p.first else { return nil }
+        switch first >> 4 {
+        case 4: return p.count >= 20 ? .v4(IPv4Address(p[16], p[17], p[18], p[19])) : nil
+        case 6: return p.count >= 40 ? .v6(SIIT.load6(p, 24)) : nil
         default: return nil
         }
     }

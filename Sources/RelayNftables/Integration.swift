@@ -46,7 +46,7 @@ public struct Integration: Sendable {
         """
         table \(point.family) \(point.table) {
         \tchain \(ownChain) {
-        \t\tiifname "\(devicePrefix)*" counter accept comment "\(Integration.acceptTagPrefix):in"
+        \t\tiifname "\(devicePrefix)*" ct status dnat counter accept comment "\(Integration.acceptTagPrefix):in-dnat"
         \t\toifname "\(devicePrefix)*" counter accept comment "\(Integration.acceptTagPrefix):out"
         \t}
         }
@@ -127,7 +127,7 @@ extension NftablesTable {
         let ownExists = try foreignChainExists(i.point, chain: i.ownChain)
         let ownRules = ownExists ? try foreignRules(i.point, chain: i.ownChain) : []
         let jumps = try foreignRules(i.point, chain: i.point.chain).filter { $0.comment == Integration.jumpTag }
-        let wantTags = ["\(Integration.acceptTagPrefix):in", "\(Integration.acceptTagPrefix):out"]
+        let wantTags = ["\(Integration.acceptTagPrefix):in-dnat", "\(Integration.acceptTagPrefix):out"]
         let ownOK = ownRules.map { $0.comment ?? "" } == wantTags
         if ownOK && jumps.count == 1 { return false }
 
@@ -162,6 +162,23 @@ extension NftablesTable {
                             nftnl_expr_set_u32(e, attr(NFTNL_EXPR_CMP_SREG), NFT.NFT_REG_1)
                             nftnl_expr_set_u32(e, attr(NFTNL_EXPR_CMP_OP), NFT.NFT_CMP_EQ)
                             Array(i.devicePrefix.utf8).withUnsafeBytes { _ = nftnl_expr_set(e, attr(NFTNL_EXPR_CMP_DATA), $0.baseAddress, UInt32($0.count)) }
+                        }
+                        if key == NFT.NFT_META_IIFNAME {
+                            // ct status dnat: only what the helper's prefix maps translated, i.e. the
+                            // site's exported hosts; never the gateway, the underlay or other networks.
+                            add("ct") { nftnl_expr_set_u32($0, attr(NFTNL_EXPR_CT_KEY), NFT.NFT_CT_STATUS); nftnl_expr_set_u32($0, attr(NFTNL_EXPR_CT_DREG), NFT.NFT_REG_1) }
+                            add("bitwise") { e in
+                                nftnl_expr_set_u32(e, attr(NFTNL_EXPR_BITWISE_SREG), NFT.NFT_REG_1)
+                                nftnl_expr_set_u32(e, attr(NFTNL_EXPR_BITWISE_DREG), NFT.NFT_REG_1)
+                                nftnl_expr_set_u32(e, attr(NFTNL_EXPR_BITWISE_LEN), 4)
+                                withUnsafeBytes(of: NFT.IPS_DST_NAT) { _ = nftnl_expr_set(e, attr(NFTNL_EXPR_BITWISE_MASK), $0.baseAddress, 4) }
+                                withUnsafeBytes(of: UInt32(0)) { _ = nftnl_expr_set(e, attr(NFTNL_EXPR_BITWISE_XOR), $0.baseAddress, 4) }
+                            }
+                            add("cmp") { e in
+                                nftnl_expr_set_u32(e, attr(NFTNL_EXPR_CMP_SREG), NFT.NFT_REG_1)
+                                nftnl_expr_set_u32(e, attr(NFTNL_EXPR_CMP_OP), NFT.NFT_CMP_NEQ)
+                                withUnsafeBytes(of: UInt32(0)) { _ = nftnl_expr_set(e, attr(NFTNL_EXPR_CMP_DATA), $0.baseAddress, 4) }
+                            }
                         }
                         add("counter") { _ in }
                         add("immediate") {

@@ -33,6 +33,10 @@ enum NFT {
     static let NFT_JUMP: Int32 = -3
     static let NFT_REG_VERDICT: UInt32 = 0
     static let NFT_META_IIFNAME: UInt32 = 6
+    static let NFT_CMP_NEQ: UInt32 = 1
+    static let NFT_CT_STATUS: UInt32 = 2
+    /// enum ip_conntrack_status: the connection's destination was translated (host byte order).
+    static let IPS_DST_NAT: UInt32 = 1 << 5
     static let NFT_META_OIFNAME: UInt32 = 7
     static let NF_INET_PRE_ROUTING: UInt32 = 0
     static let NF_INET_POST_ROUTING: UInt32 = 4

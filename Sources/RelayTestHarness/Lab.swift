@@ -16,7 +16,8 @@ public final class Lab {
     private var tornDown = false
     private let lock = NSLock()
     /// This lab's process logs and files, under `Lab.logRoot`. Removed at teardown unless a failure
-    /// was reported (then its path is printed with the report).
+    /// was reported (then its path is printed with the report) or RELAY_LAB_KEEP_LOGS=1 (to read
+    /// the logs of a test whose expectations failed).
     public let logDirectory: URL
     private var keepLogs = false
 
@@ -87,7 +88,7 @@ public final class Lab {
         for p in processes { p.stop(grace: grace) }
         for h in hosts.values { Lab.removeNamespace(h.namespace) }
         Lab.registry.remove(self)
-        lock.lock(); let keep = keepLogs; lock.unlock()
+        lock.lock(); let keep = keepLogs || ProcessInfo.processInfo.environment["RELAY_LAB_KEEP_LOGS"] == "1"; lock.unlock()
         if !keep { try? FileManager.default.removeItem(at: logDirectory) }
     }
 

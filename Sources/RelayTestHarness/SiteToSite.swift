@@ -82,7 +82,8 @@ public final class SiteToSite {
 
     /// Starts both helpers and both relayds; waits until each relayd has applied its state.
     /// `nodeExtra`: lines for both relayds' [node] table (e.g. "offload = false").
-    public func start(extraConfig: String = "", nodeExtra: String = "") throws {
+    /// `extraConfigA`: lines appended to A's configuration only (after its peer B).
+    public func start(extraConfig: String = "", nodeExtra: String = "", extraConfigA: String = "") throws {
         let ka = try SiteToSite.keygen(), kb = try SiteToSite.keygen()
         let policy = HelperFixture.policy(clients: [0, relaydUID])
         helperA = try HelperFixture.start(in: gwA, policy: policy)
@@ -92,7 +93,7 @@ public final class SiteToSite {
                                      peerEndpoint: "10.20.20.20:51820", peerSite: "B", peerVirtual4: "240.2.2.0/24", peerVirtual6: "64:ff9b:2222::/96", peerVirtual6Lan: "fd22:2222::/64", nodeExtra: nodeExtra)
         let cfgB = SiteToSite.config(name: "gw-b", site: "B", virtual4: "240.2.2.0/24", virtual6: "64:ff9b:2222::/96", virtual6Lan: "fd22:2222::/64", peerName: "gw-a", peerKey: ka.pub,
                                      peerEndpoint: "10.10.10.10:51820", peerSite: "A", peerVirtual4: "240.1.1.0/24", peerVirtual6: "64:ff9b:1111::/96", peerVirtual6Lan: "fd11:1111::/64", nodeExtra: nodeExtra)
-        relaydA = try startRelayd(gwA, site: "A", key: ka.priv, config: cfgA + "\n" + extraConfig, helper: helperA)
+        relaydA = try startRelayd(gwA, site: "A", key: ka.priv, config: cfgA + "\n" + extraConfigA + "\n" + extraConfig, helper: helperA)
         relaydB = try startRelayd(gwB, site: "B", key: kb.priv, config: cfgB + "\n" + extraConfig, helper: helperB)
         for (gw, sock, p) in [(gwA, socketA, relaydA!), (gwB, socketB, relaydB!)] {
             try waitUntil("relayd on \(gw.name) applied its state", timeout: 20) {

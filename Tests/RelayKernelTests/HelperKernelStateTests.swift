@@ -155,13 +155,20 @@ struct HelperKernelStateTests {
             let listed = try gw.run(["nft", "-a", "list", "chain", "inet", "filter", "forward"]).stdout
             let firstRule = listed.split(separator: "\n").first { $0.contains("comment") }.map(String.init) ?? ""
             #expect(firstRule.contains("jump relay-accept") && firstRule.contains("relay:integration"), "first rule: \(firstRule)")
-            #expect(try gw.run(["nft", "list", "chain", "inet", "filter", "relay-accept"]).stdout.contains("iifname \"relay*\" counter"))
+            #expect(try gw.run(["nft", "list", "chain", "inet", "filter", "relay-accept"]).stdout.contains("iifname \"relay*\" ct status dnat counter"))
             // Idempotent: a second apply adds no second jump.
             _ = try client.apply(nat)
             #expect(try gw.run(["nft", "list", "chain", "inet", "filter", "forward"]).stdout.components(separatedBy: "jump relay-accept").count == 2)
 
             let passes = try probe(gw, socket: helper.socketPath, src: "240.2.2.20", dst: "240.1.1.20")
             #expect(passes.succeeded, "probe through the jump: \(passes.stdout) \(passes.stderr)")
+            // The helper's chain accepts from its devices only what its prefix maps translated: a
+            // network the gateway routes elsewhere stays behind the operator's drop policy.
+            let other = try lab.host("other")
+            try lab.link(gw, "oth0", ["172.30.0.1/24"], other, "eth0", ["172.30.0.2/24"])
+            try other.route("default", via: "172.30.0.1")
+            let elsewhere = try probe(gw, socket: helper.socketPath, src: "240.2.2.20", dst: "172.30.0.2", expectNone: true)
+            #expect(elsewhere.succeeded, "a packet from relay0 to a routed network passed the helper's chain: \(elsewhere.stdout)")
             let jump = try client.observe().integration.first
             #expect(jump?.from == "inet filter forward")
             #expect((jump?.packets ?? 0) >= 3, "jump counter: \(String(describing: jump))")

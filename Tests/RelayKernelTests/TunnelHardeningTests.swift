@@ -49,4 +49,42 @@ struct TunnelHardeningTests {
             #expect(after.first?.runtime?.endpoint?.hasPrefix("10.10.10.10:") == true, "\(String(describing: after.first?.runtime))")
         }
     }
+
+    /// A (an authenticated peer) claims that B's site also holds an address of B itself, an
+    /// underlay network and a network B routes to: its helper routes them into its device and
+    /// relayd A seals packets for them. B delivers none of them: a peer reaches only the virtual
+    /// prefixes B exports. (B's underlay endpoint itself stays outside A's claims: A's tunnel runs
+    /// to it.)
+    @Test("a peer reaches only what the site exports: B's own addresses, the underlay and a network B routes get nothing through; B's hosts still do")
+    func onlyWhatTheSiteExports() throws {
+        try KernelGate.check()
+        try Lab.with("export") { lab in
+            let s = try SiteToSite(lab)
+            let other = try lab.host("other")
+            try lab.link(s.gwB, "oth0", ["10.30.0.1/24"], other, "eth0", ["10.30.0.2/24"])
+            try other.route("default", via: "10.30.0.1")
+            try s.gwB.ip("addr", "add", "10.40.0.1/32", "dev", "lo")           // one of B's own addresses
+            try s.underlay.ip("addr", "add", "10.50.0.1/32", "dev", "lo")      // the underlay's
+            try s.gwB.route("10.50.0.0/24", via: "10.20.20.1")
+            try s.underlay.route("240.1.1.0/24", via: "10.20.20.20")           // so that an answer could come back
+            try s.start(extraConfigA: """
+              [[peer.site]]
+              name = "B-itself"
+              virtual4 = "10.40.0.0/24"
+              [[peer.site]]
+              name = "B-underlay"
+              virtual4 = "10.50.0.0/24"
+              [[peer.site]]
+              name = "B-elsewhere"
+              virtual4 = "10.30.0.0/24"
+            """)
+            #expect(try s.hostA.run(["ping", "-c", "1", "-W", "2", "240.2.2.20"], check: false).succeeded, "B's exported hosts are reachable")
+            for dst in ["10.40.0.1", "10.50.0.1", "10.30.0.2"] {
+                let r = try s.hostA.run(["ping", "-c", "2", "-i", "0.3", "-W", "1", dst], check: false)
+                #expect(!r.succeeded, "a peer reached \(dst) through B: \(r.stdout)")
+            }
+            let status = try ControlJSON.decoder().decode(StatusResponse.self, from: Data(s.relayctl(s.gwB, s.socketB, ["status", "--json"]).stdout.utf8))
+            #expect((status.tunnel?.notExported ?? 0) >= 6, "\(String(describing: status.tunnel))")
+        }
+    }
 }

@@ -171,7 +171,7 @@ struct HelperPolicyKernelObjectsTests {
         #expect(IntegrationPoint("bridge filter forward") == nil)
         #expect(IntegrationPoint("inet filter forward;flush") == nil)
         let text = policy.integrations[0].render()
-        #expect(text.contains("iifname \"rly*\" counter accept"))
+        #expect(text.contains("iifname \"rly*\" ct status dnat counter accept"))
         #expect(text.contains("insert rule inet filter forward counter jump relay-accept comment \"relay:integration\""))
         #expect(throws: PolicyError.self) { _ = try HelperPolicy.parse("[nat]\ntranslate=[\"10.0.0.0/8\"]\n[integration]\nchains=[\"filter forward\"]") }
     }
