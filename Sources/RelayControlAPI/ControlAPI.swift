@@ -225,6 +225,9 @@ public struct SessionView: Codable, Equatable, Sendable {
 public struct TunnelCounters: Codable, Equatable, Sendable {
     public var malformed = 0, unknownIndex = 0, authFailed = 0, unknownPeer = 0, replayedInitiation = 0, notExported = 0
     public var spoofedSource = 0, noRoute = 0, queueOverflow = 0, handshakesSent = 0, handshakesCompleted = 0
+    /// Handshake messages without a valid mac1 (not made for this node), and valid-looking ones
+    /// dropped because the handshake thread's queue was full (a flood).
+    public var badMAC = 0, handshakesDropped = 0
     /// Packets too big for the path to the peer, answered with ICMP "fragmentation needed"/"packet too big".
     public var tooBig = 0
     /// SIIT (RFC 7915): packets translated IPv6 -> IPv4 (leaving towards a peer) and IPv4 -> IPv6

@@ -63,6 +63,9 @@ public final class TunnelService: @unchecked Sendable {
     /// What this site exports to its peers: its virtual prefixes. A peer's packet to anything else
     /// (the gateway's own addresses, the underlay, another routed network) is dropped.
     var exported: [IPPrefix] = []
+    /// mac1 key of messages to this node, and the handshake thread's bounded queue.
+    let ownMac1Key: SymmetricKey
+    let handshakes = HandshakeQueue(capacity: 512)
     /// The greatest initiation timestamp per peer, persisted (set before start by the daemon).
     public var initiationStamps = InitiationStamps(directory: nil)
     var socketFD: Int32 = -1
@@ -96,6 +99,7 @@ public final class TunnelService: @unchecked Sendable {
     public init(identity: NodeIdentity, logger: Logger, flows: FlowTable, tun: @escaping () -> TunHandle, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }) {
         self.identity = identity
         ownPublic = Array(identity.privateKey.publicKey.rawRepresentation)
+        ownMac1Key = HandshakeMAC.key(receiver: ownPublic)
         self.logger = logger
         self.tun = tun
         self.clock = clock
@@ -186,7 +190,7 @@ public final class TunnelService: @unchecked Sendable {
         setsockopt(s, Int32(IPPROTO_IPV6), IPV6_MTU_DISCOVER, &pmtudo, socklen_t(MemoryLayout<Int32>.size))
         socketFD = s
         self.port = bound
-        for (name, body) in [("tunnel-udp", udpLoop), ("tunnel-tun", tunLoop), ("tunnel-timers", timerLoop), ("address-watch", addressWatch)] as [(String, () -> Void)] {
+        for (name, body) in [("tunnel-udp", udpLoop), ("tunnel-tun", tunLoop), ("tunnel-handshakes", handshakeLoop), ("tunnel-timers", timerLoop), ("address-watch", addressWatch)] as [(String, () -> Void)] {
             running.enter()
             let group = running
             let t = Thread { body(); group.leave() }
@@ -346,7 +350,7 @@ public final class TunnelService: @unchecked Sendable {
             peer.nextRetry = now + TunnelLimits.rekeyTimeout + Double.random(in: 0...0.333)
             byIndex[index] = peer
             counters.handshakesSent += 1
-            send(TunnelMessage.initiation(sender: index, noise: msg), to: ep)
+            send(TunnelMessage.initiation(sender: index, noise: msg, mac1Key: HandshakeMAC.key(receiver: peer.publicKey)), to: ep)
         } catch {
             logger.error("cannot start a handshake with \(peer.name): \(error)")
         }
@@ -374,9 +378,26 @@ public final class TunnelService: @unchecked Sendable {
         guard let msg = TunnelMessage.parse(b) else { lock.lock(); counters.malformed += 1; lock.unlock(); return }
         let now = clock()
         switch msg {
-        case .initiation(let sender, let noise): handleInitiation(sender: sender, Array(noise), from: from, now: now)
-        case .response(let sender, let receiver, let noise): handleResponse(sender: sender, receiver: receiver, Array(noise), from: from, now: now)
+        case .initiation, .response:
+            // Handshakes cost a Diffie-Hellman or two: never on this (the data path's) thread. One
+            // hash here drops what was not made for this node; the rest queues for the handshake
+            // thread, and what does not fit in its queue is dropped (a flood cannot stall data).
+            guard HandshakeMAC.valid(b, key: ownMac1Key) else { lock.lock(); counters.badMAC += 1; lock.unlock(); return }
+            if !handshakes.push(Array(b), from: from) { lock.lock(); counters.handshakesDropped += 1; lock.unlock() }
         case .data(let receiver, let counter, let ct): handleData(receiver: receiver, counter: counter, ct, from: from, now: now)
+        }
+    }
+
+    /// The handshake thread: takes queued handshake messages one by one.
+    func handshakeLoop() {
+        while !isStopped {
+            guard let (b, from) = handshakes.pop(timeout: 0.25) else { continue }
+            let now = clock()
+            switch TunnelMessage.parse(b[...]) {
+            case .initiation(let sender, let noise)?: handleInitiation(sender: sender, Array(noise), from: from, now: now)
+            case .response(let sender, let receiver, let noise)?: handleResponse(sender: sender, receiver: receiver, Array(noise), from: from, now: now)
+            default: break
+            }
         }
     }
 
@@ -406,12 +427,13 @@ public final class TunnelService: @unchecked Sendable {
         peer.responseSentAt = (index, now)
         let key = peer.publicKey, name = peer.name
         lock.unlock()
+        let response = TunnelMessage.response(sender: index, receiver: sender, noise: m2, mac1Key: HandshakeMAC.key(receiver: key))
         // Durable before the answer leaves: after a crash, this initiation (and every older one) is
         // still refused.
         do { try initiationStamps.record(key, stamp) } catch {
             logger.warning("cannot keep the handshake timestamp of \(name) in \(initiationStamps.path ?? "-"): \(error); a replay after a restart would be accepted once")
         }
-        send(TunnelMessage.response(sender: index, receiver: sender, noise: m2), to: from)
+        send(response, to: from)
         lock.lock(); flushQueue(peer, now: now); lock.unlock()
     }
 
@@ -884,4 +906,33 @@ func bindDualStackUDP(port: UInt16, what: String, key: String, buffers: Int32? =
     var bound = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
     _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
     return (s, UInt16(bigEndian: bound.sin6_port))
+}
+
+/// Handshake messages waiting for the handshake thread: bounded (a full queue drops, it never
+/// blocks the data path that fills it).
+final class HandshakeQueue: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var items: [([UInt8], sockaddr_in6)] = []
+    private var head = 0
+    let capacity: Int
+    init(capacity: Int) { self.capacity = capacity }
+
+    /// False when the queue is full (the message is dropped).
+    func push(_ b: [UInt8], from: sockaddr_in6) -> Bool {
+        cond.lock(); defer { cond.unlock() }
+        if items.count - head >= capacity { return false }
+        items.append((b, from))
+        cond.signal()
+        return true
+    }
+
+    func pop(timeout: Double) -> ([UInt8], sockaddr_in6)? {
+        cond.lock(); defer { cond.unlock() }
+        if head >= items.count { _ = cond.wait(until: Date().addingTimeInterval(timeout)) }
+        guard head < items.count else { return nil }
+        let x = items[head]
+        head += 1
+        if head >= 64 && head * 2 >= items.count { items.removeFirst(head); head = 0 }
+        return x
+    }
 }

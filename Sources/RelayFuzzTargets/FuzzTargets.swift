@@ -88,6 +88,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// A fixed responder key: an initiation that gets past the decoder must also fail cleanly in
     /// the Noise handshake (it cannot know this key's peers).
     nonisolated(unsafe) static let responderKey = try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: [UInt8](repeating: 0x42, count: 32))
+    static let responderMac1 = HandshakeMAC.key(receiver: Array(responderKey.publicKey.rawRepresentation))
     nonisolated(unsafe) static let ephemeral = try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: [UInt8](repeating: 0x24, count: 32))
 
     static func tunnel(_ bytes: [UInt8]) -> Outcome {
@@ -95,9 +96,14 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         guard let m = TunnelMessage.parse(bytes[...]) else { return .refused }
         switch m {
         case .initiation(_, let noise):
+            // relayd checks mac1 first; the Noise responder runs here either way, so that the
+            // fuzzer reaches its decoder without having to find a valid HMAC.
+            let macOK = HandshakeMAC.valid(bytes[...], key: responderMac1)
             var r = Noise.Responder(staticKey: responderKey, ephemeral: ephemeral)
-            return (try? r.readMessage1(Array(noise))) == nil ? .refused : .accepted
-        case .response, .data:
+            return (try? r.readMessage1(Array(noise))) != nil && macOK ? .accepted : .refused
+        case .response:
+            return HandshakeMAC.valid(bytes[...], key: responderMac1) ? .accepted : .refused
+        case .data:
             return .accepted
         }
     }

@@ -6,8 +6,8 @@ import Foundation
 /// top bits set (0xC1...), so it can never be mistaken for STUN (top bits 00, RFC 8489 section 5)
 /// when both share a UDP port. All integers little-endian.
 ///
-///   initiation  C1 00 00 00 | sender u32 | Noise msg 1 (32 e + 48 s + 24 timestamp)  = 112 bytes
-///   response    C2 00 00 00 | sender u32 | receiver u32 | Noise msg 2 (32 e + 16)      =  60 bytes
+///   initiation  C1 00 00 00 | sender u32 | Noise msg 1 (32 e + 48 s + 24 timestamp) | mac1 | mac2 = 144 bytes
+///   response    C2 00 00 00 | sender u32 | receiver u32 | Noise msg 2 (32 e + 16) | mac1 | mac2     =  92 bytes
 ///   data        C4 00 00 00 | receiver u32 | counter u64 | ChaCha20-Poly1305 (len + 16) >= 32 bytes
 ///                (an empty plaintext is a keepalive)
 public enum WireType: UInt8 {
@@ -17,8 +17,8 @@ public enum WireType: UInt8 {
 }
 
 public enum TunnelLimits {
-    public static let initiationSize = 8 + 32 + 48 + 8 + 16
-    public static let responseSize = 12 + 32 + 16
+    public static let initiationSize = 8 + 32 + 48 + 8 + 16 + HandshakeMAC.size
+    public static let responseSize = 12 + 32 + 16 + HandshakeMAC.size
     public static let dataHeader = 16
     public static let overhead = dataHeader + Noise.tagLen
     /// WireGuard's timers and limits.
@@ -54,10 +54,10 @@ public enum TunnelMessage: Equatable {
         switch t {
         case .initiation:
             guard b.count == TunnelLimits.initiationSize else { return nil }
-            return .initiation(sender: le32(b, 4), noise: b.dropFirst(8))
+            return .initiation(sender: le32(b, 4), noise: b.dropFirst(8).dropLast(HandshakeMAC.size))
         case .response:
             guard b.count == TunnelLimits.responseSize else { return nil }
-            return .response(sender: le32(b, 4), receiver: le32(b, 8), noise: b.dropFirst(12))
+            return .response(sender: le32(b, 4), receiver: le32(b, 8), noise: b.dropFirst(12).dropLast(HandshakeMAC.size))
         case .data:
             guard b.count >= TunnelLimits.overhead else { return nil }
             return .data(receiver: le32(b, 4), counter: le64(b, 8), ciphertext: b.dropFirst(16))
@@ -72,15 +72,51 @@ public enum TunnelMessage: Equatable {
         return b.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian
     }
 
-    public static func initiation(sender: UInt32, noise: [UInt8]) -> [UInt8] {
+    /// An initiation to the holder of `mac1Key` (HandshakeMAC.key(receiver:)), with its mac1 and
+    /// an empty mac2.
+    public static func initiation(sender: UInt32, noise: [UInt8], mac1Key: SymmetricKey) -> [UInt8] {
         var out: [UInt8] = [WireType.initiation.rawValue, 0, 0, 0]
         put32(sender, &out)
-        return out + noise
+        return HandshakeMAC.append(to: out + noise, key: mac1Key)
     }
-    public static func response(sender: UInt32, receiver: UInt32, noise: [UInt8]) -> [UInt8] {
+    public static func response(sender: UInt32, receiver: UInt32, noise: [UInt8], mac1Key: SymmetricKey) -> [UInt8] {
         var out: [UInt8] = [WireType.response.rawValue, 0, 0, 0]
         put32(sender, &out); put32(receiver, &out)
-        return out + noise
+        return HandshakeMAC.append(to: out + noise, key: mac1Key)
+    }
+}
+
+/// WireGuard's mac1 (section 5.4.4 of its paper), with Noise's hash: every handshake message ends in
+/// mac1 = HMAC-SHA256(SHA256("mac1----" || receiver's static public key), message before mac1),
+/// first 16 bytes, then a 16-byte mac2 (zero: the cookie mechanism is not used yet). Public keys are
+/// public, so mac1 proves nothing about the sender; it lets the receiver drop anything not made for
+/// it (scans, garbage, messages for another node) with one hash instead of a Diffie-Hellman.
+public enum HandshakeMAC {
+    public static let size = 32
+    static let label = Array("mac1----".utf8)
+
+    public static func key(receiver publicKey: [UInt8]) -> SymmetricKey {
+        SymmetricKey(data: Array(SHA256.hash(data: label + publicKey)))
+    }
+
+    static func mac(_ body: ArraySlice<UInt8>, _ key: SymmetricKey) -> [UInt8] {
+        Array(Array(HMAC<SHA256>.authenticationCode(for: body, using: key)).prefix(16))
+    }
+
+    /// `body` + mac1 + an empty mac2.
+    public static func append(to body: [UInt8], key: SymmetricKey) -> [UInt8] {
+        body + mac(body[...], key) + [UInt8](repeating: 0, count: 16)
+    }
+
+    /// True when a whole handshake message carries a valid mac1 for `key` (compared in constant time).
+    public static func valid(_ message: ArraySlice<UInt8>, key: SymmetricKey) -> Bool {
+        guard message.count > size else { return false }
+        let body = message.dropLast(size)
+        let want = mac(body, key)
+        let got = message.dropLast(16).suffix(16)
+        var diff: UInt8 = 0
+        for (a, b) in zip(want, got) { diff |= a ^ b }
+        return diff == 0
     }
 }
 

@@ -91,11 +91,16 @@ struct TunnelServiceTests {
         fire([0xC4, 0, 0, 0] + [UInt8](repeating: 7, count: 40))
         var stranger = try Noise.Initiator(staticKey: NodeIdentity.generate().privateKey, remoteStatic: Array(t.idA.privateKey.publicKey.rawRepresentation))
         var stamp = [UInt8](repeating: 0, count: 8); stamp[0] = 0x7f
-        fire(TunnelMessage.initiation(sender: 1, noise: try stranger.writeMessage1(payload: stamp)))
+        let forA = HandshakeMAC.key(receiver: Array(t.idA.privateKey.publicKey.rawRepresentation))
+        fire(TunnelMessage.initiation(sender: 1, noise: try stranger.writeMessage1(payload: stamp), mac1Key: forA))
+        // One made for another node (mac1 keyed by B's public key): dropped before any Noise work.
+        var other = try Noise.Initiator(staticKey: NodeIdentity.generate().privateKey, remoteStatic: Array(t.idA.privateKey.publicKey.rawRepresentation))
+        let forB = HandshakeMAC.key(receiver: Array(t.idB.privateKey.publicKey.rawRepresentation))
+        fire(TunnelMessage.initiation(sender: 2, noise: try other.writeMessage1(payload: stamp), mac1Key: forB))
         var pfd = pollfd(fd: s, events: Int16(POLLIN), revents: 0)
         #expect(poll(&pfd, 1, 500) == 0, "a stranger got an answer")
         let c = t.a.countersSnapshot()
-        #expect(c.malformed == 1 && c.unknownIndex == 1 && c.unknownPeer == 1, "\(c)")
+        #expect(c.malformed == 1 && c.unknownIndex == 1 && c.unknownPeer == 1 && c.badMAC == 1, "\(c)")
     }
 
     @Test("rekey after 120 s by the initiator, old session still accepted meanwhile; sessions expire after 180 s and a new handshake follows")

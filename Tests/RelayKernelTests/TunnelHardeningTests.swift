@@ -27,7 +27,7 @@ struct TunnelHardeningTests {
             }
             #expect(try cap.waitForExit(timeout: 25) == 0, "capture: \(cap.log())")
             let bytes = try #require(FileManager.default.contents(atPath: captured))
-            #expect(bytes.count == 112 && bytes.first == 0xC1)
+            #expect(bytes.count == 144 && bytes.first == 0xC1)
             #expect(FileManager.default.fileExists(atPath: s.stateB + "/initiations"), "the accepted timestamp is kept in the state directory")
 
             s.relaydB.signal(SIGKILL)
