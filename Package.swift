@@ -96,7 +96,7 @@ let package = Package(
         .target(name: "RelayTestHarness", dependencies: ["CRelayShim"],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
         .executableTarget(name: "relay-lab", dependencies: [
-            "RelayTestHarness", "RelayCore", "RelayIPC", "RelayNftables", "CRelayCrypto",
+            "RelayTestHarness", "RelayCore", "RelayIPC", "RelayNftables", "CRelayCrypto", "RelayTunnel",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
 

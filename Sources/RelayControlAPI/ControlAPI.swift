@@ -228,6 +228,9 @@ public struct TunnelCounters: Codable, Equatable, Sendable {
     /// Handshake messages without a valid mac1 (not made for this node), and valid-looking ones
     /// dropped because the handshake thread's queue was full (a flood).
     public var badMAC = 0, handshakesDropped = 0
+    /// Under load: cookie replies sent instead of handshakes (to initiations without a valid mac2),
+    /// and cookies this node received from a peer under load.
+    public var cookiesSent = 0, cookiesReceived = 0
     /// Packets too big for the path to the peer, answered with ICMP "fragmentation needed"/"packet too big".
     public var tooBig = 0
     /// SIIT (RFC 7915): packets translated IPv6 -> IPv4 (leaving towards a peer) and IPv4 -> IPv6

@@ -44,6 +44,10 @@ final class TunnelPeer {
     var unansweredSince: Double?
     /// Responder side: when our response went out, and for which session (latency on first data).
     var responseSentAt: (index: UInt32, at: Double)?
+    /// Initiator side: the mac1 of our last initiation (a cookie reply is bound to it), and the
+    /// cookie the peer gave us under load (used for mac2 for two minutes).
+    var lastMac1: [UInt8] = []
+    var cookie: (value: [UInt8], at: Double)?
 
     init(name: String, publicKey: [UInt8], endpoint: sockaddr_in6?, prefixes: [IPPrefix]) {
         self.name = name; self.publicKey = publicKey; self.endpoint = endpoint; self.prefixes = prefixes
@@ -65,7 +69,7 @@ public final class TunnelService: @unchecked Sendable {
     var exported: [IPPrefix] = []
     /// mac1 key of messages to this node, and the handshake thread's bounded queue.
     let ownMac1Key: SymmetricKey
-    let handshakes = HandshakeQueue(capacity: 512)
+    let handshakes = HandshakeQueue(capacity: 4096)
     /// The greatest initiation timestamp per peer, persisted (set before start by the daemon).
     public var initiationStamps = InitiationStamps(directory: nil)
     var socketFD: Int32 = -1
@@ -166,6 +170,7 @@ public final class TunnelService: @unchecked Sendable {
             }
         }
         peers = next
+        handshakes.setKnown(peers.compactMap(\.endpoint))
         exported = cfg.site.map { [$0.virtual4, $0.virtual6, $0.virtual6Lan].compactMap { $0 } } ?? []
         translator = TranslatorRef(SiteTranslator(cfg))
         if reflectionServers != cfg.reflector.servers { reflectionServers = cfg.reflector.servers; lastReflection = 0 }
@@ -346,11 +351,14 @@ public final class TunnelService: @unchecked Sendable {
             let msg = try ini.writeMessage1(payload: stamp)
             if let old = peer.pending { byIndex[old.index] = nil }
             let index = freshIndex()
+            let cookie = peer.cookie.flatMap { now - $0.at < 120 ? $0.value : nil }
+            let wire = TunnelMessage.initiation(sender: index, noise: msg, mac1Key: HandshakeMAC.key(receiver: peer.publicKey), cookie: cookie)
+            peer.lastMac1 = Array(HandshakeMAC.mac1(of: wire[...]))
             peer.pending = (ini, index, now, peer.pending?.firstAt ?? now)
             peer.nextRetry = now + TunnelLimits.rekeyTimeout + Double.random(in: 0...0.333)
             byIndex[index] = peer
             counters.handshakesSent += 1
-            send(TunnelMessage.initiation(sender: index, noise: msg, mac1Key: HandshakeMAC.key(receiver: peer.publicKey)), to: ep)
+            send(wire, to: ep)
         } catch {
             logger.error("cannot start a handshake with \(peer.name): \(error)")
         }
@@ -378,27 +386,92 @@ public final class TunnelService: @unchecked Sendable {
         guard let msg = TunnelMessage.parse(b) else { lock.lock(); counters.malformed += 1; lock.unlock(); return }
         let now = clock()
         switch msg {
-        case .initiation, .response:
-            // Handshakes cost a Diffie-Hellman or two: never on this (the data path's) thread. One
-            // hash here drops what was not made for this node; the rest queues for the handshake
-            // thread, and what does not fit in its queue is dropped (a flood cannot stall data).
-            guard HandshakeMAC.valid(b, key: ownMac1Key) else { lock.lock(); counters.badMAC += 1; lock.unlock(); return }
-            if !handshakes.push(Array(b), from: from) { lock.lock(); counters.handshakesDropped += 1; lock.unlock() }
+        case .initiation, .response, .cookieReply:
+            // Handshakes cost a Diffie-Hellman or two: never on this (the data path's) thread, which
+            // only queues them for the handshake thread; what does not fit is dropped at once, so a
+            // flood cannot stall data. Under load, an initiation that carries a mac2 is checked here
+            // (two hashes) and a valid one takes the priority lane: a peer that answered our cookie
+            // gets through however full the queue is.
+            if b[b.startIndex] == WireType.initiation.rawValue, b.suffix(16).contains(where: { $0 != 0 }), handshakes.underLoad {
+                if handshakes.validMac2(b, from: from) {
+                    if handshakes.push(Array(b), from: from, priority: true) { return }
+                }
+                lock.lock(); counters.handshakesDropped += 1; lock.unlock()
+                return
+            }
+            if !handshakes.push(Array(b), from: from) { handshakes.countDrop() }
         case .data(let receiver, let counter, let ct): handleData(receiver: receiver, counter: counter, ct, from: from, now: now)
         }
     }
 
-    /// The handshake thread: takes queued handshake messages one by one.
+    /// The handshake thread: takes queued handshake messages one by one. Under load (its queue an
+    /// eighth full, and for a second after), an initiation without a valid mac2 gets a cookie reply
+    /// instead of a Diffie-Hellman, and each source address gets at most 20 handshakes a second.
     func handshakeLoop() {
+        var secretAt = clock()
+        var loadedUntil = -Double.infinity
+        var perSource = RateLimiter(rate: 20, burst: 10, capacity: 8192)
+        // Cookie replies to the normal lane under load: at most 10,000 a second (the rest is
+        // dropped unanswered; peers whose endpoints we know use the priority lane).
+        var cookieTokens = 10_000.0, cookiesAt = clock()
+        let cookieKey = HandshakeMAC.cookieKey(sender: ownPublic)
         while !isStopped {
-            guard let (b, from) = handshakes.pop(timeout: 0.25) else { continue }
+            let (batch, prioritised, drops) = handshakes.popAll(timeout: 0.25)
+            if drops > 0 { lock.lock(); counters.handshakesDropped += drops; lock.unlock() }
             let now = clock()
+            if batch.count >= handshakes.capacity / 8 { loadedUntil = now + 1 }
+            handshakes.underLoad = now < loadedUntil
+            if now - secretAt >= 120 { handshakes.rotateSecret(); secretAt = now }
+            for (j, (b, from)) in batch.enumerated() {
+            // mac1 first: one hash drops what was not made for this node (scans, other nodes).
+            if b[0] != WireType.cookieReply.rawValue, !HandshakeMAC.valid(b[...], key: ownMac1Key) {
+                lock.lock(); counters.badMAC += 1; lock.unlock()
+                continue
+            }
             switch TunnelMessage.parse(b[...]) {
-            case .initiation(let sender, let noise)?: handleInitiation(sender: sender, Array(noise), from: from, now: now)
+            case .initiation(let sender, let noise)?:
+                if now < loadedUntil {
+                    let cookie = handshakes.cookie(for: from)
+                    guard HandshakeMAC.validMac2(b[...], cookie: cookie) else {
+                        if j >= prioritised {
+                            cookieTokens = min(10_000, cookieTokens + (now - cookiesAt) * 10_000); cookiesAt = now
+                            guard cookieTokens >= 1 else { lock.lock(); counters.handshakesDropped += 1; lock.unlock(); continue }
+                            cookieTokens -= 1
+                        }
+                        send(HandshakeMAC.cookieReply(receiver: sender, cookie: cookie, mac1: HandshakeMAC.mac1(of: b[...]), key: cookieKey), to: from)
+                        lock.lock(); counters.cookiesSent += 1; lock.unlock()
+                        continue
+                    }
+                    guard let ip = TunnelService.endpoint(from)?.address, perSource.allow(ip, now: now) else {
+                        lock.lock(); counters.handshakesDropped += 1; lock.unlock()
+                        continue
+                    }
+                }
+                handleInitiation(sender: sender, Array(noise), from: from, now: now)
             case .response(let sender, let receiver, let noise)?: handleResponse(sender: sender, receiver: receiver, Array(noise), from: from, now: now)
+            case .cookieReply(let receiver, let nonce, let sealed)?: handleCookie(receiver: receiver, nonce: nonce, sealed: sealed, now: now)
             default: break
             }
+            }
         }
+    }
+
+    /// A cookie from a peer under load, for our pending initiation: kept, and the initiation is
+    /// sent again at once with mac2.
+    func handleCookie(receiver: UInt32, nonce: ArraySlice<UInt8>, sealed: ArraySlice<UInt8>, now: Double) {
+        lock.lock(); defer { lock.unlock() }
+        guard let peer = byIndex[receiver], let pend = peer.pending, pend.index == receiver,
+              let cookie = HandshakeMAC.openCookie(nonce: nonce, sealed: sealed, mac1: peer.lastMac1, key: HandshakeMAC.cookieKey(sender: peer.publicKey))
+        else { counters.unknownIndex += 1; return }
+        let fresh = peer.cookie.map { now - $0.at >= 1 } ?? true  // at most one re-send a second
+        peer.cookie = (cookie, now)
+        counters.cookiesReceived += 1
+        if fresh { initiate(peer, now: now) }
+    }
+
+    /// The source as a cookie binds it: its 16 address bytes and 2 port bytes.
+    static func sourceBytes(_ sa: sockaddr_in6) -> [UInt8] {
+        withUnsafeBytes(of: sa.sin6_addr) { Array($0) } + withUnsafeBytes(of: sa.sin6_port) { Array($0) }
     }
 
     /// A valid initiation with a newer timestamp than any accepted from its peer (kept across
@@ -595,6 +668,7 @@ public final class TunnelService: @unchecked Sendable {
     func tick() {
         let now = clock()
         lock.lock(); defer { lock.unlock() }
+        handshakes.setKnown(peers.compactMap(\.endpoint))
         for peer in peers {
             if let pend = peer.pending, now >= peer.nextRetry {
                 if now - pend.firstAt >= TunnelLimits.rekeyAttemptTime {
@@ -909,30 +983,75 @@ func bindDualStackUDP(port: UInt16, what: String, key: String, buffers: Int32? =
 }
 
 /// Handshake messages waiting for the handshake thread: bounded (a full queue drops, it never
-/// blocks the data path that fills it).
+/// blocks the data path that fills it), with a small priority lane for initiations whose mac2
+/// proved a cookie. It also holds what both threads need of the cookie mechanism: whether the node
+/// is under load, and the secret cookies are made from (new every two minutes).
 final class HandshakeQueue: @unchecked Sendable {
     private let cond = NSCondition()
     private var items: [([UInt8], sockaddr_in6)] = []
-    private var head = 0
+    private var priority: [([UInt8], sockaddr_in6)] = []
+    private var drops = 0
+    private var loaded = false
+    private var secret = SymmetricKey(size: .bits256)
+    /// Peers' endpoints (address and port): their messages take the priority lane.
+    private var known = Set<[UInt8]>()
     let capacity: Int
+    static let priorityCapacity = 64
     init(capacity: Int) { self.capacity = capacity }
 
-    /// False when the queue is full (the message is dropped).
-    func push(_ b: [UInt8], from: sockaddr_in6) -> Bool {
+    /// False when the lane is full (the message is dropped). Messages from a peer's known endpoint
+    /// take the priority lane too (spoofing one only competes with that peer, in a lane of 64).
+    func push(_ b: [UInt8], from: sockaddr_in6, priority: Bool = false) -> Bool {
+        let source = known.isEmpty ? [] : TunnelService.sourceBytes(from)
         cond.lock(); defer { cond.unlock() }
-        if items.count - head >= capacity { return false }
-        items.append((b, from))
+        if priority || (!known.isEmpty && known.contains(source)) {
+            if self.priority.count >= HandshakeQueue.priorityCapacity { return false }
+            self.priority.append((b, from))
+        } else {
+            if items.count >= capacity { return false }
+            items.append((b, from))
+        }
         cond.signal()
         return true
     }
 
-    func pop(timeout: Double) -> ([UInt8], sockaddr_in6)? {
+    /// A drop counted here, reported by the handshake thread (the data path takes no other lock).
+    func countDrop() { cond.lock(); drops += 1; cond.unlock() }
+
+    var depth: Int { cond.lock(); defer { cond.unlock() }; return items.count }
+
+    /// Everything queued (the priority lane first; how many of those), and the drops since.
+    func popAll(timeout: Double) -> (batch: [([UInt8], sockaddr_in6)], prioritised: Int, drops: Int) {
         cond.lock(); defer { cond.unlock() }
-        if head >= items.count { _ = cond.wait(until: Date().addingTimeInterval(timeout)) }
-        guard head < items.count else { return nil }
-        let x = items[head]
-        head += 1
-        if head >= 64 && head * 2 >= items.count { items.removeFirst(head); head = 0 }
-        return x
+        if items.isEmpty && priority.isEmpty { _ = cond.wait(until: Date().addingTimeInterval(timeout)) }
+        let p = priority.count
+        var taken: [([UInt8], sockaddr_in6)] = []
+        swap(&taken, &items)
+        items.reserveCapacity(capacity)
+        let batch = p == 0 ? taken : priority + taken
+        priority.removeAll(keepingCapacity: true)
+        let d = drops
+        drops = 0
+        return (batch, p, d)
     }
+
+    var underLoad: Bool {
+        get { cond.lock(); defer { cond.unlock() }; return loaded }
+        set { cond.lock(); loaded = newValue; cond.unlock() }
+    }
+
+    func rotateSecret() { cond.lock(); secret = SymmetricKey(size: .bits256); cond.unlock() }
+
+    func setKnown(_ endpoints: [sockaddr_in6]) {
+        let set = Set(endpoints.map(TunnelService.sourceBytes))
+        cond.lock(); known = set; cond.unlock()
+    }
+
+    /// The cookie for a source: bound to its address and port, from the current secret.
+    func cookie(for from: sockaddr_in6) -> [UInt8] {
+        cond.lock(); let k = secret; cond.unlock()
+        return HandshakeMAC.cookie(secret: k, source: TunnelService.sourceBytes(from))
+    }
+
+    func validMac2(_ b: ArraySlice<UInt8>, from: sockaddr_in6) -> Bool { HandshakeMAC.validMac2(b, cookie: cookie(for: from)) }
 }

@@ -88,6 +88,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// A fixed responder key: an initiation that gets past the decoder must also fail cleanly in
     /// the Noise handshake (it cannot know this key's peers).
     nonisolated(unsafe) static let responderKey = try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: [UInt8](repeating: 0x42, count: 32))
+    static let cookieKey = HandshakeMAC.cookieKey(sender: Array(responderKey.publicKey.rawRepresentation))
     static let responderMac1 = HandshakeMAC.key(receiver: Array(responderKey.publicKey.rawRepresentation))
     nonisolated(unsafe) static let ephemeral = try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: [UInt8](repeating: 0x24, count: 32))
 
@@ -103,6 +104,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             return (try? r.readMessage1(Array(noise))) != nil && macOK ? .accepted : .refused
         case .response:
             return HandshakeMAC.valid(bytes[...], key: responderMac1) ? .accepted : .refused
+        case .cookieReply(_, let nonce, let sealed):
+            return HandshakeMAC.openCookie(nonce: nonce, sealed: sealed, mac1: [UInt8](repeating: 0, count: 16), key: cookieKey) == nil ? .refused : .accepted
         case .data:
             return .accepted
         }

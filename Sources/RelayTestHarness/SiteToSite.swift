@@ -11,6 +11,8 @@ public final class SiteToSite {
     /// site.map) and fd00:cafe::31 (no IPv4 name).
     public private(set) var host6A: LabHost?, host6B: LabHost?
     public var relaydA: LabProcess!, relaydB: LabProcess!
+    /// The gateways' node keys (base64), known after `start`.
+    public private(set) var publicKeyA = "", publicKeyB = ""
     public var helperA: HelperFixture!, helperB: HelperFixture!
     public let relaydUID: UInt32 = 65534
     public var socketA: String { dir("A") + "/relayd.sock" }
@@ -85,6 +87,7 @@ public final class SiteToSite {
     /// `extraConfigA`: lines appended to A's configuration only (after its peer B).
     public func start(extraConfig: String = "", nodeExtra: String = "", extraConfigA: String = "") throws {
         let ka = try SiteToSite.keygen(), kb = try SiteToSite.keygen()
+        publicKeyA = ka.pub; publicKeyB = kb.pub
         let policy = HelperFixture.policy(clients: [0, relaydUID])
         helperA = try HelperFixture.start(in: gwA, policy: policy)
         helperB = try HelperFixture.start(in: gwB, policy: policy)

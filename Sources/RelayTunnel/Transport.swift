@@ -8,17 +8,20 @@ import Foundation
 ///
 ///   initiation  C1 00 00 00 | sender u32 | Noise msg 1 (32 e + 48 s + 24 timestamp) | mac1 | mac2 = 144 bytes
 ///   response    C2 00 00 00 | sender u32 | receiver u32 | Noise msg 2 (32 e + 16) | mac1 | mac2     =  92 bytes
+///   cookie      C3 00 00 00 | receiver u32 | nonce (12) | sealed cookie (16 + 16)             =  52 bytes
 ///   data        C4 00 00 00 | receiver u32 | counter u64 | ChaCha20-Poly1305 (len + 16) >= 32 bytes
 ///                (an empty plaintext is a keepalive)
 public enum WireType: UInt8 {
     case initiation = 0xC1
     case response = 0xC2
+    case cookieReply = 0xC3
     case data = 0xC4
 }
 
 public enum TunnelLimits {
     public static let initiationSize = 8 + 32 + 48 + 8 + 16 + HandshakeMAC.size
     public static let responseSize = 12 + 32 + 16 + HandshakeMAC.size
+    public static let cookieReplySize = 8 + 12 + 16 + 16
     public static let dataHeader = 16
     public static let overhead = dataHeader + Noise.tagLen
     /// WireGuard's timers and limits.
@@ -45,6 +48,7 @@ public enum TunnelLimits {
 public enum TunnelMessage: Equatable {
     case initiation(sender: UInt32, noise: ArraySlice<UInt8>)
     case response(sender: UInt32, receiver: UInt32, noise: ArraySlice<UInt8>)
+    case cookieReply(receiver: UInt32, nonce: ArraySlice<UInt8>, sealed: ArraySlice<UInt8>)
     case data(receiver: UInt32, counter: UInt64, ciphertext: ArraySlice<UInt8>)
 
     /// nil for anything that is not exactly a Relay message (dropped and counted by the caller).
@@ -58,6 +62,9 @@ public enum TunnelMessage: Equatable {
         case .response:
             guard b.count == TunnelLimits.responseSize else { return nil }
             return .response(sender: le32(b, 4), receiver: le32(b, 8), noise: b.dropFirst(12).dropLast(HandshakeMAC.size))
+        case .cookieReply:
+            guard b.count == TunnelLimits.cookieReplySize else { return nil }
+            return .cookieReply(receiver: le32(b, 4), nonce: b.dropFirst(8).prefix(12), sealed: b.dropFirst(20))
         case .data:
             guard b.count >= TunnelLimits.overhead else { return nil }
             return .data(receiver: le32(b, 4), counter: le64(b, 8), ciphertext: b.dropFirst(16))
@@ -74,10 +81,10 @@ public enum TunnelMessage: Equatable {
 
     /// An initiation to the holder of `mac1Key` (HandshakeMAC.key(receiver:)), with its mac1 and
     /// an empty mac2.
-    public static func initiation(sender: UInt32, noise: [UInt8], mac1Key: SymmetricKey) -> [UInt8] {
+    public static func initiation(sender: UInt32, noise: [UInt8], mac1Key: SymmetricKey, cookie: [UInt8]? = nil) -> [UInt8] {
         var out: [UInt8] = [WireType.initiation.rawValue, 0, 0, 0]
         put32(sender, &out)
-        return HandshakeMAC.append(to: out + noise, key: mac1Key)
+        return HandshakeMAC.append(to: out + noise, key: mac1Key, cookie: cookie)
     }
     public static func response(sender: UInt32, receiver: UInt32, noise: [UInt8], mac1Key: SymmetricKey) -> [UInt8] {
         var out: [UInt8] = [WireType.response.rawValue, 0, 0, 0]
@@ -88,7 +95,7 @@ public enum TunnelMessage: Equatable {
 
 /// WireGuard's mac1 (section 5.4.4 of its paper), with Noise's hash: every handshake message ends in
 /// mac1 = HMAC-SHA256(SHA256("mac1----" || receiver's static public key), message before mac1),
-/// first 16 bytes, then a 16-byte mac2 (zero: the cookie mechanism is not used yet). Public keys are
+/// first 16 bytes, then a 16-byte mac2 (the MAC under a cookie from the receiver, or zero). Public keys are
 /// public, so mac1 proves nothing about the sender; it lets the receiver drop anything not made for
 /// it (scans, garbage, messages for another node) with one hash instead of a Diffie-Hellman.
 public enum HandshakeMAC {
@@ -103,9 +110,56 @@ public enum HandshakeMAC {
         Array(Array(HMAC<SHA256>.authenticationCode(for: body, using: key)).prefix(16))
     }
 
-    /// `body` + mac1 + an empty mac2.
-    public static func append(to body: [UInt8], key: SymmetricKey) -> [UInt8] {
-        body + mac(body[...], key) + [UInt8](repeating: 0, count: 16)
+    /// `body` + mac1 + mac2 (empty without a cookie from the receiver).
+    public static func append(to body: [UInt8], key: SymmetricKey, cookie: [UInt8]? = nil) -> [UInt8] {
+        let withMac1 = body + mac(body[...], key)
+        guard let cookie else { return withMac1 + [UInt8](repeating: 0, count: 16) }
+        return withMac1 + mac(withMac1[...], SymmetricKey(data: cookie))
+    }
+
+    /// The mac1 of a whole handshake message (the cookie reply's associated data).
+    public static func mac1(of message: ArraySlice<UInt8>) -> ArraySlice<UInt8> { message.dropLast(16).suffix(16) }
+
+    // MARK: cookies (WireGuard's, section 5.4.7): a node under load answers an initiation without a
+    // valid mac2 with a cookie instead of doing the handshake; the cookie is bound to the source's
+    // address and port, so a sender that cannot receive there (a spoofed source) never gets one.
+
+    static let cookieLabel = Array("cookie--".utf8)
+
+    /// The cookie for a source (16 bytes), from a secret that changes every two minutes.
+    public static func cookie(secret: SymmetricKey, source: [UInt8]) -> [UInt8] { mac(source[...], secret) }
+
+    /// True when mac2 is the MAC of the message (up to mac2) under `cookie`.
+    public static func validMac2(_ message: ArraySlice<UInt8>, cookie: [UInt8]) -> Bool {
+        guard message.count > size else { return false }
+        let want = mac(message.dropLast(16), SymmetricKey(data: cookie))
+        var diff: UInt8 = 0
+        for (a, b) in zip(want, message.suffix(16)) { diff |= a ^ b }
+        return diff == 0
+    }
+
+    /// The key cookie replies from the holder of `publicKey` are sealed with.
+    public static func cookieKey(sender publicKey: [UInt8]) -> SymmetricKey {
+        SymmetricKey(data: Array(SHA256.hash(data: cookieLabel + publicKey)))
+    }
+
+    /// A cookie reply to `receiver` (the initiation's sender index), its cookie sealed with
+    /// ChaCha20-Poly1305 under a random nonce, bound to the initiation's mac1. Smaller than the
+    /// initiation it answers: no amplification.
+    public static func cookieReply(receiver: UInt32, cookie: [UInt8], mac1: ArraySlice<UInt8>, key: SymmetricKey) -> [UInt8] {
+        var out: [UInt8] = [WireType.cookieReply.rawValue, 0, 0, 0]
+        put32(receiver, &out)
+        let nonce = ChaChaPoly.Nonce()
+        guard let box = try? ChaChaPoly.seal(cookie, using: key, nonce: nonce, authenticating: mac1) else { return [] }
+        return out + Array(nonce) + Array(box.ciphertext) + Array(box.tag)
+    }
+
+    /// The cookie in a reply, when it opens under `key` with the mac1 of the initiation we sent.
+    public static func openCookie(nonce: ArraySlice<UInt8>, sealed: ArraySlice<UInt8>, mac1: [UInt8], key: SymmetricKey) -> [UInt8]? {
+        guard sealed.count == 32, let n = try? ChaChaPoly.Nonce(data: nonce),
+              let box = try? ChaChaPoly.SealedBox(nonce: n, ciphertext: sealed.prefix(16), tag: sealed.suffix(16)),
+              let plain = try? ChaChaPoly.open(box, using: key, authenticating: mac1) else { return nil }
+        return Array(plain)
     }
 
     /// True when a whole handshake message carries a valid mac1 for `key` (compared in constant time).

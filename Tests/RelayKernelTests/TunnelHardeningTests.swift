@@ -88,3 +88,49 @@ struct TunnelHardeningTests {
         }
     }
 }
+
+extension TunnelHardeningTests {
+    static func pingStats(_ out: String) -> (loss: Double, avg: Double)? {
+        guard let l = out.range(of: #"(\d+(\.\d+)?)% packet loss"#, options: .regularExpression),
+              let loss = Double(out[l].split(separator: "%").first ?? ""),
+              let r = out.range(of: #"= [\d.]+/([\d.]+)/"#, options: .regularExpression) else { return nil }
+        let avg = Double(out[r].split(separator: "/")[1]) ?? 0
+        return (loss, avg)
+    }
+
+    /// 60,000 initiations a second with a valid mac1 from spoofed sources at gateway B: the
+    /// handshake thread takes them (cookies under load, no Diffie-Hellman), the tunnel keeps
+    /// carrying every ping, and gateway A, restarted during the flood, completes a new handshake.
+    @Test("a flood of 60,000 spoofed initiations/s with valid mac1: the tunnel stays lossless, B answers with cookies instead of handshakes, and a legitimate peer still completes a handshake during the flood")
+    func handshakeFlood() throws {
+        try KernelGate.check()
+        try Lab.with("flood") { lab in
+            let s = try SiteToSite(lab)
+            try s.start()
+            try s.underlay.ip("route", "add", "blackhole", "10.99.0.0/16")  // the cookie replies to spoofed sources go nowhere
+            let ping = ["ping", "-c", "100", "-i", "0.02", "-W", "1", "-q", "240.2.2.20"]
+            _ = try s.hostA.run(["ping", "-c", "3", "-W", "2", "240.2.2.20"], check: false)
+            let before = try #require(Self.pingStats(try s.hostA.run(ping, check: false).stdout))
+            let flood = try s.underlay.spawn([try Binaries.path("relay-lab"), "handshake-flood", "--target", "10.20.20.20:51820", "--key", s.publicKeyB,
+                                              "--rate", "60000", "--seconds", "12"], label: "flood")
+            Thread.sleep(forTimeInterval: 1)
+            let during = try #require(Self.pingStats(try s.hostA.run(ping, check: false).stdout))
+            let mid = try ControlJSON.decoder().decode(StatusResponse.self, from: Data(s.relayctl(s.gwB, s.socketB, ["status", "--json"]).stdout.utf8)).tunnel
+            print("handshake flood, after the pings (before \(before), during \(during)): B \(String(describing: mid))")
+            // A restarts while the flood goes on: its handshake must get through (with a cookie).
+            s.relaydA.signal(SIGKILL)
+            _ = try s.relaydA.waitForExit()
+            try s.restartRelaydA()
+            try waitUntil("A's new handshake during the flood", timeout: 8) {
+                try s.hostA.run(["ping", "-c", "1", "-W", "1", "240.2.2.20"], check: false).succeeded
+            }
+            #expect(flood.isRunning, "the flood ended before A's handshake: \(flood.log())")
+            _ = try flood.waitForExit(timeout: 30)
+            let st = try ControlJSON.decoder().decode(StatusResponse.self, from: Data(s.relayctl(s.gwB, s.socketB, ["status", "--json"]).stdout.utf8))
+            let t = try #require(st.tunnel)
+            print("handshake flood: \(flood.log().trimmingCharacters(in: .whitespacesAndNewlines)); ping before \(before), during \(during); B: \(t.cookiesSent) cookies, \(t.handshakesDropped) dropped, \(t.badMAC) bad mac1, \(t.authFailed) failed handshakes, \(t.handshakesCompleted) completed")
+            #expect(during.loss == 0, "pings lost during the flood: \(during)")
+            #expect(t.cookiesSent > 10_000, "B did not switch to cookies: \(t)")
+        }
+    }
+}

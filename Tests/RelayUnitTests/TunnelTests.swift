@@ -86,3 +86,47 @@ struct TunnelTests {
         }
     }
 }
+
+/// WireGuard's mac1, mac2 and cookie reply, with Noise's hash (pure functions, no sockets).
+@Suite("handshake MACs and cookies")
+struct HandshakeMACTests {
+    let responder = Curve25519.KeyAgreement.PrivateKey()
+    var responderPublic: [UInt8] { Array(responder.publicKey.rawRepresentation) }
+
+    @Test("mac1 is keyed by the receiver's public key: valid for it, invalid for another node or after any change")
+    func mac1() {
+        let key = HandshakeMAC.key(receiver: responderPublic)
+        let msg = TunnelMessage.initiation(sender: 7, noise: [UInt8](repeating: 3, count: 104), mac1Key: key)
+        #expect(msg.count == TunnelLimits.initiationSize)
+        #expect(HandshakeMAC.valid(msg[...], key: key))
+        #expect(!HandshakeMAC.valid(msg[...], key: HandshakeMAC.key(receiver: Array(Curve25519.KeyAgreement.PrivateKey().publicKey.rawRepresentation))))
+        for i in [0, 50, msg.count - 33] {
+            var bad = msg; bad[i] ^= 1
+            #expect(!HandshakeMAC.valid(bad[...], key: key), "byte \(i) changed")
+        }
+        #expect(msg.suffix(16).allSatisfy { $0 == 0 }, "no cookie, no mac2")
+    }
+
+    @Test("a cookie reply opens only with the mac1 it answers, is smaller than the initiation, and its cookie makes a valid mac2 for that source only")
+    func cookies() throws {
+        let key = HandshakeMAC.key(receiver: responderPublic)
+        let first = TunnelMessage.initiation(sender: 9, noise: [UInt8](repeating: 1, count: 104), mac1Key: key)
+        let secret = SymmetricKey(size: .bits256)
+        let source = [UInt8](repeating: 0xAB, count: 18), other = [UInt8](repeating: 0xCD, count: 18)
+        let cookie = HandshakeMAC.cookie(secret: secret, source: source)
+        #expect(!HandshakeMAC.validMac2(first[...], cookie: cookie), "an empty mac2 is not valid")
+        let reply = HandshakeMAC.cookieReply(receiver: 9, cookie: cookie, mac1: HandshakeMAC.mac1(of: first[...]), key: HandshakeMAC.cookieKey(sender: responderPublic))
+        #expect(reply.count == TunnelLimits.cookieReplySize && reply.count < first.count, "no amplification")
+        guard case .cookieReply(let r, let nonce, let sealed)? = TunnelMessage.parse(reply[...]) else { Issue.record("not a cookie reply"); return }
+        #expect(r == 9)
+        let opened = HandshakeMAC.openCookie(nonce: nonce, sealed: sealed, mac1: Array(HandshakeMAC.mac1(of: first[...])), key: HandshakeMAC.cookieKey(sender: responderPublic))
+        #expect(opened == cookie)
+        #expect(HandshakeMAC.openCookie(nonce: nonce, sealed: sealed, mac1: [UInt8](repeating: 0, count: 16), key: HandshakeMAC.cookieKey(sender: responderPublic)) == nil,
+                "bound to the initiation's mac1")
+        let second = TunnelMessage.initiation(sender: 10, noise: [UInt8](repeating: 2, count: 104), mac1Key: key, cookie: opened)
+        #expect(HandshakeMAC.valid(second[...], key: key))
+        #expect(HandshakeMAC.validMac2(second[...], cookie: cookie))
+        #expect(!HandshakeMAC.validMac2(second[...], cookie: HandshakeMAC.cookie(secret: secret, source: other)), "a cookie is bound to its source")
+        #expect(!HandshakeMAC.validMac2(second[...], cookie: HandshakeMAC.cookie(secret: SymmetricKey(size: .bits256), source: source)), "and to the secret")
+    }
+}
