@@ -263,3 +263,8 @@ int CRelayShim_send_batch_gso(int fd, const uint8_t *bufs, const size_t *offsets
     }
     return sent;
 }
+
+#include <sys/resource.h>
+int CRelayShim_thread_nice(int nice) {
+    return setpriority(PRIO_PROCESS, (id_t)gettid(), nice) == 0 ? 0 : -errno;
+}

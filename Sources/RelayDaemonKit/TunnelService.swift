@@ -386,13 +386,21 @@ public final class TunnelService: @unchecked Sendable {
         guard let msg = TunnelMessage.parse(b) else { lock.lock(); counters.malformed += 1; lock.unlock(); return }
         let now = clock()
         switch msg {
-        case .initiation, .response, .cookieReply:
-            // Handshakes cost a Diffie-Hellman or two: never on this (the data path's) thread, which
-            // only queues them for the handshake thread; what does not fit is dropped at once, so a
-            // flood cannot stall data. Under load, an initiation that carries a mac2 is checked here
-            // (two hashes) and a valid one takes the priority lane: a peer that answered our cookie
-            // gets through however full the queue is.
-            if b[b.startIndex] == WireType.initiation.rawValue, b.suffix(16).contains(where: { $0 != 0 }), handshakes.underLoad {
+        case .response(let sender, let receiver, let noise):
+            // A response answers one of our own pending initiations (a random index an attacker
+            // cannot guess): handled here, in order with the data that follows it on this socket;
+            // anything else costs one hash and one lookup.
+            guard HandshakeMAC.valid(b, key: ownMac1Key) else { lock.lock(); counters.badMAC += 1; lock.unlock(); return }
+            handleResponse(sender: sender, receiver: receiver, Array(noise), from: from, now: now)
+        case .cookieReply(let receiver, let nonce, let sealed):
+            handleCookie(receiver: receiver, nonce: nonce, sealed: sealed, now: now)
+        case .initiation:
+            // Initiations cost a Diffie-Hellman or two: never on this (the data path's) thread,
+            // which only queues them for the handshake thread; what does not fit is dropped at
+            // once, so a flood cannot stall data. Under load, an initiation that carries a mac2 is
+            // checked here (two hashes) and a valid one takes the priority lane: a peer that
+            // answered our cookie gets through however full the queue is.
+            if b.suffix(16).contains(where: { $0 != 0 }), handshakes.underLoad {
                 if handshakes.validMac2(b, from: from) {
                     if handshakes.push(Array(b), from: from, priority: true) { return }
                 }
@@ -408,6 +416,8 @@ public final class TunnelService: @unchecked Sendable {
     /// eighth full, and for a second after), an initiation without a valid mac2 gets a cookie reply
     /// instead of a Diffie-Hellman, and each source address gets at most 20 handshakes a second.
     func handshakeLoop() {
+        // Below the packet threads: under a flood, the scheduler serves the data path first.
+        _ = CRelayShim_thread_nice(10)
         var secretAt = clock()
         var loadedUntil = -Double.infinity
         var perSource = RateLimiter(rate: 20, burst: 10, capacity: 8192)
@@ -422,36 +432,32 @@ public final class TunnelService: @unchecked Sendable {
             if batch.count >= handshakes.capacity / 8 { loadedUntil = now + 1 }
             handshakes.underLoad = now < loadedUntil
             if now - secretAt >= 120 { handshakes.rotateSecret(); secretAt = now }
+            var dropped = 0, cookies = 0, badMAC = 0
             for (j, (b, from)) in batch.enumerated() {
-            // mac1 first: one hash drops what was not made for this node (scans, other nodes).
-            if b[0] != WireType.cookieReply.rawValue, !HandshakeMAC.valid(b[...], key: ownMac1Key) {
-                lock.lock(); counters.badMAC += 1; lock.unlock()
-                continue
-            }
-            switch TunnelMessage.parse(b[...]) {
-            case .initiation(let sender, let noise)?:
-                if now < loadedUntil {
+                let loaded = now < loadedUntil
+                // Under load, the normal lane gets cookie replies while the budget lasts; the rest
+                // is dropped before any work (no hash at all).
+                if loaded && j >= prioritised {
+                    cookieTokens = min(10_000, cookieTokens + (now - cookiesAt) * 10_000); cookiesAt = now
+                    guard cookieTokens >= 1 else { dropped += 1; continue }
+                }
+                // mac1 first: one hash drops what was not made for this node (scans, other nodes).
+                guard HandshakeMAC.valid(b[...], key: ownMac1Key) else { badMAC += 1; continue }
+                guard case .initiation(let sender, let noise)? = TunnelMessage.parse(b[...]) else { continue }
+                if loaded {
                     let cookie = handshakes.cookie(for: from)
                     guard HandshakeMAC.validMac2(b[...], cookie: cookie) else {
-                        if j >= prioritised {
-                            cookieTokens = min(10_000, cookieTokens + (now - cookiesAt) * 10_000); cookiesAt = now
-                            guard cookieTokens >= 1 else { lock.lock(); counters.handshakesDropped += 1; lock.unlock(); continue }
-                            cookieTokens -= 1
-                        }
-                        send(HandshakeMAC.cookieReply(receiver: sender, cookie: cookie, mac1: HandshakeMAC.mac1(of: b[...]), key: cookieKey), to: from)
-                        lock.lock(); counters.cookiesSent += 1; lock.unlock()
+                        if j >= prioritised { cookieTokens -= 1 }
+                        let reply = HandshakeMAC.cookieReply(receiver: sender, cookie: cookie, mac1: HandshakeMAC.mac1(of: b[...]), key: cookieKey)
+                        if !reply.isEmpty { send(reply, to: from); cookies += 1 }
                         continue
                     }
-                    guard let ip = TunnelService.endpoint(from)?.address, perSource.allow(ip, now: now) else {
-                        lock.lock(); counters.handshakesDropped += 1; lock.unlock()
-                        continue
-                    }
+                    guard let ip = TunnelService.endpoint(from)?.address, perSource.allow(ip, now: now) else { dropped += 1; continue }
                 }
                 handleInitiation(sender: sender, Array(noise), from: from, now: now)
-            case .response(let sender, let receiver, let noise)?: handleResponse(sender: sender, receiver: receiver, Array(noise), from: from, now: now)
-            case .cookieReply(let receiver, let nonce, let sealed)?: handleCookie(receiver: receiver, nonce: nonce, sealed: sealed, now: now)
-            default: break
             }
+            if dropped + cookies + badMAC > 0 {
+                lock.lock(); counters.handshakesDropped += dropped; counters.cookiesSent += cookies; counters.badMAC += badMAC; lock.unlock()
             }
         }
     }

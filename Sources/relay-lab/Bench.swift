@@ -16,6 +16,7 @@ struct Bench: ParsableCommand {
     @Flag(help: "Skip the STUN reflector benchmark.") var noStun = false
     @Flag(help: "Skip the IPv6 -> IPv4 translation benchmark (Relay against tayga).") var noSiit = false
     @Flag(help: "Skip the AEAD benchmark (relayd's ChaCha20-Poly1305 against libcrypto's).") var noAead = false
+    @Flag(help: "Skip the handshake-flood benchmark.") var noFlood = false
     @Option(help: "Flow counts for relayd's memory figures.") var memoryFlows: [Int] = [10_000, 100_000]
 
     func run() throws {
@@ -69,6 +70,7 @@ struct Bench: ParsableCommand {
             print(pad("  open", 40) + pad(String(format: "%.0f", r.openNs), 14) + pad(String(format: "%.0f", l.openNs), 16) + String(format: "%.2fx", l.openNs / r.openNs))
         }
         if !noPaths { try paths() }
+        if !noFlood { try flood() }
         if !noSiit { try translation() }
         if !noStun {
             let (r, c) = try Lab.with("bench-stun") { try StunBench.run($0) }
@@ -113,6 +115,37 @@ struct Bench: ParsableCommand {
         }
         for (n, active, mb) in relay.1 {
             print(pad("relayd peak RSS, \(n) flows", 30) + String(format: "%.1f MiB (%d tracked)", mb, active))
+        }
+    }
+
+    /// The tunnel's round trip and loss while gateway B takes 60,000 spoofed-source initiations a
+    /// second with a valid mac1; the anchor is the same tunnel a moment before, without the flood.
+    func flood() throws {
+        print("")
+        print("Handshake flood at gateway B (60,000 initiations/s, valid mac1, spoofed sources; ping x\(PathBench.pings) host A to host B):")
+        try Lab.with("bench-flood") { lab in
+            let s = try SiteToSite(lab)
+            try s.start()
+            try s.underlay.ip("route", "add", "blackhole", "10.99.0.0/16")
+            _ = try s.hostA.run(["ping", "-c", "3", "-W", "2", "240.2.2.20"], check: false)
+            func pings() throws -> (loss: Double, avg: Double) {
+                let out = try s.hostA.run(["ping", "-c", String(PathBench.pings), "-i", "0.01", "-W", "1", "-q", "240.2.2.20"], check: false).stdout
+                let loss = out.range(of: #"[\d.]+% packet loss"#, options: .regularExpression).map { Double(out[$0].split(separator: "%")[0]) ?? 100 } ?? 100
+                let avg = out.range(of: #"= [\d.]+/[\d.]+/"#, options: .regularExpression).map { Double(out[$0].split(separator: "/")[1]) ?? 0 } ?? 0
+                return (loss, avg)
+            }
+            let quiet = try pings()
+            let flood = try s.underlay.spawn([try Binaries.path("relay-lab"), "handshake-flood", "--target", "10.20.20.20:51820", "--key", s.publicKeyB,
+                                              "--rate", "60000", "--seconds", "6"], label: "flood")
+            Thread.sleep(forTimeInterval: 1)
+            let loud = try pings()
+            _ = try flood.waitForExit(timeout: 30)
+            let sent = flood.log().trimmingCharacters(in: .whitespacesAndNewlines)
+            print(pad("metric", 30) + pad("flood", 12) + pad("anchor: quiet", 16) + "ratio (flood/quiet)")
+            print(pad("ping RTT ms (lower is better)", 30) + pad(String(format: "%.3f", loud.avg), 12) + pad(String(format: "%.3f", quiet.avg), 16)
+                  + String(format: "%.2fx (goal < 2)", loud.avg / max(quiet.avg, 0.001)))
+            print(pad("ping loss %", 30) + pad(String(format: "%.0f", loud.loss), 12) + pad(String(format: "%.0f", quiet.loss), 16) + "(goal 0)")
+            print("flood generator: \(sent)")
         }
     }
 

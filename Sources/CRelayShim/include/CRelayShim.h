@@ -42,6 +42,8 @@ int CRelayShim_cap_effective(int cap);
 /// it executes never inherits a capability), and drops the rest of the bounding set when
 /// CAP_SETPCAP allows. Returns 0 or -errno.
 int CRelayShim_keep_only_cap(int cap);
+/// Sets the calling thread's nice value (setpriority on its thread id). Returns 0 or -errno.
+int CRelayShim_thread_nice(int nice);
 /// prctl(PR_SET_NO_NEW_PRIVS). Returns 0 or -errno.
 int CRelayShim_set_no_new_privs(void);
 
