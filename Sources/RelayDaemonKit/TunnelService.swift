@@ -863,20 +863,18 @@ func put64be(_ v: UInt64, _ out: inout [UInt8]) { for i in (0..<8).reversed() { 
 public enum IPHeader {
     /// The source address of an IPv4 or IPv6 packet (nil when too short or neither).
     @inline(__always)
-    public static func source(_ p: UnsafeRawBufferPointer) -> IPAddress? {
-        guard let first = p.first else { return nil }
-        switch first >> 4 {
-        case 4: return p.count >= 20 ? .v4(IPv4Address(p[12], p[13], p[14], p[15])) : nil
-        case 6: return p.count >= 40 ? .v6(SIIT.load6(p, 8)) : nil
-        default: return nil
-        }
-    }
+    public static func source(_ p: UnsafeRawBufferPointer) -> IPAddress? { address(p, v4: 12, v6: 8) }
 
-    public static func destination(_ p: UnsafeRawBufferPointer) -> IPAddress? {
+    /// The destination address of an IPv4 or IPv6 packet (nil when too short or neither).
+    @inline(__always)
+    public static func destination(_ p: UnsafeRawBufferPointer) -> IPAddress? { address(p, v4: 16, v6: 24) }
+
+    @inline(__always)
+    static func address(_ p: UnsafeRawBufferPointer, v4: Int, v6: Int) -> IPAddress? {
         guard let first = p.first else { return nil }
         switch first >> 4 {
-        case 4: return p.count >= 20 ? .v4(IPv4Address(p[16], p[17], p[18], p[19])) : nil
-        case 6: return p.count >= 40 ? .v6(SIIT.load6(p, 24)) : nil
+        case 4: return p.count >= 20 ? .v4(IPv4Address(p[v4], p[v4 + 1], p[v4 + 2], p[v4 + 3])) : nil
+        case 6: return p.count >= 40 ? .v6(SIIT.load6(p, v6)) : nil
         default: return nil
         }
     }
