@@ -46,8 +46,6 @@ final class ConnectionSlots: @unchecked Sendable {
         if perUID[uid] == 0 { perUID[uid] = nil }
         if write { writers -= 1 } else { readers -= 1 }
     }
-
-    var inUse: (writers: Int, readers: Int) { lock.lock(); defer { lock.unlock() }; return (writers, readers) }
 }
 
 /// The helper's dispatch: authenticate by the kernel's credentials before anything else, take a
