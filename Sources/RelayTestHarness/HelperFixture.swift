@@ -11,7 +11,7 @@ public struct HelperFixture {
     public static func policy(clients: [UInt32] = [0], readers: [UInt32] = [], table: String = "relay",
                               allowed: [String] = ["192.168.0.0/16", "240.0.0.0/4", "10.0.0.0/8", "fc00::/7", "64:ff9b::/32"],
                               translate: [String]? = nil, routes: [String]? = nil, addresses: [String]? = nil,
-                              maxElements: Int = 200_000, extra: String = "") -> String {
+                              maxElements: Int = 200_000, devicePrefix: String = "relay", extra: String = "") -> String {
         func list(_ l: [String]) -> String { "[" + l.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
         // `extra` may hold whole sections; the list keys go into theirs.
         return """
@@ -27,6 +27,7 @@ public struct HelperFixture {
         destinations = \(list(routes ?? allowed))
         [devices]
         addresses = \(list(addresses ?? allowed))
+        prefix = "\(devicePrefix)"
         \(extra)
         """
     }

@@ -70,7 +70,9 @@ struct PathBench {
     /// The kernel anchor: the same sites and prefix NAT, routed over the underlay without a tunnel.
     static func kernelPath(_ lab: Lab) throws -> Figures {
         let s = try SiteToSite(lab, extraHostNumbers: [])
-        let policy = HelperFixture.policy()
+        // No Relay device here: the underlay interfaces (wan0) stand in for it, so the helper's
+        // inbound translation (which matches only its devices' names) matches them.
+        let policy = HelperFixture.policy(devicePrefix: "wan")
         let ha = try HelperFixture.start(in: s.gwA, policy: policy, name: "kh"), hb = try HelperFixture.start(in: s.gwB, policy: policy, name: "kh")
         func P(_ x: String) -> IPPrefix { IPPrefix(x)! }
         try HelperClient(path: ha.socketPath).apply(NATState(dnat: [PrefixMapping(P("240.1.1.0/24"), P("192.168.1.0/24"))],
@@ -217,7 +219,7 @@ struct PathBench {
         guard (try? Command.run(["which", "tayga"]))?.succeeded == true else { return nil }
         let s = try SiteToSite(lab, extraHostNumbers: [], ipv6: true)
         func P(_ x: String) -> IPPrefix { IPPrefix(x)! }
-        let hb = try HelperFixture.start(in: s.gwB, policy: HelperFixture.policy(allowed: ["192.168.0.0/16", "203.0.113.0/24", "198.51.100.0/24"]), name: "kh")
+        let hb = try HelperFixture.start(in: s.gwB, policy: HelperFixture.policy(allowed: ["192.168.0.0/16", "203.0.113.0/24", "198.51.100.0/24"], devicePrefix: "wan"), name: "kh")
         try HelperClient(path: hb.socketPath).apply(NATState(dnat: [PrefixMapping(P("203.0.113.0/24"), P("192.168.1.0/24"))],
                                                             snat: [PrefixMapping(P("192.168.1.0/24"), P("203.0.113.0/24"))], remote: [P("198.51.100.0/24")]))
         let dir = lab.logDirectory.appendingPathComponent("tayga").path
