@@ -29,7 +29,7 @@ public final class Lab {
     public init(_ label: String = "lab", prefix: String? = nil) throws {
         try Lab.requireTools()
         Lab.installSignalHandlers()
-        if prefix == nil { Lab.removeStale() }
+        if prefix == nil { Lab.removeStale(); Lab.removeStaleLogs() }  // what runs that are gone left behind
         let n = Lab.counter.increment()
         self.prefix = prefix ?? "\(Lab.namespaceMarker)\(getpid())-\(Lab.selfStartTime)-\(n)-"
         logDirectory = Lab.logRoot.appendingPathComponent("\(self.prefix)\(label.filter { $0.isLetter || $0.isNumber })-logs")
