@@ -1022,8 +1022,6 @@ final class HandshakeQueue: @unchecked Sendable {
     /// A drop counted here, reported by the handshake thread (the data path takes no other lock).
     func countDrop() { cond.lock(); drops += 1; cond.unlock() }
 
-    var depth: Int { cond.lock(); defer { cond.unlock() }; return items.count }
-
     /// Everything queued (the priority lane first; how many of those), and the drops since.
     func popAll(timeout: Double) -> (batch: [([UInt8], sockaddr_in6)], prioritised: Int, drops: Int) {
         cond.lock(); defer { cond.unlock() }
