@@ -112,7 +112,7 @@ extension TunnelHardeningTests {
             _ = try s.hostA.run(["ping", "-c", "3", "-W", "2", "240.2.2.20"], check: false)
             let before = try #require(Self.pingStats(try s.hostA.run(ping, check: false).stdout))
             let flood = try s.underlay.spawn([try Binaries.path("relay-lab"), "handshake-flood", "--target", "10.20.20.20:51820", "--key", s.publicKeyB,
-                                              "--rate", "60000", "--seconds", "12"], label: "flood")
+                                              "--rate", "60000", "--seconds", "20"], label: "flood")
             Thread.sleep(forTimeInterval: 1)
             let during = try #require(Self.pingStats(try s.hostA.run(ping, check: false).stdout))
             let mid = try ControlJSON.decoder().decode(StatusResponse.self, from: Data(s.relayctl(s.gwB, s.socketB, ["status", "--json"]).stdout.utf8)).tunnel
@@ -121,7 +121,7 @@ extension TunnelHardeningTests {
             s.relaydA.signal(SIGKILL)
             _ = try s.relaydA.waitForExit()
             try s.restartRelaydA()
-            try waitUntil("A's new handshake during the flood", timeout: 8) {
+            try waitUntil("A's new handshake during the flood", timeout: 15) {
                 try s.hostA.run(["ping", "-c", "1", "-W", "1", "240.2.2.20"], check: false).succeeded
             }
             #expect(flood.isRunning, "the flood ended before A's handshake: \(flood.log())")
