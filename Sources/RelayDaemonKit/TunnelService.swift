@@ -1006,9 +1006,11 @@ final class HandshakeQueue: @unchecked Sendable {
     /// False when the lane is full (the message is dropped). Messages from a peer's known endpoint
     /// take the priority lane too (spoofing one only competes with that peer, in a lane of 64).
     func push(_ b: [UInt8], from: sockaddr_in6, priority: Bool = false) -> Bool {
-        let source = known.isEmpty ? [] : TunnelService.sourceBytes(from)
+        // `known` is read under the lock only: setKnown replaces it from the handshake thread
+        // (reading it outside the lock crashed relayd under a flood once).
+        let source = TunnelService.sourceBytes(from)
         cond.lock(); defer { cond.unlock() }
-        if priority || (!known.isEmpty && known.contains(source)) {
+        if priority || known.contains(source) {
             if self.priority.count >= HandshakeQueue.priorityCapacity { return false }
             self.priority.append((b, from))
         } else {
