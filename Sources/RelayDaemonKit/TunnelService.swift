@@ -19,41 +19,6 @@ final class TranslatorRef: @unchecked Sendable {
     init(_ v: SiteTranslator) { value = v; inbound = Set(v.inboundNames.map(\.value)) }
 }
 
-/// A peer as the tunnel sees it: identity, where to send, which virtual prefixes are behind it.
-/// One object per public key for as long as the key is configured: a reload updates it in place.
-final class TunnelPeer {
-    var name: String
-    let publicKey: [UInt8]
-    var endpoint: sockaddr_in6?
-    var prefixes: [IPPrefix]
-    var current: TunnelSession?
-    var previous: TunnelSession?
-    /// Responder side: a new session not used for sending until the initiator's first packet on it
-    /// arrives (otherwise we could send on keys the initiator has not installed yet).
-    var next: TunnelSession?
-    var pending: (initiator: Noise.Initiator, index: UInt32, sentAt: Double, firstAt: Double)?
-    var queue: [[UInt8]] = []
-    var lastInitiationStamp: UInt64 = 0
-    var lastSent: Double = 0
-    var lastReceived: Double = 0
-    var lastHandshake: Double?
-    var rxBytes: UInt64 = 0, txBytes: UInt64 = 0, rxPackets: UInt64 = 0, txPackets: UInt64 = 0
-    var latency: Double?
-    var nextRetry: Double = 0
-    /// When we started sending without hearing back (WireGuard: new handshake after 15 s of that).
-    var unansweredSince: Double?
-    /// Responder side: when our response went out, and for which session (latency on first data).
-    var responseSentAt: (index: UInt32, at: Double)?
-    /// Initiator side: the mac1 of our last initiation (a cookie reply is bound to it), and the
-    /// cookie the peer gave us under load (used for mac2 for two minutes).
-    var lastMac1: [UInt8] = []
-    var cookie: (value: [UInt8], at: Double)?
-
-    init(name: String, publicKey: [UInt8], endpoint: sockaddr_in6?, prefixes: [IPPrefix]) {
-        self.name = name; self.publicKey = publicKey; self.endpoint = endpoint; self.prefixes = prefixes
-    }
-}
-
 /// The packet path between the TUN device and the peers: Noise IK sessions over UDP.
 public final class TunnelService: @unchecked Sendable {
     let identity: NodeIdentity
@@ -61,12 +26,12 @@ public final class TunnelService: @unchecked Sendable {
     let logger: Logger
     let tun: () -> TunHandle
     let lock = NSLock()
-    var peers: [TunnelPeer] = []
-    var byIndex: [UInt32: TunnelPeer] = [:]
-    public internal(set) var counters = TunnelCounters()
-    /// What this site exports to its peers: its virtual prefixes. A peer's packet to anything else
-    /// (the gateway's own addresses, the underlay, another routed network) is dropped.
-    var exported: [IPPrefix] = []
+    /// The peers' state machines and everything they share (guarded by `lock`).
+    let table: PeerTable
+    var counters: TunnelCounters {
+        get { table.counters }
+        _modify { yield &table.counters }
+    }
     /// mac1 key of messages to this node, and the handshake thread's bounded queue.
     let ownMac1Key: SymmetricKey
     let handshakes = HandshakeQueue(capacity: 4096)
@@ -74,7 +39,9 @@ public final class TunnelService: @unchecked Sendable {
     public var initiationStamps = InitiationStamps(directory: nil)
     var socketFD: Int32 = -1
     public private(set) var port: UInt16 = 0
-    var stopped = false
+    let stoppedFlag = Atomic<Bool>(false)
+    /// This node's public address and NAT behaviour, asked from the tunnel's port.
+    let reflectionClient: ReflectionClient
     let clock: () -> Double
     public let flows: FlowTable
     /// STUN on the tunnel port: datagrams with STUN's top bits and magic cookie go to the reflector.
@@ -104,6 +71,8 @@ public final class TunnelService: @unchecked Sendable {
         self.identity = identity
         ownPublic = Array(identity.privateKey.publicKey.rawRepresentation)
         ownMac1Key = HandshakeMAC.key(receiver: ownPublic)
+        table = PeerTable(staticKey: identity.privateKey)
+        reflectionClient = ReflectionClient(logger: logger, clock: clock)
         self.logger = logger
         self.tun = tun
         self.clock = clock
@@ -112,16 +81,20 @@ public final class TunnelService: @unchecked Sendable {
 
     // MARK: configuration
 
+    /// The socket address of an endpoint (IPv4 as v4-mapped), without allocating.
     static func socketAddress(_ e: Endpoint) -> sockaddr_in6 {
         var sa = sockaddr_in6()
         sa.sin6_family = sa_family_t(AF_INET6)
         sa.sin6_port = e.port.bigEndian
-        let bytes: [UInt8]
+        let (hi, lo): (UInt64, UInt64)
         switch e.address {
-        case .v4(let a): bytes = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] + a.bytes
-        case .v6(let a): bytes = a.bytes
+        case .v4(let a): (hi, lo) = (0, 0xffff_0000_0000 | UInt64(a.value))
+        case .v6(let a): (hi, lo) = (a.high, a.low)
         }
-        withUnsafeMutableBytes(of: &sa.sin6_addr) { for i in 0..<16 { $0[i] = bytes[i] } }
+        withUnsafeMutableBytes(of: &sa.sin6_addr) {
+            $0.storeBytes(of: hi.bigEndian, toByteOffset: 0, as: UInt64.self)
+            $0.storeBytes(of: lo.bigEndian, toByteOffset: 8, as: UInt64.self)
+        }
         return sa
     }
 
@@ -149,39 +122,23 @@ public final class TunnelService: @unchecked Sendable {
 
     /// Applies a configuration: keeps sessions of unchanged peers, drops removed ones.
     public func configure(_ cfg: RelayConfiguration) {
-        lock.lock(); defer { lock.unlock() }
         busyPollAtomic.store(UInt64(max(0, cfg.node.busyPoll)) * 1000, ordering: .relaxed)
         singleThreadAtomic.store(cfg.node.packetThreads(cpus: ProcessInfo.processInfo.activeProcessorCount) == 1, ordering: .relaxed)
-        var next: [TunnelPeer] = []
-        for p in cfg.peers {
-            guard let key = Data(base64Encoded: p.publicKey).map(Array.init), key.count == 32 else { continue }
-            let prefixes = p.sites.flatMap(\.virtualPrefixes)
-            let ep = p.endpoint.map(TunnelService.socketAddress)
-            if let old = peers.first(where: { $0.publicKey == key }) {
-                // The same object: its sessions (and their counters) are never copied.
-                old.name = p.name
-                old.prefixes = prefixes
-                if let ep { old.endpoint = ep }
-                next.append(old)
-            } else {
-                let peer = TunnelPeer(name: p.name, publicKey: key, endpoint: ep, prefixes: prefixes)
-                peer.lastInitiationStamp = initiationStamps.stamp(for: key)
-                next.append(peer)
-            }
+        let list: [PeerTable.PeerConfig] = cfg.peers.compactMap { p in
+            guard let key = Data(base64Encoded: p.publicKey).map(Array.init), key.count == 32 else { return nil }
+            return PeerTable.PeerConfig(name: p.name, publicKey: key, endpoint: p.endpoint, prefixes: p.sites.flatMap(\.virtualPrefixes))
         }
-        peers = next
-        handshakes.setKnown(peers.compactMap(\.endpoint))
-        exported = cfg.site.map { [$0.virtual4, $0.virtual6, $0.virtual6Lan].compactMap { $0 } } ?? []
+        let exported = cfg.site.map { [$0.virtual4, $0.virtual6, $0.virtual6Lan].compactMap { $0 } } ?? []
+        let stamps = initiationStamps
+        lock.lock()
+        table.configure(list, exported: exported, stamp: { stamps.stamp(for: $0) })
+        let endpoints = table.endpoints
         translator = TranslatorRef(SiteTranslator(cfg))
-        if reflectionServers != cfg.reflector.servers { reflectionServers = cfg.reflector.servers; lastReflection = 0 }
-        reflectionInterval = Double(cfg.reflector.interval)
-        let schedule = STUNSchedule(rto: Double(cfg.reflector.rtoMilliseconds) / 1000, count: cfg.reflector.retransmissions)
-        if schedule != reflecting.schedule { reflecting = STUNTransactions(schedule: schedule) }
-        byIndex = [:]
-        for p in peers {
-            for s in [p.current, p.previous, p.next].compactMap({ $0 }) { byIndex[s.localIndex] = p }
-            if let pend = p.pending { byIndex[pend.index] = p }
-        }
+        let actions = table.take()
+        lock.unlock()
+        handshakes.setKnown(endpoints.map(TunnelService.socketAddress))
+        reflectionClient.configure(cfg.reflector)
+        perform(actions)
     }
 
     // MARK: sockets and threads
@@ -195,7 +152,7 @@ public final class TunnelService: @unchecked Sendable {
         setsockopt(s, Int32(IPPROTO_IPV6), IPV6_MTU_DISCOVER, &pmtudo, socklen_t(MemoryLayout<Int32>.size))
         socketFD = s
         self.port = bound
-        for (name, body) in [("tunnel-udp", udpLoop), ("tunnel-tun", tunLoop), ("tunnel-handshakes", handshakeLoop), ("tunnel-timers", timerLoop), ("address-watch", addressWatch)] as [(String, () -> Void)] {
+        for (name, body) in [("tunnel-udp", udpLoop), ("tunnel-tun", tunLoop), ("tunnel-handshakes", handshakeLoop), ("tunnel-timers", timerLoop)] as [(String, () -> Void)] {
             running.enter()
             let group = running
             let t = Thread { body(); group.leave() }
@@ -203,24 +160,31 @@ public final class TunnelService: @unchecked Sendable {
             t.start()
         }
         logger.info("peer tunnels on UDP port \(self.port)")
+        reflectionClient.start(port: bound, send: { [weak self] m, to in self?.send(m, to: TunnelService.socketAddress(to)) },
+                         peers: { [weak self] in self?.peerEndpoints() ?? [] })
         // Say hello to every peer we know how to reach: after a restart the peers learn at once that
         // our old sessions are gone (instead of after their 15-second no-answer timer).
-        lock.lock()
-        let now = clock()
-        for p in peers where p.endpoint != nil && p.current == nil && p.pending == nil { initiate(p, now: now) }
-        lock.unlock()
+        lock.lock(); table.hello(); let actions = table.take(); lock.unlock()
+        perform(actions)
     }
 
     let running = DispatchGroup()
 
     /// Stops the loops and waits for them to finish (each wakes within 250 ms), then closes the socket.
     public func stop() {
-        lock.lock(); stopped = true; lock.unlock()
+        reflectionClient.stop()
+        stoppedFlag.store(true, ordering: .relaxed)
         _ = running.wait(timeout: .now() + 2)
         if socketFD >= 0 { close(socketFD); socketFD = -1 }
     }
 
-    var isStopped: Bool { lock.lock(); defer { lock.unlock() }; return stopped }
+    var isStopped: Bool { stoppedFlag.load(ordering: .relaxed) }
+
+    /// The peers the reflection client asks (name, endpoint).
+    func peerEndpoints() -> [(String, Endpoint)] {
+        lock.lock(); defer { lock.unlock() }
+        return table.peers.compactMap { p in p.endpoint.map { (p.name, $0) } }
+    }
 
     /// Sends one datagram; returns 0 or the errno (EMSGSIZE: the path MTU to the peer is smaller).
     @discardableResult
@@ -230,6 +194,38 @@ public final class TunnelService: @unchecked Sendable {
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(socketFD, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
         }
         return n < 0 ? errno : 0
+    }
+
+    /// Carries out what the state machines asked for, in order, with the lock released: sends,
+    /// handshakes to make (the DH here, unlocked), timestamps to keep before the response that
+    /// follows, flow records, log lines.
+    func perform(_ actions: [PeerAction]) {
+        for a in actions {
+            switch a {
+            case .send(let bytes, let to):
+                send(bytes, to: TunnelService.socketAddress(to))
+            case .initiate(let peer):
+                let now = clock()
+                do {
+                    let (ini, msg) = try PeerTable.makeInitiation(identity.privateKey, to: peer.publicKey, now: now)
+                    lock.lock(); peer.initiationMade(ini, msg, now: now, table); let more = table.take(); lock.unlock()
+                    perform(more)
+                } catch {
+                    lock.lock(); peer.initiating = false; let name = peer.name; lock.unlock()
+                    logger.error("cannot start a handshake with \(name): \(error)")
+                }
+            case .persistStamp(let key, let name, let stamp):
+                // Durable before the answer leaves: after a crash, this initiation (and every older
+                // one) is still refused.
+                do { try initiationStamps.record(key, stamp) } catch {
+                    logger.warning("cannot keep the handshake timestamp of \(name) in \(initiationStamps.path ?? "-"): \(error); a replay after a restart would be accepted once")
+                }
+            case .flow(let pkt, let name):
+                flows.record(pkt[...], outbound: true, peer: name, now: clock())
+            case .log(let level, let message):
+                logger.log(level: level, "\(message)")
+            }
+        }
     }
 
     /// The kernel's path MTU towards `sa` (from its route cache, via a connected probe socket).
@@ -293,12 +289,9 @@ public final class TunnelService: @unchecked Sendable {
     }
 
     func timerLoop() {
-        var n = 0
         while !isStopped {
-            usleep(50_000)
-            lock.lock(); stunTick(now: clock()); lock.unlock()
-            n += 1
-            if n % 5 == 0 { tick() }
+            usleep(250_000)
+            tick()
         }
     }
 
@@ -315,57 +308,22 @@ public final class TunnelService: @unchecked Sendable {
     /// `count` packets of one train (segments of one TSO burst, `bytes` in all) take consecutive
     /// counters at once; `pkt` is the first.
     func reserve(_ pkt: ArraySlice<UInt8>, count: Int = 1, bytes: Int? = nil) -> Sealing? {
-        guard let (src, dst) = IPHeader.addresses(pkt) else { lock.lock(); counters.malformed += 1; lock.unlock(); return nil }
+        guard let dst = IPHeader.addresses(pkt)?.dst else { lock.lock(); counters.malformed += 1; lock.unlock(); return nil }
         let now = clock()
         lock.lock()
-        guard let peer = peers.first(where: { p in p.prefixes.contains { $0.contains(dst) } }) else {
+        guard let peer = table.route(dst) else {
             counters.noRoute += 1; lock.unlock()
             answer(pkt, .noRoute)
             return nil
         }
-        if peer.current?.expired(now: now) == false, let ep = peer.endpoint {
-            let (key, n, remote) = peer.current!.reserve(count)  // in place, no copy of the session
-            peer.lastSent = now; peer.txBytes += UInt64(bytes ?? pkt.count); peer.txPackets += UInt64(count)
-            if peer.unansweredSince == nil { peer.unansweredSince = now }
-            let rekey = peer.current!.wantsRekey(now: now) && peer.pending == nil
-            let name = peer.name
-            lock.unlock()
-            flows.record(pkt, outbound: true, peer: name, now: now, packets: count, bytes: bytes)
-            if rekey { lock.lock(); initiate(peer, now: now); lock.unlock() }
-            _ = src
-            return Sealing(key: key, counter: n, remote: remote, ep: ep)
-        }
-        if peer.queue.count >= 32 { peer.queue.removeFirst(); counters.queueOverflow += 1 }
-        peer.queue.append(Array(pkt))
-        if peer.pending == nil { initiate(peer, now: now) }
+        let r = peer.outbound(pkt, count: count, bytes: bytes ?? pkt.count, now: now, table)
+        let name = peer.name
+        let actions = table.take()
         lock.unlock()
-        return nil
-    }
-
-    /// Sends a handshake initiation (lock held).
-    func initiate(_ peer: TunnelPeer, now: Double) {
-        guard let ep = peer.endpoint else { return }  // the peer will call us
-        do {
-            var ini = try Noise.Initiator(staticKey: identity.privateKey, remoteStatic: peer.publicKey)
-            var stamp = [UInt8](); put64be(UInt64(now * 1e9), &stamp)
-            let msg = try ini.writeMessage1(payload: stamp)
-            if let old = peer.pending { byIndex[old.index] = nil }
-            let index = freshIndex()
-            let cookie = peer.cookie.flatMap { now - $0.at < 120 ? $0.value : nil }
-            let wire = TunnelMessage.initiation(sender: index, noise: msg, mac1Key: HandshakeMAC.key(receiver: peer.publicKey), cookie: cookie)
-            peer.lastMac1 = Array(HandshakeMAC.mac1(of: wire[...]))
-            peer.pending = (ini, index, now, peer.pending?.firstAt ?? now)
-            peer.nextRetry = now + TunnelLimits.rekeyTimeout + Double.random(in: 0...0.333)
-            byIndex[index] = peer
-            counters.handshakesSent += 1
-            send(wire, to: ep)
-        } catch {
-            logger.error("cannot start a handshake with \(peer.name): \(error)")
-        }
-    }
-
-    func freshIndex() -> UInt32 {
-        while true { let i = UInt32.random(in: 1...UInt32.max); if byIndex[i] == nil { return i } }
+        if r != nil { flows.record(pkt, outbound: true, peer: name, now: now, packets: count, bytes: bytes) }
+        if !actions.isEmpty { perform(actions) }
+        guard let r else { return nil }
+        return Sealing(key: r.key, counter: r.counter, remote: r.remote, ep: TunnelService.socketAddress(r.to))
     }
 
     // MARK: incoming
@@ -373,13 +331,14 @@ public final class TunnelService: @unchecked Sendable {
     func receive(_ b: ArraySlice<UInt8>, from: sockaddr_in6) {
         if STUN.looksLikeSTUN(b) {
             // A response to our own reflection request, or a request for our reflector.
+            let source = TunnelService.endpoint(from) ?? Endpoint(.v4(IPv4Address(0)), port: 0)
             if b[b.startIndex] & 0x01 == 0x01 || b[b.startIndex + 1] & 0x10 == 0x10 {
-                if let m = try? STUN.parse(b, allowClassic: false), m.type == STUN.bindingSuccess || m.type == STUN.bindingError { reflectionAnswer(m, from: from) }
-                else { lock.lock(); counters.malformed += 1; lock.unlock() }
+                if let m = try? STUN.parse(b, allowClassic: false), m.type == STUN.bindingSuccess || m.type == STUN.bindingError, reflectionClient.answer(m, from: source) { return }
+                lock.lock(); counters.malformed += 1; lock.unlock()
                 return
             }
             // Our own hairpinning probe, back through the NAT?
-            if b.count >= 20, let m = try? STUN.parse(b, allowClassic: false), m.type == STUN.bindingRequest, hairpinProbe(m, from: from) { return }
+            if b.count >= 20, let m = try? STUN.parse(b, allowClassic: false), m.type == STUN.bindingRequest, reflectionClient.hairpinProbe(m, from: source) { return }
             if let r = reflector, let answer = r.handle(b, from: from) { send(answer, to: from) }
             return
         }
@@ -463,16 +422,10 @@ public final class TunnelService: @unchecked Sendable {
     }
 
     /// A cookie from a peer under load, for our pending initiation: kept, and the initiation is
-    /// sent again at once with mac2.
+    /// made again at once with mac2.
     func handleCookie(receiver: UInt32, nonce: ArraySlice<UInt8>, sealed: ArraySlice<UInt8>, now: Double) {
-        lock.lock(); defer { lock.unlock() }
-        guard let peer = byIndex[receiver], let pend = peer.pending, pend.index == receiver,
-              let cookie = HandshakeMAC.openCookie(nonce: nonce, sealed: sealed, mac1: peer.lastMac1, key: HandshakeMAC.cookieKey(sender: peer.publicKey))
-        else { counters.unknownIndex += 1; return }
-        let fresh = peer.cookie.map { now - $0.at >= 1 } ?? true  // at most one re-send a second
-        peer.cookie = (cookie, now)
-        counters.cookiesReceived += 1
-        if fresh { initiate(peer, now: now) }
+        lock.lock(); table.cookieReply(receiver: receiver, nonce: nonce, sealed: sealed, now: now); let actions = table.take(); lock.unlock()
+        perform(actions)
     }
 
     /// The source as a cookie binds it: its 16 address bytes and 2 port bytes.
@@ -481,76 +434,37 @@ public final class TunnelService: @unchecked Sendable {
     }
 
     /// A valid initiation with a newer timestamp than any accepted from its peer (kept across
-    /// restarts) gets a response at its source. The peer's endpoint does not move here: only
-    /// authenticated data on the new session (the initiator proving it is alive there) moves it.
+    /// restarts) gets a response at its source. Both Diffie-Hellman steps run without the lock.
+    /// The peer's endpoint does not move here: only authenticated data on the new session (the
+    /// initiator proving it is alive there) moves it.
     func handleInitiation(sender: UInt32, _ noise: [UInt8], from: sockaddr_in6, now: Double) {
-        var r = Noise.Responder(staticKey: identity.privateKey)
-        guard let payload = try? r.readMessage1(noise), payload.count == 8 else { lock.lock(); counters.authFailed += 1; lock.unlock(); return }
-        let stamp = payload.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        guard let (responder, stamp) = PeerTable.readInitiation(identity.privateKey, noise), let source = TunnelService.endpoint(from) else {
+            lock.lock(); counters.authFailed += 1; lock.unlock(); return
+        }
+        var r = responder
+        lock.lock(); let peer = table.answerable(remoteStatic: r.remoteStatic, stamp: stamp); lock.unlock()
+        guard let peer else { return }
+        guard let (m2, transport) = try? r.writeMessage2() else { lock.lock(); counters.authFailed += 1; lock.unlock(); return }
         lock.lock()
-        guard let peer = peers.first(where: { $0.publicKey == r.remoteStatic }) else { counters.unknownPeer += 1; lock.unlock(); return }
-        guard stamp > peer.lastInitiationStamp else { counters.replayedInitiation += 1; lock.unlock(); return }
-        guard let (m2, transport) = try? r.writeMessage2() else { counters.authFailed += 1; lock.unlock(); return }
-        peer.lastInitiationStamp = stamp
-        let index = freshIndex()
-        let session = TunnelSession(localIndex: index, remoteIndex: sender, transport: transport, createdAt: now, isInitiator: false)
-        if peer.current == nil {
-            install(peer, session, now: now)  // nothing to keep sending on: use it at once
-        } else {
-            if let old = peer.next { byIndex[old.localIndex] = nil }
-            peer.next = session
-            byIndex[index] = peer
-            peer.lastHandshake = now
-        }
-        counters.handshakesCompleted += 1
-        peer.responseSentAt = (index, now)
-        let key = peer.publicKey, name = peer.name
+        table.answered(peer, stamp: stamp, sender: sender, message: m2, transport: transport, from: source, now: now)
+        let actions = table.take()
         lock.unlock()
-        let response = TunnelMessage.response(sender: index, receiver: sender, noise: m2, mac1Key: HandshakeMAC.key(receiver: key))
-        // Durable before the answer leaves: after a crash, this initiation (and every older one) is
-        // still refused.
-        do { try initiationStamps.record(key, stamp) } catch {
-            logger.warning("cannot keep the handshake timestamp of \(name) in \(initiationStamps.path ?? "-"): \(error); a replay after a restart would be accepted once")
-        }
-        send(response, to: from)
-        lock.lock(); flushQueue(peer, now: now); lock.unlock()
+        perform(actions)
     }
 
+    /// A response to our initiation: the initiator's copy taken under the lock, message 2 read
+    /// (DH) without it, the session installed under it.
     func handleResponse(sender: UInt32, receiver: UInt32, _ noise: [UInt8], from: sockaddr_in6, now: Double) {
-        lock.lock(); defer { lock.unlock() }
-        guard let peer = byIndex[receiver], var pend = peer.pending, pend.index == receiver else { counters.unknownIndex += 1; return }
-        guard let (_, transport) = try? pend.initiator.readMessage2(noise) else { counters.authFailed += 1; return }
-        peer.pending = nil
-        peer.latency = now - pend.sentAt
-        install(peer, TunnelSession(localIndex: receiver, remoteIndex: sender, transport: transport, createdAt: now, isInitiator: true), now: now)
-        peer.endpoint = from
-        counters.handshakesCompleted += 1
-        flushQueue(peer, now: now)
-        if peer.queue.isEmpty && peer.current != nil {
-            // Confirm the session to the responder right away (WireGuard sends a keepalive).
-            if let s = peer.current, let ep = peer.endpoint { let ka = s.seal([][...]); peer.lastSent = now; send(ka, to: ep) }
-        }
-    }
-
-    /// New current session; the old one stays as previous until it expires (lock held).
-    func install(_ peer: TunnelPeer, _ s: TunnelSession, now: Double) {
-        if let prev = peer.previous { byIndex[prev.localIndex] = nil }
-        peer.previous = peer.current
-        peer.current = s
-        byIndex[s.localIndex] = peer
-        peer.lastHandshake = now
-        logger.debug("session with \(peer.name) established (index \(s.localIndex), \(s.isInitiator ? "initiator" : "responder"))")
-    }
-
-    func flushQueue(_ peer: TunnelPeer, now: Double) {
-        guard let s = peer.current, let ep = peer.endpoint else { return }
-        for pkt in peer.queue {
-            send(s.seal(pkt[...]), to: ep)
-            peer.txBytes += UInt64(pkt.count); peer.txPackets += 1
-            flows.record(pkt[...], outbound: true, peer: peer.name, now: now)
-        }
-        if !peer.queue.isEmpty { peer.lastSent = now }
-        peer.queue.removeAll()
+        guard let source = TunnelService.endpoint(from) else { return }
+        lock.lock(); let begun = table.beginResponse(receiver: receiver); lock.unlock()
+        guard let (peer, ini) = begun else { return }
+        var initiator = ini
+        guard let (_, transport) = try? initiator.readMessage2(noise) else { lock.lock(); counters.authFailed += 1; lock.unlock(); return }
+        lock.lock()
+        peer.responded(transport, receiver: receiver, sender: sender, from: source, now: now, table)
+        let actions = table.take()
+        lock.unlock()
+        perform(actions)
     }
 
     func handleData(receiver: UInt32, counter: UInt64, _ ct: ArraySlice<UInt8>, from: sockaddr_in6, now: Double) {
@@ -567,13 +481,10 @@ public final class TunnelService: @unchecked Sendable {
     func handleDataRun(receiver: UInt32, count k: Int, stride: Int, from: sockaddr_in6, now: Double,
                        _ message: (Int) -> (counter: UInt64, ct: UnsafeRawBufferPointer)) {
         precondition(k >= 1 && k <= rxLens.count && (k - 1) * stride + 65536 <= rxPlain.count)
+        guard let source = TunnelService.endpoint(from) else { return }
         lock.lock()
-        guard let peer = byIndex[receiver] else { counters.unknownIndex += k; lock.unlock(); return }
-        // Sessions are read and updated in place (a copy would copy the replay window on write).
-        var key: SymmetricKey?
-        if peer.current?.localIndex == receiver { key = peer.current?.receiveState(now: now) }
-        else if peer.previous?.localIndex == receiver { key = peer.previous?.receiveState(now: now) }
-        else if peer.next?.localIndex == receiver { key = peer.next?.receiveState(now: now) }
+        guard let peer = table.byIndex[receiver] else { counters.unknownIndex += k; lock.unlock(); return }
+        let key = peer.session(receiver)?.receiveState(now: now)
         lock.unlock()
         guard let key else { lock.lock(); counters.authFailed += k; lock.unlock(); return }
         rxPlain.withUnsafeMutableBytes { out in
@@ -584,45 +495,27 @@ public final class TunnelService: @unchecked Sendable {
             }
         }
         lock.lock()
-        for j in 0..<k {
-            guard rxLens[j] >= 0 else { counters.authFailed += 1; continue }
-            let counter = rxCounters[j]
-            var fresh = false
-            if peer.current?.localIndex == receiver { fresh = peer.current!.acceptCounter(counter) }
-            else if peer.previous?.localIndex == receiver { fresh = peer.previous!.acceptCounter(counter) }
-            else if let s = peer.next, s.localIndex == receiver {
-                fresh = s.acceptCounter(counter)
-                // Confirmed by the initiator: it becomes the session we send on.
-                peer.next = nil
-                if fresh { install(peer, s, now: s.createdAt) }
+        let exported = table.exported
+        rxPlain.withUnsafeBytes { plain in
+            for j in 0..<k {
+                guard rxLens[j] >= 0 else { counters.authFailed += 1; continue }
+                let packet = UnsafeRawBufferPointer(rebasing: plain[(j * stride)..<(j * stride + rxLens[j])])
+                switch peer.data(index: receiver, counter: rxCounters[j], from: source, plain: packet, exported: exported, now: now, table) {
+                case .deliver: continue
+                case .keepalive: break
+                case .replay: counters.authFailed += 1
+                case .spoofedSource: counters.spoofedSource += 1
+                case .notExported: counters.notExported += 1
+                }
+                rxLens[j] = -1
             }
-            guard fresh else { counters.authFailed += 1; rxLens[j] = -1; continue }  // a replay
-            peer.endpoint = from  // roaming: the last authenticated source (liveness proven here)
-            peer.lastReceived = now
-            peer.unansweredSince = nil
-            if let r = peer.responseSentAt, r.index == receiver {
-                // The initiator confirms a new session at once: response-to-first-data is a round trip.
-                peer.latency = now - r.at
-                peer.responseSentAt = nil
-            }
-            let plen = rxLens[j]
-            if plen == 0 { rxLens[j] = -1; continue }  // keepalive
-            // The inner source must belong to this peer's sites: no peer may speak for another site.
-            let src = rxPlain.withUnsafeBytes { IPHeader.source(UnsafeRawBufferPointer(rebasing: $0[(j * stride)..<(j * stride + plen)])) }
-            guard let src, peer.prefixes.contains(where: { $0.contains(src) }) else {
-                counters.spoofedSource += 1; rxLens[j] = -1; continue
-            }
-            // ... and its destination must be something this site exports.
-            let dst = rxPlain.withUnsafeBytes { IPHeader.destination(UnsafeRawBufferPointer(rebasing: $0[(j * stride)..<(j * stride + plen)])) }
-            guard let dst, exported.contains(where: { $0.contains(dst) }) else {
-                counters.notExported += 1; rxLens[j] = -1; continue
-            }
-            peer.rxBytes += UInt64(plen); peer.rxPackets += 1
         }
         // Packets queued while the peer had no known endpoint go now that it has proven one.
-        if !peer.queue.isEmpty && peer.current != nil { flushQueue(peer, now: now) }
+        peer.flush(now: now, table)
         let name = peer.name
+        let actions = table.take()
         lock.unlock()
+        if !actions.isEmpty { perform(actions) }
         for j in 0..<k where rxLens[j] > 0 {
             deliverInbound(rxPlain[(j * stride)..<(j * stride + rxLens[j])], peer: peer, name: name, now: now)
         }
@@ -630,7 +523,7 @@ public final class TunnelService: @unchecked Sendable {
 
     /// One opened, accepted packet from `peer`: counted in the flow table, translated to IPv6 when
     /// it is for one of this site's mapped IPv6 hosts, written to the TUN device.
-    func deliverInbound(_ pt: ArraySlice<UInt8>, peer: TunnelPeer, name: String, now: Double) {
+    func deliverInbound(_ pt: ArraySlice<UInt8>, peer: PeerMachine, name: String, now: Double) {
         flows.add(pt, outbound: false, peer: name, now: now, to: &rxFlows)
         // Inbound SIIT: IPv4 for one of this site's mapped IPv6 hosts becomes IPv6.
         let tr = rxTranslator
@@ -644,10 +537,8 @@ public final class TunnelService: @unchecked Sendable {
                 if case .drop(let why) = r { logger.debug("not translated to IPv6: \(why)") }
                 // Back through the tunnel to the sender: its source has no IPv6 name here.
                 if let icmp = IPHeader.icmpError(pt, .sourcePolicy), takeICMPToken() {
-                    lock.lock()
-                    if let s = peer.current, let ep = peer.endpoint {
-                        let wire = s.seal(icmp[...]); peer.lastSent = now; lock.unlock(); send(wire, to: ep)
-                    } else { lock.unlock() }
+                    lock.lock(); peer.sealOne(icmp[...], now: now, table); let actions = table.take(); lock.unlock()
+                    perform(actions)
                 }
                 return
             }
@@ -671,173 +562,22 @@ public final class TunnelService: @unchecked Sendable {
 
     // MARK: timers
 
+    /// Every 250 ms: the machines' timers, then the flow table's expiry.
     func tick() {
         let now = clock()
-        lock.lock(); defer { lock.unlock() }
-        handshakes.setKnown(peers.compactMap(\.endpoint))
-        for peer in peers {
-            if let pend = peer.pending, now >= peer.nextRetry {
-                if now - pend.firstAt >= TunnelLimits.rekeyAttemptTime {
-                    byIndex[pend.index] = nil
-                    peer.pending = nil
-                    peer.queue.removeAll()
-                    logger.notice("handshake with \(peer.name) gave up after \(Int(TunnelLimits.rekeyAttemptTime)) s")
-                } else {
-                    initiate(peer, now: now)
-                }
-            }
-            if let since = peer.unansweredSince, now - since >= TunnelLimits.keepaliveTimeout + TunnelLimits.rekeyTimeout, peer.pending == nil {
-                // We keep sending and hear nothing back: the peer may have restarted and lost our session.
-                peer.unansweredSince = nil
-                initiate(peer, now: now)
-            }
-            if let s = peer.current, s.expired(now: now) { byIndex[s.localIndex] = nil; peer.current = nil }
-            if let s = peer.previous, s.expired(now: now) { byIndex[s.localIndex] = nil; peer.previous = nil }
-            if let s = peer.next, s.expired(now: now) { byIndex[s.localIndex] = nil; peer.next = nil }
-            // Passive keepalive: we heard from the peer but have not said anything for a while.
-            if let s = peer.current, let ep = peer.endpoint, peer.lastReceived > peer.lastSent, now - peer.lastSent >= TunnelLimits.keepaliveTimeout {
-                send(s.seal([][...]), to: ep); peer.lastSent = now
-            }
-        }
+        lock.lock()
+        table.tick(now: now)
+        let endpoints = table.endpoints
+        let actions = table.take()
+        lock.unlock()
+        handshakes.setKnown(endpoints.map(TunnelService.socketAddress))
+        perform(actions)
         flows.expire(now: now)
-        // Re-check the public address every 60 s (the first time right after start).
-        if now - lastReflection >= reflectionInterval || (lastReflection == 0) { askPeers(now: now) }
     }
 
-    // MARK: reflection (this node's public address, as its peers see it)
+    public func behaviourSnapshot() -> NATBehaviour? { reflectionClient.natBehaviour }
 
-    /// Test I (RFC 5780 terms) towards every peer and configured reflector, retransmitted on the
-    /// RFC 8489 schedule; the answers are observations for the vote.
-    var reflecting = STUNTransactions<String>(schedule: STUNSchedule())
-    var reflectionServers: [Endpoint] = []
-    var reflectionInterval: Double = 60
-    var observations: [ReflectionVote.Observation] = []
-    var lastReflection: Double = 0
-    /// RFC 5780 behaviour discovery, against the first reflector that names an OTHER-ADDRESS.
-    var discovery: NATDiscovery?
-    var discoveryRound: Double = -1
-    public private(set) var behaviour: NATBehaviour?
-
-    /// Asks every peer with a known endpoint and every configured reflector (lock held).
-    func askPeers(now: Double) {
-        lastReflection = now
-        var targets: [(String, Endpoint)] = peers.compactMap { p in p.endpoint.flatMap(TunnelService.endpoint).map { (p.name, $0) } }
-        targets += reflectionServers.map { ("stun \($0)", $0) }
-        for (name, ep) in targets where !reflecting.entries.values.contains(where: { $0.tag == name }) {
-            let (_, m) = reflecting.begin(name, to: ep, now: now)
-            send(m, to: TunnelService.socketAddress(ep))
-        }
-    }
-
-    /// A STUN response on the tunnel port: to a test I request, or to a discovery test.
-    func reflectionAnswer(_ m: STUN.Message, from: sockaddr_in6) {
-        lock.lock(); defer { lock.unlock() }
-        let now = clock()
-        if var d = discovery, d.owns(m.transactionID) {
-            for (msg, to) in d.receive(m, from: TunnelService.endpoint(from) ?? Endpoint(.v4(IPv4Address(0)), port: 0), now: now) { send(msg, to: TunnelService.socketAddress(to)) }
-            discovery = d
-            finishDiscovery()
-            return
-        }
-        guard let pend = reflecting.finish(m.transactionID) else { counters.malformed += 1; return }
-        guard m.type == STUN.bindingSuccess, let v = m.attribute(STUN.Attr.xorMappedAddress),
-              let mapped = STUN.decodeAddress(v, xor: true, transactionID: m.transactionID) else {
-            logger.info("reflector \(pend.tag) answered without a mapped address (error or malformed)")
-            return
-        }
-        observations.removeAll { $0.observer == pend.tag && $0.mapped.address.family == mapped.address.family }
-        observations.append(ReflectionVote.Observation(observer: pend.tag, mapped: mapped, at: Date()))
-        // RFC 5780: a reflector with a second address lets us classify the NAT, once per round.
-        if discovery == nil, discoveryRound != lastReflection, let o = m.attribute(STUN.Attr.otherAddress),
-           let other = STUN.decodeAddress(o, xor: false, transactionID: m.transactionID), other.address != pend.to.address, other.port != pend.to.port {
-            discoveryRound = lastReflection
-            let own = mapped.port == port && TunnelService.localAddresses().contains(mapped.address)
-            var d = NATDiscovery(server: pend.to, other: other, mapped: mapped, behindNAT: !own, schedule: reflecting.schedule)
-            for (msg, to) in d.start(now: now) { send(msg, to: TunnelService.socketAddress(to)) }
-            discovery = d
-        }
-    }
-
-    /// A Binding request that is our own hairpinning probe coming back (lock not held).
-    func hairpinProbe(_ m: STUN.Message, from: sockaddr_in6) -> Bool {
-        lock.lock(); defer { lock.unlock() }
-        guard var d = discovery, d.owns(m.transactionID) else { return false }
-        for (msg, to) in d.receive(m, from: TunnelService.endpoint(from) ?? Endpoint(.v4(IPv4Address(0)), port: 0), now: clock()) { send(msg, to: TunnelService.socketAddress(to)) }
-        discovery = d
-        finishDiscovery()
-        return true
-    }
-
-    func finishDiscovery() {
-        guard let r = discovery?.result else { return }
-        behaviour = r
-        discovery = nil
-        logger.info("NAT behaviour: mapping \(r.mapping.rawValue), filtering \(r.filtering.rawValue)\(r.hairpinning.map { $0 ? ", hairpinning" : ", no hairpinning" } ?? "") (\(r.explanation))")
-    }
-
-    /// Retransmissions and timeouts of the STUN client (every 50 ms; lock held).
-    func stunTick(now: Double) {
-        let (resend, failed) = reflecting.tick(now: now)
-        for (m, to) in resend { send(m, to: TunnelService.socketAddress(to)) }
-        for f in failed { logger.info("reflector \(f.tag) at \(f.to) did not answer (\(f.sent) requests)") }
-        if var d = discovery {
-            for (m, to) in d.tick(now: now) { send(m, to: TunnelService.socketAddress(to)) }
-            discovery = d
-            finishDiscovery()
-        }
-    }
-
-    /// This host's interface addresses (to tell "no NAT" from a NAT).
-    static func localAddresses() -> Set<IPAddress> {
-        var out: Set<IPAddress> = []
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0 else { return out }
-        defer { freeifaddrs(list) }
-        var p = list
-        while let i = p {
-            if let sa = i.pointee.ifa_addr {
-                if Int32(sa.pointee.sa_family) == AF_INET {
-                    let a = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr.s_addr }
-                    out.insert(.v4(IPv4Address(UInt32(bigEndian: a))))
-                } else if Int32(sa.pointee.sa_family) == AF_INET6 {
-                    var s6 = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee }
-                    s6.sin6_port = 0
-                    if let e = TunnelService.endpoint(s6) { out.insert(e.address) }
-                }
-            }
-            p = i.pointee.ifa_next
-        }
-        return out
-    }
-
-    /// Local addresses changed (rtnetlink RTM_NEWADDR/RTM_DELADDR, no privilege needed to listen):
-    /// ask the reflectors again now instead of at the next 60-second check.
-    func addressWatch() {
-        let s = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0 /* NETLINK_ROUTE */)
-        guard s >= 0 else { return }
-        defer { close(s) }
-        // struct sockaddr_nl (linux/netlink.h): family, pad, pid, groups.
-        struct SockaddrNL { var family: UInt16; var pad: UInt16 = 0; var pid: UInt32 = 0; var groups: UInt32 }
-        var addr = SockaddrNL(family: UInt16(AF_NETLINK), groups: 0x10 | 0x100)  // RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-        guard withUnsafePointer(to: &addr, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<SockaddrNL>.size)) } }) == 0 else { return }
-        var buf = [UInt8](repeating: 0, count: 16384)
-        while !isStopped {
-            var pfd = pollfd(fd: s, events: Int16(POLLIN), revents: 0)
-            guard poll(&pfd, 1, 200) > 0 else { continue }
-            var changed = false
-            while recv(s, &buf, buf.count, Int32(MSG_DONTWAIT)) > 0 { changed = true }
-            if changed {
-                lock.lock(); lastReflection = 0; addressChanges += 1; lock.unlock()
-                logger.info("local addresses changed: asking the reflectors again")
-            }
-        }
-    }
-
-    var addressChanges = 0
-
-    public func behaviourSnapshot() -> NATBehaviour? { lock.lock(); defer { lock.unlock() }; return behaviour }
-
-    public func reflection() -> [ReflectionVote.Observation] { lock.lock(); defer { lock.unlock() }; return observations }
+    public func reflection() -> [ReflectionVote.Observation] { reflectionClient.observed }
 
     // MARK: views
 
@@ -845,9 +585,9 @@ public final class TunnelService: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         let now = clock()
         var out: [String: PeerRuntime] = [:]
-        for p in peers {
-            let state = p.current != nil ? "up" : (p.pending != nil ? "handshaking" : (p.endpoint == nil ? "waiting for peer" : "idle"))
-            out[p.name] = PeerRuntime(state: state, endpoint: p.endpoint.map(TunnelService.describe), lastHandshakeSecondsAgo: p.lastHandshake.map { now - $0 },
+        for p in table.peers {
+            out[p.name] = PeerRuntime(state: p.state, endpoint: p.endpoint.map { TunnelService.describe(TunnelService.socketAddress($0)) },
+                                      lastHandshakeSecondsAgo: p.lastHandshake.map { now - $0 },
                                       rxBytes: p.rxBytes, txBytes: p.txBytes, rxPackets: p.rxPackets, txPackets: p.txPackets,
                                       latencyMs: p.latency.map { $0 * 1000 })
         }
@@ -857,7 +597,6 @@ public final class TunnelService: @unchecked Sendable {
     public func countersSnapshot() -> TunnelCounters { lock.lock(); defer { lock.unlock() }; return counters }
 }
 
-func put64be(_ v: UInt64, _ out: inout [UInt8]) { for i in (0..<8).reversed() { out.append(UInt8(truncatingIfNeeded: v >> (UInt64(i) * 8))) } }
 
 /// Just enough of IPv4/IPv6 headers for routing decisions.
 public enum IPHeader {

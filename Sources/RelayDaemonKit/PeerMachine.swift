@@ -1,0 +1,318 @@
+import Crypto
+import Logging
+import RelayCore
+import RelayTunnel
+
+/// How a peer is reached. Only direct paths exist today; relayed and hole-punched paths join this
+/// list (each with its own endpoint and liveness), and the machine sends on the best live one.
+public enum PathKind: Hashable, Sendable { case direct }
+
+public struct PeerPath: Equatable, Sendable {
+    public var kind: PathKind
+    public var endpoint: Endpoint
+    /// When authenticated data last arrived on this path (0: never).
+    public var lastReceived: Double = 0
+    public init(kind: PathKind, endpoint: Endpoint) { self.kind = kind; self.endpoint = endpoint }
+}
+
+/// What a state machine asks its loop to do once the shared lock is released, in order. The
+/// machines never send, log, write files or do Diffie-Hellman under that lock: they say so here.
+enum PeerAction {
+    /// Send a datagram on the tunnel socket.
+    case send([UInt8], to: Endpoint)
+    /// Start a handshake with the peer: make an initiation (key generation and DH, unlocked), then
+    /// hand it to `PeerTable.initiationMade`.
+    case initiate(PeerMachine)
+    /// Keep a peer's initiation timestamp durably: it comes before the response that follows it.
+    case persistStamp(key: [UInt8], name: String, stamp: UInt64)
+    /// A packet that left for the peer outside the data path (a queued one): for the flow table.
+    case flow([UInt8], peer: String)
+    case log(Logger.Level, String)
+}
+
+/// Why the machine refused a data message (each one a counter).
+enum DataVerdict: Equatable {
+    /// Opened and fresh, with a packet to deliver.
+    case deliver
+    /// Opened and fresh, an empty keepalive.
+    case keepalive
+    case replay, spoofedSource, notExported
+}
+
+/// One peer's sessions and timers, as a state machine: events in (a packet to send, handshake
+/// messages, authenticated data, a timer tick, a reload), actions out (`PeerAction`), counters
+/// changed. Pure: no sockets, no clock, no locks; `PeerTable` and the tunnel's loops drive it. One
+/// object per public key for as long as the key is configured (a reload updates it in place, so a
+/// session's send counter exists once, in its `TunnelSession`).
+final class PeerMachine {
+    var name: String
+    let publicKey: [UInt8]
+    let mac1Key: SymmetricKey
+    var prefixes: [IPPrefix]
+    /// The paths to the peer, the one to send on first. Empty until the configuration names an
+    /// endpoint or the peer proves one.
+    private(set) var paths: [PeerPath] = []
+
+    var current: TunnelSession?
+    var previous: TunnelSession?
+    /// Responder side: a new session not used for sending until the initiator's first packet on it
+    /// arrives (otherwise we could send on keys the initiator has not installed yet).
+    var next: TunnelSession?
+    struct Pending { var initiator: Noise.Initiator; var index: UInt32; var sentAt: Double; var firstAt: Double }
+    var pending: Pending?
+    /// A handshake asked of the loop (`.initiate`) and not made yet: asked once.
+    var initiating = false
+    var queue: [[UInt8]] = []
+    static let queueLimit = 32
+    var lastInitiationStamp: UInt64 = 0
+    var lastSent: Double = 0
+    var lastReceived: Double = 0
+    var lastHandshake: Double?
+    var rxBytes: UInt64 = 0, txBytes: UInt64 = 0, rxPackets: UInt64 = 0, txPackets: UInt64 = 0
+    var latency: Double?
+    var nextRetry: Double = 0
+    /// When we started sending without hearing back (WireGuard: new handshake after 15 s of that).
+    var unansweredSince: Double?
+    /// Responder side: when our response went out, and for which session (latency on first data).
+    var responseSentAt: (index: UInt32, at: Double)?
+    /// Initiator side: the mac1 of our last initiation (a cookie reply is bound to it), and the
+    /// cookie the peer gave us under load (used for mac2 for two minutes).
+    var lastMac1: [UInt8] = []
+    var cookie: (value: [UInt8], at: Double)?
+
+    init(name: String, publicKey: [UInt8], endpoint: Endpoint?, prefixes: [IPPrefix]) {
+        self.name = name; self.publicKey = publicKey; self.prefixes = prefixes
+        mac1Key = HandshakeMAC.key(receiver: publicKey)
+        if let endpoint { paths = [PeerPath(kind: .direct, endpoint: endpoint)] }
+    }
+
+    /// Where datagrams to the peer go now.
+    var endpoint: Endpoint? { paths.first?.endpoint }
+
+    var state: String { current != nil ? "up" : (pending != nil || initiating ? "handshaking" : (paths.isEmpty ? "waiting for peer" : "idle")) }
+
+    // MARK: events
+
+    /// Reload: the configuration's view of the peer. A configured endpoint replaces the direct path;
+    /// none keeps what the peer proved.
+    func reload(name: String, prefixes: [IPPrefix], endpoint: Endpoint?) {
+        self.name = name
+        self.prefixes = prefixes
+        if let endpoint { setDirect(endpoint, at: nil) }
+    }
+
+    /// Authenticated data arrived from `from` on the direct path: the peer proved it is alive
+    /// there, so that is where we send (roaming).
+    func proved(_ from: Endpoint, now: Double) { setDirect(from, at: now) }
+
+    private func setDirect(_ e: Endpoint, at now: Double?) {
+        if let i = paths.firstIndex(where: { $0.kind == .direct }) {
+            paths[i].endpoint = e
+            if let now { paths[i].lastReceived = now }
+        } else {
+            var p = PeerPath(kind: .direct, endpoint: e)
+            if let now { p.lastReceived = now }
+            paths.insert(p, at: 0)
+        }
+    }
+
+    /// What sealing packets for the peer needs: key, first counter, the peer's index, where to.
+    struct Reservation {
+        let key: SymmetricKey; let counter: UInt64; let remote: UInt32; let to: Endpoint
+    }
+
+    /// A packet (or a train of `count` segments, `bytes` in all) from the TUN device for this
+    /// peer: counters reserved on the current session (the caller seals), or the packet queued
+    /// until a handshake completes (nil).
+    func outbound(_ pkt: ArraySlice<UInt8>, count: Int, bytes: Int, now: Double, _ t: PeerTable) -> Reservation? {
+        if let s = current, !s.expired(now: now), let to = endpoint {
+            let (key, n, remote) = s.reserve(count)
+            lastSent = now; txBytes += UInt64(bytes); txPackets += UInt64(count)
+            if unansweredSince == nil { unansweredSince = now }
+            if s.wantsRekey(now: now) && pending == nil { askHandshake(t) }
+            return Reservation(key: key, counter: n, remote: remote, to: to)
+        }
+        if queue.count >= PeerMachine.queueLimit { queue.removeFirst(); t.counters.queueOverflow += 1 }
+        queue.append(Array(pkt))
+        if pending == nil { askHandshake(t) }
+        return nil
+    }
+
+    /// Asks the loop for a handshake (once until it is made), unless there is nowhere to send it:
+    /// then the peer will call us.
+    func askHandshake(_ t: PeerTable) {
+        guard endpoint != nil, !initiating else { return }
+        initiating = true
+        t.actions.append(.initiate(self))
+    }
+
+    /// The loop made an initiation (`initiator`, its Noise message): it goes out now with a fresh
+    /// index, mac1 and (for two minutes after the peer gave us one) mac2.
+    func initiationMade(_ initiator: Noise.Initiator, _ noise: [UInt8], now: Double, _ t: PeerTable) {
+        initiating = false
+        guard let to = endpoint else { return }
+        if let old = pending { t.unbind(old.index) }
+        let index = t.bind(self)
+        let cookie = self.cookie.flatMap { now - $0.at < 120 ? $0.value : nil }
+        let wire = TunnelMessage.initiation(sender: index, noise: noise, mac1Key: mac1Key, cookie: cookie)
+        lastMac1 = Array(HandshakeMAC.mac1(of: wire[...]))
+        pending = Pending(initiator: initiator, index: index, sentAt: now, firstAt: pending?.firstAt ?? now)
+        nextRetry = now + TunnelLimits.rekeyTimeout + Double.random(in: 0...0.333)
+        t.counters.handshakesSent += 1
+        t.actions.append(.send(wire, to: to))
+    }
+
+    /// Our initiation was answered (the DH already done by the caller, unlocked): the new session
+    /// is current, `from` is the peer's endpoint, and queued packets go (or an empty one).
+    func responded(_ transport: Noise.Transport, receiver: UInt32, sender: UInt32, from: Endpoint, now: Double, _ t: PeerTable) {
+        guard let pend = pending, pend.index == receiver else { t.counters.unknownIndex += 1; return }
+        pending = nil
+        latency = now - pend.sentAt
+        install(TunnelSession(localIndex: receiver, remoteIndex: sender, transport: transport, createdAt: now, isInitiator: true), now: now, t)
+        setDirect(from, at: now)
+        t.counters.handshakesCompleted += 1
+        // The responder may send only after it hears on the session: queued packets confirm it,
+        // else an empty one does (WireGuard's keepalive).
+        let queued = !queue.isEmpty
+        flush(now: now, t)
+        if !queued, let s = current, let to = endpoint {
+            t.actions.append(.send(s.seal([][...]), to: to)); lastSent = now
+        }
+    }
+
+    /// A cookie reply for our pending initiation (already opened by the table): kept, and the
+    /// initiation made again at once with mac2 (at most once a second).
+    func cookieReceived(_ value: [UInt8], now: Double, _ t: PeerTable) {
+        let fresh = cookie.map { now - $0.at >= 1 } ?? true
+        cookie = (value, now)
+        t.counters.cookiesReceived += 1
+        if fresh { askHandshake(t) }
+    }
+
+    /// True when an initiation with this timestamp would be accepted (newer than any before).
+    func admits(stamp: UInt64) -> Bool { stamp > lastInitiationStamp }
+
+    /// We answered a valid initiation (`transport` from our response, made unlocked). The new
+    /// session becomes current at once when there is none; else it waits in `next` until the
+    /// initiator uses it. The endpoint does not move here: only authenticated data moves it.
+    func answered(stamp: UInt64, sender: UInt32, index: UInt32, transport: Noise.Transport, response: [UInt8], to: Endpoint, now: Double, _ t: PeerTable) {
+        lastInitiationStamp = stamp
+        let session = TunnelSession(localIndex: index, remoteIndex: sender, transport: transport, createdAt: now, isInitiator: false)
+        if current == nil {
+            install(session, now: now, t)
+        } else {
+            if let old = next { t.unbind(old.localIndex) }
+            next = session
+            t.bind(self, index: index)
+            lastHandshake = now
+        }
+        t.counters.handshakesCompleted += 1
+        responseSentAt = (index, now)
+        t.actions.append(.persistStamp(key: publicKey, name: name, stamp: stamp))
+        t.actions.append(.send(response, to: to))
+        flush(now: now, t)
+    }
+
+    /// The session a receiver index names, for unlocked decryption.
+    func session(_ index: UInt32) -> TunnelSession? {
+        if let s = current, s.localIndex == index { return s }
+        if let s = previous, s.localIndex == index { return s }
+        if let s = next, s.localIndex == index { return s }
+        return nil
+    }
+
+    /// A data message on `index` that authenticated (opened by the caller, unlocked), `plain` its
+    /// packet: replay window, confirmation of a `next` session, roaming, the source and
+    /// destination checks. `exported`: what this site lets peers reach.
+    func data(index: UInt32, counter: UInt64, from: Endpoint, plain: UnsafeRawBufferPointer, exported: [IPPrefix], now: Double, _ t: PeerTable) -> DataVerdict {
+        var fresh = false
+        if let s = current, s.localIndex == index { fresh = s.acceptCounter(counter) }
+        else if let s = previous, s.localIndex == index { fresh = s.acceptCounter(counter) }
+        else if let s = next, s.localIndex == index {
+            fresh = s.acceptCounter(counter)
+            // Confirmed by the initiator: it becomes the session we send on.
+            next = nil
+            if fresh { install(s, now: s.createdAt, t) }
+        }
+        guard fresh else { return .replay }
+        proved(from, now: now)
+        lastReceived = now
+        unansweredSince = nil
+        if let r = responseSentAt, r.index == index {
+            // The initiator confirms a new session at once: response-to-first-data is a round trip.
+            latency = now - r.at
+            responseSentAt = nil
+        }
+        if plain.isEmpty { return .keepalive }
+        // The inner source must belong to this peer's sites: no peer may speak for another site...
+        guard let src = IPHeader.source(plain), prefixes.contains(where: { $0.contains(src) }) else { return .spoofedSource }
+        // ... and its destination must be something this site exports.
+        guard let dst = IPHeader.destination(plain), exported.contains(where: { $0.contains(dst) }) else { return .notExported }
+        rxBytes += UInt64(plain.count); rxPackets += 1
+        return .deliver
+    }
+
+    /// A packet of ours for the peer outside the data path (an ICMP error back through the
+    /// tunnel): sealed on the current session, or nothing when there is none.
+    func sealOne(_ pkt: ArraySlice<UInt8>, now: Double, _ t: PeerTable) {
+        guard let s = current, let to = endpoint else { return }
+        t.actions.append(.send(s.seal(pkt), to: to)); lastSent = now
+    }
+
+    /// Every 250 ms: handshake retries and give-up, the no-answer rule, session expiry, passive
+    /// keepalives.
+    func tick(now: Double, _ t: PeerTable) {
+        if let pend = pending, now >= nextRetry {
+            if now - pend.firstAt >= TunnelLimits.rekeyAttemptTime {
+                t.unbind(pend.index)
+                pending = nil
+                queue.removeAll()
+                t.actions.append(.log(.notice, "handshake with \(name) gave up after \(Int(TunnelLimits.rekeyAttemptTime)) s"))
+            } else {
+                askHandshake(t)
+            }
+        }
+        if let since = unansweredSince, now - since >= TunnelLimits.keepaliveTimeout + TunnelLimits.rekeyTimeout, pending == nil {
+            // We keep sending and hear nothing back: the peer may have restarted and lost our session.
+            unansweredSince = nil
+            askHandshake(t)
+        }
+        if let s = current, s.expired(now: now) { t.unbind(s.localIndex); current = nil }
+        if let s = previous, s.expired(now: now) { t.unbind(s.localIndex); previous = nil }
+        if let s = next, s.expired(now: now) { t.unbind(s.localIndex); next = nil }
+        // Passive keepalive: we heard from the peer but have not said anything for a while.
+        if let s = current, let to = endpoint, lastReceived > lastSent, now - lastSent >= TunnelLimits.keepaliveTimeout {
+            t.actions.append(.send(s.seal([][...]), to: to)); lastSent = now
+        }
+    }
+
+    /// The peer is no longer configured: its indices go.
+    func removed(_ t: PeerTable) {
+        for s in [current, previous, next].compactMap({ $0 }) { t.unbind(s.localIndex) }
+        if let p = pending { t.unbind(p.index) }
+    }
+
+    // MARK: internals
+
+    /// New current session; the old one stays as previous until it expires.
+    private func install(_ s: TunnelSession, now: Double, _ t: PeerTable) {
+        if let prev = previous { t.unbind(prev.localIndex) }
+        previous = current
+        current = s
+        t.bind(self, index: s.localIndex)
+        lastHandshake = now
+        t.actions.append(.log(.debug, "session with \(name) established (index \(s.localIndex), \(s.isInitiator ? "initiator" : "responder"))"))
+    }
+
+    /// Packets queued while there was no session go now.
+    func flush(now: Double, _ t: PeerTable) {
+        guard let s = current, let to = endpoint, !queue.isEmpty else { return }
+        for pkt in queue {
+            t.actions.append(.send(s.seal(pkt[...]), to: to))
+            txBytes += UInt64(pkt.count); txPackets += 1
+            t.actions.append(.flow(pkt, peer: name))
+        }
+        lastSent = now
+        queue.removeAll()
+    }
+}
