@@ -70,20 +70,33 @@ public final class Daemon: @unchecked Sendable {
 
     public var currentConfig: RelayConfiguration { lock.lock(); defer { lock.unlock() }; return config }
 
-    /// Starts the helper link and the peer tunnels. Throws when the tunnel port cannot be bound.
+    /// Starts the STUN reflector (when configured), the peer tunnels, then the helper link.
+    /// Throws when a port cannot be bound. (relayd runs them as services: `run(control:)`.)
     public func start() throws {
+        try startReflector()
+        try startTunnel()
+        startHelper()
+    }
+
+    func startReflector() throws {
+        let cfg = currentConfig
+        guard cfg.reflector.enabled else { return }
+        let r = ReflectorService(logger: logger, rate: cfg.reflector.rate, burst: cfg.reflector.burst)
+        try r.start(cfg.reflector)
+        reflector = r
+        tunnel.reflector = r
+    }
+
+    func startTunnel() throws {
         let cfg = currentConfig
         tunnel.configure(cfg)
         flows.setLimits(cfg.sessions)
-        if cfg.reflector.enabled {
-            let r = ReflectorService(logger: logger, rate: cfg.reflector.rate, burst: cfg.reflector.burst)
-            try r.start(cfg.reflector)
-            reflector = r
-            tunnel.reflector = r
-        }
         try tunnel.start(port: cfg.node.listenPort)
+    }
+
+    func startHelper() {
         helper.start()
-        helper.setDesired(cfg.desiredKernelState)
+        helper.setDesired(currentConfig.desiredKernelState)
     }
 
     public func stop() { tunnel.stop(); reflector?.stop(); helper.stop() }

@@ -3,6 +3,7 @@ import Logging
 import RelayConfig
 import RelayCore
 import Synchronization
+import CRelayShim
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -83,7 +83,7 @@ public final class ReflectorService: @unchecked Sendable {
     func loop() {
         let batch = 64, slot = 1536, n = fds.count
         let rx = UnsafeMutablePointer<UInt8>.allocate(capacity: batch * slot)
-        var tx: [UnsafeMutablePointer<UInt8>] = (0..<n).map { _ in UnsafeMutablePointer<UInt8>.allocate(capacity: batch * slot) }
+        let tx: [UnsafeMutablePointer<UInt8>] = (0..<n).map { _ in UnsafeMutablePointer<UInt8>.allocate(capacity: batch * slot) }
         defer { rx.deallocate(); for t in tx { t.deallocate() } }
         var lens = [Int32](repeating: 0, count: batch)
         var from = [sockaddr_in6](repeating: sockaddr_in6(), count: batch)

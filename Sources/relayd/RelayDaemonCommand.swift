@@ -61,40 +61,32 @@ struct RelayDaemonCommand: ParsableCommand {
         } catch {
             throw RelaydExit("\(error)", code: 1)
         }
-        let control: ControlServer
         var limits = ControlLimits()
         limits.idleSeconds = Int64(controlIdleTimeout)
-        do { control = try ControlServer(daemon: daemon, logger: logger, limits: limits); try control.start() } catch {
+        let control: ControlServer
+        do { control = try ControlServer(daemon: daemon, logger: logger, limits: limits) } catch {
             throw RelaydExit("cannot serve the control socket \(socket): \(error)", code: 1)
         }
-        do { try daemon.start() } catch {
-            control.stop()
-            throw RelaydExit("\(error)", code: 1)
-        }
-        let cfg = daemon.currentConfig
-        logger.notice("relayd \(RelayVersion.string) node \(cfg.node.name) id \(daemon.identity.publicKeyBase64); config \(options.configPath)\(FileManager.default.fileExists(atPath: options.configPath) ? "" : " (absent: embedded default)"); \(cfg.peers.count) peers")
-
-        let done = DispatchSemaphore(value: 0)
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGHUP, SIGTERM, SIGINT] {
-            signal(sig, SIG_IGN)
-            let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            src.setEventHandler {
-                if sig == SIGHUP { _ = daemon.reload(trigger: "SIGHUP") } else {
-                    logger.notice("\(sig == SIGTERM ? "SIGTERM" : "SIGINT"): shutting down (kernel state stays; the next start re-applies it)")
-                    done.signal()
-                }
-            }
-            src.resume()
-            sources.append(src)
-        }
         signal(SIGPIPE, SIG_IGN)
+        // The services run under swift-service-lifecycle (ordered start, SIGTERM/SIGINT shut them
+        // down in reverse order, SIGHUP reloads); this thread waits for them.
+        let result = Outcome()
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            do { try await daemon.run(control: control) } catch { result.set(error) }
+            done.signal()
+        }
         done.wait()
-        control.stop()
-        daemon.stop()
-        withExtendedLifetime(sources) {}
-        logger.notice("stopped")
+        if let error = result.error { throw RelaydExit("\(error)", code: 1) }
     }
+}
+
+/// How the services ended (set once by the task that ran them).
+final class Outcome: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Error?
+    func set(_ e: Error) { lock.lock(); stored = e; lock.unlock() }
+    var error: Error? { lock.lock(); defer { lock.unlock() }; return stored }
 }
 
 /// A runtime failure: its message on stderr and an exit code (78 for a bad configuration, as in
