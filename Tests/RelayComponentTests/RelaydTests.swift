@@ -109,6 +109,34 @@ struct RelaydTests {
         #expect(nat.status == 6 && nat.stderr.contains("not connected to relay-helper"))
     }
 
+    @Test("services start in order (control socket, tunnels, helper link) and stop in reverse on SIGTERM; one that cannot start ends relayd with its reason and exit 1, the started ones stopped")
+    func lifecycle() throws {
+        let d = try RelaydProcess(config: relaydConfig(peers: []))
+        try waitUntil("relayd started", timeout: 10) { d.log.contains("node gw-a id") }
+        #expect(d.stop() == 0, "SIGTERM is a clean exit: \(d.log)")
+        let log = d.log
+        let marks = ["control API on", "STUN reflector on", "peer tunnels on", "node gw-a id", "shutting down", "stopped"]
+        let at = marks.map { log.range(of: $0)?.lowerBound }
+        #expect(!at.contains(nil), "missing in the log: \(zip(marks, at).filter { $0.1 == nil }.map(\.0)): \(log)")
+        let found = at.compactMap { $0 }
+        #expect(found == found.sorted(), "out of order: \(log)")
+
+        // The tunnel's port is taken: relayd says so, and the control socket it had opened is gone.
+        let s = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue), 0); defer { close(s) }
+        var a = sockaddr_in6(); a.sin6_family = sa_family_t(AF_INET6)
+        var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        try #require(withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, len) } } == 0)
+        _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
+        let port = UInt16(bigEndian: a.sin6_port)
+        try relaydConfig(peers: []).replacingOccurrences(of: "listen_port = 0", with: "listen_port = \(port)").write(toFile: d.configPath, atomically: true, encoding: .utf8)
+        let r = try Command.run([try Binaries.path("relayd"), "--config", d.configPath, "--state-dir", d.dir + "/state", "--socket", d.socket,
+                                 "--helper-socket", d.dir + "/no-helper.sock", "--read-group", "nogroup"], timeout: 20, check: false)
+        #expect(r.status == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("relayd: cannot bind UDP port \(port) for peer tunnels") && r.stderr.contains("node.listen_port"), "\(r.stderr)")
+        #expect(!r.stderr.contains("node gw-a id"), "it never reported itself started: \(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: d.socket), "the control socket was removed")
+    }
+
     @Test("reload: a valid config is applied as a diff (SIGHUP and relayctl reload); an invalid one is refused and the old one stays")
     func reload() throws {
         let d = try RelaydProcess(config: relaydConfig(peers: [("gw-b", peerKeyB, "240.2.2.0/24")]))
