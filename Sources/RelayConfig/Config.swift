@@ -14,7 +14,9 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 /// relayd's TOML configuration (`/etc/relay/relayd.toml`; annotated example in contrib/relayd.toml).
 public enum ConfigFile {
     static let known: [String: [String]] = [
-        "": ["node", "site", "peer", "sessions", "reflector"],
+        "": ["node", "site", "peer", "sessions", "reflector", "relay", "relays"],
+        "relay": ["enabled", "port", "allowed_keys", "tokens", "max_nodes", "node_bytes_per_second", "node_datagrams_per_second", "registrations_per_second", "heartbeat_seconds"],
+        "relays": ["address", "public_key", "token"],
         "reflector": ["enabled", "port", "rate", "burst", "servers", "address", "other_address", "other_port", "rto_ms", "retransmissions", "interval"],
         "sessions": ["tcp_timeout", "udp_timeout", "icmp_timeout", "other_timeout", "max"],
         "node": ["name", "listen_port", "device", "mtu", "offload", "busy_poll", "threads"],
@@ -139,6 +141,35 @@ public enum ConfigFile {
                     } else { err("reflector.servers", "must be an array of \"ADDRESS:PORT\" strings") }
                 }
             } else { err("reflector", "must be a table: [reflector]") }
+        }
+        func strings(_ t: TOMLTable, _ k: String, _ path: String) -> [String]? {
+            guard let v = t[k] else { return nil }
+            guard let arr = v.array else { err("\(path).\(k)", "must be an array of strings"); return nil }
+            var out: [String] = []
+            for (i, e) in arr.enumerated() { if let s = e.string { out.append(s) } else { err("\(path).\(k)[\(i)]", "must be a string") } }
+            return out
+        }
+        if let v = root["relay"] {
+            if let t = v.table {
+                checkKeys(t, "relay", "relay")
+                if let e = t["enabled"] { if let b = e.bool { cfg.relay.enabled = b } else { err("relay.enabled", "must be true or false") } }
+                if let x = int(t, "port", "relay", 0...65535) { cfg.relay.port = UInt16(x) }
+                if let x = strings(t, "allowed_keys", "relay") { cfg.relay.allowedKeys = x }
+                if let x = strings(t, "tokens", "relay") { cfg.relay.tokens = x }
+                if let x = int(t, "max_nodes", "relay", 1...1_000_000) { cfg.relay.maxNodes = x }
+                if let x = int(t, "node_bytes_per_second", "relay", 1000...10_000_000_000) { cfg.relay.nodeBytesPerSecond = x }
+                if let x = int(t, "node_datagrams_per_second", "relay", 1...10_000_000) { cfg.relay.nodeDatagramsPerSecond = x }
+                if let x = int(t, "registrations_per_second", "relay", 1...10_000) { cfg.relay.registrationsPerSecond = x }
+                if let x = int(t, "heartbeat_seconds", "relay", 1...60) { cfg.relay.heartbeatSeconds = x }
+            } else { err("relay", "must be a table: [relay]") }
+        }
+        for (i, r) in tables("relays", in: root, "relays").enumerated() {
+            let path = "relays[\(i)]"
+            checkKeys(r, "relays", path)
+            guard let a = string(r, "address", path) else { err("\(path).address", "missing: the relay's ADDRESS:PORT"); continue }
+            guard let ep = Endpoint(a) else { err("\(path).address", "'\(a)' is not ADDRESS:PORT (e.g. 198.51.100.9:51821)"); continue }
+            guard let key = string(r, "public_key", path) else { err("\(path).public_key", "missing: the relay's public key (`relayctl identity` on the relay prints it)"); continue }
+            cfg.relays.append(RelayServerConfig(address: ep, publicKey: key, token: string(r, "token", path)))
         }
         if let v = root["site"] {
             if let t = v.table { cfg.site = site(t, "site", own: true) } else { err("site", "must be a table: [site] (one own site)") }

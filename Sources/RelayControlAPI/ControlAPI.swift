@@ -13,6 +13,8 @@ import RelayWire
 /// | GET /v1/config      | read       | RelayConfiguration in force |
 /// | POST /v1/reload     | write      | ReloadResponse  |
 /// | GET /v1/sessions    | read       | SessionsResponse |
+/// | GET /v1/reflect     | read       | ReflectResponse |
+/// | GET /v1/relay       | read       | RelayStatusResponse (503 `relay.off` when the role is off) |
 /// Errors: a non-2xx status with `{"error": {"code": ..., "message": ...}}`.
 public enum ControlRoute: String, CaseIterable, Sendable {
     case status = "/v1/status"
@@ -23,6 +25,7 @@ public enum ControlRoute: String, CaseIterable, Sendable {
     case reload = "/v1/reload"
     case sessions = "/v1/sessions"
     case reflect = "/v1/reflect"
+    case relay = "/v1/relay"
 
     public var method: String { self == .reload ? "POST" : "GET" }
     public var needsWrite: Bool { self == .reload }
@@ -90,9 +93,13 @@ public struct StatusResponse: Codable, Equatable, Sendable {
     public var reflector: ReflectorCounters?
     /// How the packet path runs.
     public var packetPath: PacketPathStatus?
+    /// The relay role (nil when off) and this node's links to relays.
+    public var relay: RelayServerStatus?
+    public var relays: [RelayLinkView]?
     public init(version: String, nodeName: String, publicKey: String, startedAt: Date, uptimeSeconds: Double, config: ConfigStatus,
                 helper: HelperLinkStatus, sites: Int, peers: Int, tunnelPort: UInt16? = nil, tunnel: TunnelCounters? = nil, sessions: FlowStats? = nil, reflector: ReflectorCounters? = nil,
-                packetPath: PacketPathStatus? = nil) {
+                packetPath: PacketPathStatus? = nil, relay: RelayServerStatus? = nil, relays: [RelayLinkView]? = nil) {
+        self.relay = relay; self.relays = relays
         self.tunnelPort = tunnelPort; self.tunnel = tunnel; self.sessions = sessions; self.reflector = reflector; self.packetPath = packetPath
         self.version = version; self.nodeName = nodeName; self.publicKey = publicKey; self.startedAt = startedAt; self.uptimeSeconds = uptimeSeconds
         self.config = config; self.helper = helper; self.sites = sites; self.peers = peers
@@ -197,6 +204,10 @@ private func describe(_ s: SiteConfig) -> String {
 public struct PeerRuntime: Codable, Equatable, Sendable {
     public var state: String
     public var endpoint: String?
+    /// How datagrams to the peer go now: "direct" or "relay ADDRESS:PORT" (nil: nowhere yet), and
+    /// every path known.
+    public var path: String?
+    public var paths: [String]?
     public var lastHandshakeSecondsAgo: Double?
     public var rxBytes: UInt64, txBytes: UInt64, rxPackets: UInt64, txPackets: UInt64
     /// Handshake round trip, milliseconds.
@@ -264,5 +275,70 @@ public struct ReflectResponse: Codable, Equatable, Sendable {
     public var behaviour: NATBehaviour?
     public init(ipv4: ReflectionVote, ipv6: ReflectionVote, observations: [ReflectionVote.Observation], reflector: ReflectorCounters?, behaviour: NATBehaviour? = nil) {
         self.ipv4 = ipv4; self.ipv6 = ipv6; self.observations = observations; self.reflector = reflector; self.behaviour = behaviour
+    }
+}
+
+
+/// What the relay role did (`relayctl relay status`).
+public struct RelayServerCounters: Codable, Equatable, Sendable {
+    /// Registrations completed (the node proved its key and its address), refused by reason, and
+    /// register messages dropped before any Diffie-Hellman (bad mac1, rate limit).
+    public var registrations = 0, notAdmitted = 0, rateLimited = 0, full = 0, badMAC = 0, authFailed = 0, replayed = 0
+    /// Frames that did not authenticate, from an address other than the node's, for no registration.
+    public var badFrames = 0, wrongSource = 0, unknownSession = 0, malformed = 0, oversized = 0
+    /// Datagrams forwarded (and bytes), answered "not here", throttled by a node's limits, dropped
+    /// because the socket's buffer was full.
+    public var forwarded = 0, forwardedBytes: UInt64 = 0, notHere = 0, throttled = 0, sendDropped = 0
+    public var lookups = 0, pings = 0, expired = 0, left = 0
+    public init() {}
+}
+
+public struct RelayServerStatus: Codable, Equatable, Sendable {
+    public var port: UInt16
+    public var publicKey: String
+    public var nodes: Int
+    public var pending: Int
+    public var maxNodes: Int
+    public var counters: RelayServerCounters
+    public init(port: UInt16, publicKey: String, nodes: Int, pending: Int, maxNodes: Int, counters: RelayServerCounters) {
+        self.port = port; self.publicKey = publicKey; self.nodes = nodes; self.pending = pending; self.maxNodes = maxNodes; self.counters = counters
+    }
+}
+
+/// One registered node, as its relay sees it.
+public struct RelayNodeView: Codable, Equatable, Sendable {
+    public var publicKey: String
+    public var id: UInt32
+    public var address: String
+    public var registeredSecondsAgo: Double
+    public var lastHeardSecondsAgo: Double
+    public var forwarded: Int
+    public var throttled: Int
+    public init(publicKey: String, id: UInt32, address: String, registeredSecondsAgo: Double, lastHeardSecondsAgo: Double, forwarded: Int, throttled: Int) {
+        self.publicKey = publicKey; self.id = id; self.address = address; self.registeredSecondsAgo = registeredSecondsAgo
+        self.lastHeardSecondsAgo = lastHeardSecondsAgo; self.forwarded = forwarded; self.throttled = throttled
+    }
+}
+
+public struct RelayStatusResponse: Codable, Equatable, Sendable {
+    public var relay: RelayServerStatus
+    public var nodes: [RelayNodeView]
+    public init(relay: RelayServerStatus, nodes: [RelayNodeView]) { self.relay = relay; self.nodes = nodes }
+}
+
+/// This node's link to one relay.
+public struct RelayLinkView: Codable, Equatable, Sendable {
+    public var address: String
+    /// "registered", "registering", "waiting" (backing off), "refused: ..." .
+    public var state: String
+    public var home: Bool
+    public var id: UInt32?
+    /// This node's address as the relay sees it.
+    public var observed: String?
+    public var registeredSecondsAgo: Double?
+    public var lastError: String?
+    public init(address: String, state: String, home: Bool, id: UInt32?, observed: String?, registeredSecondsAgo: Double?, lastError: String?) {
+        self.address = address; self.state = state; self.home = home; self.id = id; self.observed = observed
+        self.registeredSecondsAgo = registeredSecondsAgo; self.lastError = lastError
     }
 }

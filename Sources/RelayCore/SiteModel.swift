@@ -132,6 +132,9 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
     /// Session bookkeeping: idle timeouts per protocol and the table's cap.
     public var sessions: FlowLimits
     public var reflector = ReflectorConfig()
+    /// The relay role (off by default) and the relays this node may use.
+    public var relay = RelayRoleConfig()
+    public var relays: [RelayServerConfig] = []
     public init(node: NodeConfig = NodeConfig(), site: SiteConfig? = nil, peers: [PeerConfig] = [], sessions: FlowLimits = FlowLimits()) {
         self.node = node; self.site = site; self.peers = peers; self.sessions = sessions
     }
@@ -266,6 +269,21 @@ extension RelayConfiguration {
                 err(prefixes[j].0, "\(prefixes[j].1) overlaps \(prefixes[i].0) \(prefixes[i].1): every site needs its own virtual prefixes")
             }
         }
+        // The relay role and the relays.
+        func isKey(_ s: String) -> Bool { Data(base64Encoded: s)?.count == 32 }
+        if relay.enabled && relay.allowedKeys.isEmpty && relay.tokens.isEmpty {
+            err("relay.allowed_keys", "the relay is enabled but admits nobody: list node keys in relay.allowed_keys or tokens in relay.tokens")
+        }
+        for (i, k) in relay.allowedKeys.enumerated() where !isKey(k) {
+            err("relay.allowed_keys[\(i)]", "'\(k.prefix(60))' is not a key: expected 32 bytes in base64 (44 characters), as `relayctl identity` prints it")
+        }
+        for (i, t) in relay.tokens.enumerated() where t.utf8.count < 16 || t.utf8.count > 64 {
+            err("relay.tokens[\(i)]", "a token must have 16 to 64 characters (e.g. `openssl rand -base64 24`)")
+        }
+        for (i, r) in relays.enumerated() {
+            if !isKey(r.publicKey) { err("relays[\(i)].public_key", "'\(r.publicKey.prefix(60))' is not a key: expected 32 bytes in base64 (44 characters), as `relayctl identity` on the relay prints it") }
+            if let t = r.token, t.utf8.count < 16 || t.utf8.count > 64 { err("relays[\(i)].token", "a token must have 16 to 64 characters") }
+        }
         return out
     }
 
@@ -365,4 +383,34 @@ public struct ReflectorConfig: Codable, Equatable, Sendable {
     public var alternatePort: UInt16 { otherPort ?? (port == 65535 ? 3479 : port + 1) }
     /// True when configured for RFC 5780 behaviour discovery.
     public var discovery: Bool { otherAddress != nil }
+}
+
+/// The relay role: forwarding sealed node-to-node datagrams for registered nodes. Off by default (it
+/// exposes something); admission is closed: only listed keys, or nodes that present a listed token.
+public struct RelayRoleConfig: Codable, Equatable, Sendable {
+    public var enabled = false
+    /// UDP port of the relay (0 picks a free one: tests).
+    public var port: UInt16 = 51821
+    /// Node public keys (base64) admitted without a token.
+    public var allowedKeys: [String] = []
+    /// Bearer tokens (at least 16 characters) that admit any key.
+    public var tokens: [String] = []
+    /// Registered nodes at most (pending registrations included).
+    public var maxNodes = 10_000
+    /// What one node may have forwarded: bytes and datagrams per second (token buckets, a second's burst).
+    public var nodeBytesPerSecond = 25_000_000
+    public var nodeDatagramsPerSecond = 40_000
+    /// Registrations per second from one address (failed ones count five times).
+    public var registrationsPerSecond = 5
+    /// Seconds between a node's heartbeats (the relay tells the node at registration).
+    public var heartbeatSeconds = 2
+    public init() {}
+}
+
+/// A relay this node may use: its address, its public key (pinned), a token when it asks for one.
+public struct RelayServerConfig: Codable, Equatable, Sendable {
+    public var address: Endpoint
+    public var publicKey: String
+    public var token: String?
+    public init(address: Endpoint, publicKey: String, token: String? = nil) { self.address = address; self.publicKey = publicKey; self.token = token }
 }

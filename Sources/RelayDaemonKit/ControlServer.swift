@@ -157,6 +157,11 @@ public final class ControlServer: @unchecked Sendable {
         case .config: return ok(daemon.currentConfig)
         case .sessions: return ok(daemon.sessions())
         case .reflect: return ok(daemon.reflect())
+        case .relay:
+            guard let r = daemon.relayStatus() else {
+                return fail(.serviceUnavailable, WireError("relay.off", "this node is not a relay: set [relay] enabled = true (with allowed_keys or tokens) in its configuration"))
+            }
+            return ok(r)
         case .kernel:
             do { return ok(try daemon.helper.observe()) } catch let e as WireError {
                 return fail(.serviceUnavailable, e)

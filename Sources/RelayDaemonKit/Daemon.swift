@@ -35,6 +35,7 @@ public final class Daemon: @unchecked Sendable {
     public let flows = FlowTable()
     public private(set) var tunnel: TunnelService!
     public private(set) var reflector: ReflectorService?
+    private(set) var relayServer: RelayServer?
 
     /// Loads the configuration (or the embedded default) and the identity. Throws with a message
     /// that says what to fix; nothing is started yet.
@@ -74,6 +75,7 @@ public final class Daemon: @unchecked Sendable {
     /// Throws when a port cannot be bound. (relayd runs them as services: `run(control:)`.)
     public func start() throws {
         try startReflector()
+        try startRelay()
         try startTunnel()
         startHelper()
     }
@@ -85,6 +87,20 @@ public final class Daemon: @unchecked Sendable {
         try r.start(cfg.reflector)
         reflector = r
         tunnel.reflector = r
+    }
+
+    /// The relay role, when configured (off by default).
+    func startRelay() throws {
+        let cfg = currentConfig
+        guard cfg.relay.enabled else { return }
+        let r = RelayServer(identity: identity, config: cfg.relay, logger: logger)
+        try r.start(port: cfg.relay.port)
+        relayServer = r
+    }
+
+    func relayStatus() -> RelayStatusResponse? {
+        guard let r = relayServer else { return nil }
+        return RelayStatusResponse(relay: r.status, nodes: r.nodes())
     }
 
     func startTunnel() throws {
@@ -99,7 +115,7 @@ public final class Daemon: @unchecked Sendable {
         helper.setDesired(currentConfig.desiredKernelState)
     }
 
-    public func stop() { tunnel.stop(); reflector?.stop(); helper.stop() }
+    public func stop() { tunnel.stop(); relayServer?.stop(); reflector?.stop(); helper.stop() }
 
     /// Re-reads the configuration. A valid one is applied as a diff; an invalid one is refused and
     /// the running configuration stays in force.
@@ -130,6 +146,10 @@ public final class Daemon: @unchecked Sendable {
         }
         tunnel.configure(loaded.0)
         flows.setLimits(loaded.0.sessions)
+        relayServer?.configure(loaded.0.relay)
+        if loaded.0.relay.enabled != old.relay.enabled || loaded.0.relay.port != old.relay.port {
+            logger.warning("relay.enabled or relay.port changed: it takes effect when relayd restarts")
+        }
         if loaded.0.node.listenPort != old.node.listenPort {
             logger.warning("node.listen_port changed: it takes effect when relayd restarts")
         }
@@ -146,7 +166,7 @@ public final class Daemon: @unchecked Sendable {
                               uptimeSeconds: Date().timeIntervalSince(startedAt), config: configStatus, helper: helper.snapshot,
                               sites: (config.site == nil ? 0 : 1) + config.peers.reduce(0) { $0 + $1.sites.count }, peers: config.peers.count,
                               tunnelPort: tunnel.port, tunnel: tunnel.countersSnapshot(), sessions: flows.stats(), reflector: reflector?.snapshot,
-                              packetPath: packetPathStatus)
+                              packetPath: packetPathStatus, relay: relayServer?.status, relays: config.relays.isEmpty ? nil : tunnel.relayViews())
     }
 
     var packetPathStatus: PacketPathStatus {

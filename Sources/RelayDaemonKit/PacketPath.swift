@@ -61,8 +61,20 @@ struct TxBatch {
 
     /// Seals `inner` straight into the batch (the caller flushes first when `isFull`).
     mutating func add(_ inner: UnsafeRawBufferPointer, sealing s: TunnelService.Sealing) {
-        let n = TunnelSession.seal(inner, key: s.key, counter: s.counter, remoteIndex: s.remote, into: tx + used)
-        place(n, to: s.ep, inner: inner)
+        guard let r = s.relay else {
+            let n = TunnelSession.seal(inner, key: s.key, counter: s.counter, remoteIndex: s.remote, into: tx + used)
+            place(n, to: s.ep, inner: inner)
+            return
+        }
+        // Through a relay: a forward frame around the sealed datagram (header, the peer's id at the
+        // relay, the datagram, a tag over all of it under the relay link's key).
+        let start = UnsafeMutableRawPointer(tx + used)
+        RelayMessage.writeHeader(.forward, session: r.session, counter: r.counter, into: start)
+        (start + RelayMessage.frameHeader).storeBytes(of: r.id.littleEndian, as: UInt32.self)
+        let body = RelayMessage.frameHeader + 4
+        let n = body + TunnelSession.seal(inner, key: s.key, counter: s.counter, remoteIndex: s.remote, into: start + body)
+        RelayMessage.tag(key: r.key, counter: r.counter, UnsafeRawBufferPointer(start: UnsafeRawPointer(start), count: n), into: start + n)
+        place(n + RelayMessage.tagSize, to: s.ep, inner: inner)
     }
 
     /// Books the `n` bytes just written at `tx + used` as one datagram to `ep`.

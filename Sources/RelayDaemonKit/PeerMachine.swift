@@ -3,26 +3,38 @@ import Logging
 import RelayCore
 import RelayTunnel
 
-/// How a peer is reached. Only direct paths exist today; relayed and hole-punched paths join this
-/// list (each with its own endpoint and liveness), and the machine sends on the best live one.
-public enum PathKind: Hashable, Sendable { case direct }
+/// Where datagrams to a peer go: straight to its endpoint, or through a relay where it is
+/// registered under `id`.
+public enum Route: Hashable, Sendable, CustomStringConvertible {
+    case direct(Endpoint)
+    case relay(Endpoint, id: UInt32)
+    public var description: String {
+        switch self {
+        case .direct(let e): return "direct \(e)"
+        case .relay(let e, _): return "relay \(e)"
+        }
+    }
+    var isDirect: Bool { if case .direct = self { return true } else { return false } }
+}
 
+/// One way to reach a peer, and when authenticated data last came that way.
 public struct PeerPath: Equatable, Sendable {
-    public var kind: PathKind
-    public var endpoint: Endpoint
+    public var route: Route
     /// When authenticated data last arrived on this path (0: never).
     public var lastReceived: Double = 0
-    public init(kind: PathKind, endpoint: Endpoint) { self.kind = kind; self.endpoint = endpoint }
+    public init(_ route: Route) { self.route = route }
 }
 
 /// What a state machine asks its loop to do once the shared lock is released, in order. The
 /// machines never send, log, write files or do Diffie-Hellman under that lock: they say so here.
 enum PeerAction {
-    /// Send a datagram on the tunnel socket.
-    case send([UInt8], to: Endpoint)
+    /// Send a datagram on the tunnel socket (through a relay: framed for it).
+    case send([UInt8], to: Route)
     /// Start a handshake with the peer: make an initiation (key generation and DH, unlocked), then
     /// hand it to `PeerTable.initiationMade`.
     case initiate(PeerMachine)
+    /// Register with a relay: make message 1 (DH, unlocked), then `PeerTable.registerMade`.
+    case register(RelayLink)
     /// Keep a peer's initiation timestamp durably: it comes before the response that follows it.
     case persistStamp(key: [UInt8], name: String, stamp: UInt64)
     /// A packet that left for the peer outside the data path (a queued one): for the flow table.
@@ -83,13 +95,25 @@ final class PeerMachine {
     init(name: String, publicKey: [UInt8], endpoint: Endpoint?, prefixes: [IPPrefix]) {
         self.name = name; self.publicKey = publicKey; self.prefixes = prefixes
         mac1Key = HandshakeMAC.key(receiver: publicKey)
-        if let endpoint { paths = [PeerPath(kind: .direct, endpoint: endpoint)] }
+        if let endpoint { paths = [PeerPath(.direct(endpoint))] }
+        choose()
     }
 
-    /// Where datagrams to the peer go now.
-    var endpoint: Endpoint? { paths.first?.endpoint }
+    /// Where datagrams to the peer go now: the path authenticated data last came on (a proven
+    /// direct path first when two are as recent), else the configured endpoint, else a relay.
+    private(set) var route: Route?
+
+    /// The peer's direct endpoint, configured or proven.
+    var endpoint: Endpoint? {
+        for p in paths { if case .direct(let e) = p.route { return e } }
+        return nil
+    }
 
     var state: String { current != nil ? "up" : (pending != nil || initiating ? "handshaking" : (paths.isEmpty ? "waiting for peer" : "idle")) }
+
+    private func choose() {
+        route = paths.max { a, b in a.lastReceived != b.lastReceived ? a.lastReceived < b.lastReceived : (!a.route.isDirect && b.route.isDirect) }?.route
+    }
 
     // MARK: events
 
@@ -101,31 +125,59 @@ final class PeerMachine {
         if let endpoint { setDirect(endpoint, at: nil) }
     }
 
-    /// Authenticated data arrived from `from` on the direct path: the peer proved it is alive
-    /// there, so that is where we send (roaming).
-    func proved(_ from: Endpoint, now: Double) { setDirect(from, at: now) }
+    /// Authenticated data arrived by `route`: the peer proved it is alive there, so that is where
+    /// we send (roaming).
+    func proved(_ r: Route, now: Double) {
+        if r == route, let i = paths.firstIndex(where: { $0.route == r }) { paths[i].lastReceived = now; return }
+        switch r {
+        case .direct(let e): setDirect(e, at: now)
+        case .relay:
+            if let i = paths.firstIndex(where: { $0.route == r }) { paths[i].lastReceived = now } else {
+                var p = PeerPath(r); p.lastReceived = now; paths.append(p)
+            }
+            choose()
+        }
+    }
 
     private func setDirect(_ e: Endpoint, at now: Double?) {
-        if let i = paths.firstIndex(where: { $0.kind == .direct }) {
-            paths[i].endpoint = e
+        if let i = paths.firstIndex(where: { $0.route.isDirect }) {
+            paths[i].route = .direct(e)
             if let now { paths[i].lastReceived = now }
         } else {
-            var p = PeerPath(kind: .direct, endpoint: e)
+            var p = PeerPath(.direct(e))
             if let now { p.lastReceived = now }
             paths.insert(p, at: 0)
         }
+        choose()
+    }
+
+    /// The peer is registered at a relay under `id` (a lookup answered).
+    func addRelayPath(_ relay: Endpoint, id: UInt32) {
+        paths.removeAll { if case .relay(let r, let i) = $0.route { return r == relay && i != id } else { return false } }
+        if !paths.contains(where: { $0.route == .relay(relay, id: id) }) { paths.append(PeerPath(.relay(relay, id: id))) }
+        choose()
+    }
+
+    /// The relay is gone, or says the peer is not there (any id, or only `id`).
+    func removeRelayPaths(via relay: Endpoint, id: UInt32? = nil) {
+        paths.removeAll { if case .relay(let r, let i) = $0.route { return r == relay && (id == nil || i == id) } else { return false } }
+        choose()
+    }
+
+    func hasRelayPath(via relay: Endpoint) -> Bool {
+        paths.contains { if case .relay(let r, _) = $0.route { return r == relay } else { return false } }
     }
 
     /// What sealing packets for the peer needs: key, first counter, the peer's index, where to.
     struct Reservation {
-        let key: SymmetricKey; let counter: UInt64; let remote: UInt32; let to: Endpoint
+        let key: SymmetricKey; let counter: UInt64; let remote: UInt32; let to: Route
     }
 
     /// A packet (or a train of `count` segments, `bytes` in all) from the TUN device for this
     /// peer: counters reserved on the current session (the caller seals), or the packet queued
     /// until a handshake completes (nil).
     func outbound(_ pkt: ArraySlice<UInt8>, count: Int, bytes: Int, now: Double, _ t: PeerTable) -> Reservation? {
-        if let s = current, !s.expired(now: now), let to = endpoint {
+        if let s = current, !s.expired(now: now), let to = route {
             let (key, n, remote) = s.reserve(count)
             lastSent = now; txBytes += UInt64(bytes); txPackets += UInt64(count)
             if unansweredSince == nil { unansweredSince = now }
@@ -141,16 +193,17 @@ final class PeerMachine {
     /// Asks the loop for a handshake (once until it is made), unless there is nowhere to send it:
     /// then the peer will call us.
     func askHandshake(_ t: PeerTable) {
-        guard endpoint != nil, !initiating else { return }
+        guard !paths.isEmpty, !initiating else { return }
         initiating = true
         t.actions.append(.initiate(self))
     }
 
     /// The loop made an initiation (`initiator`, its Noise message): it goes out now with a fresh
-    /// index, mac1 and (for two minutes after the peer gave us one) mac2.
+    /// index, mac1 and (for two minutes after the peer gave us one) mac2, on every path (the
+    /// session starts on the first that answers).
     func initiationMade(_ initiator: Noise.Initiator, _ noise: [UInt8], now: Double, _ t: PeerTable) {
         initiating = false
-        guard let to = endpoint else { return }
+        guard !paths.isEmpty else { return }
         if let old = pending { t.unbind(old.index) }
         let index = t.bind(self)
         let cookie = self.cookie.flatMap { now - $0.at < 120 ? $0.value : nil }
@@ -159,23 +212,23 @@ final class PeerMachine {
         pending = Pending(initiator: initiator, index: index, sentAt: now, firstAt: pending?.firstAt ?? now)
         nextRetry = now + TunnelLimits.rekeyTimeout + Double.random(in: 0...0.333)
         t.counters.handshakesSent += 1
-        t.actions.append(.send(wire, to: to))
+        for p in paths { t.actions.append(.send(wire, to: p.route)) }
     }
 
     /// Our initiation was answered (the DH already done by the caller, unlocked): the new session
     /// is current, `from` is the peer's endpoint, and queued packets go (or an empty one).
-    func responded(_ transport: Noise.Transport, receiver: UInt32, sender: UInt32, from: Endpoint, now: Double, _ t: PeerTable) {
+    func responded(_ transport: Noise.Transport, receiver: UInt32, sender: UInt32, from: Route, now: Double, _ t: PeerTable) {
         guard let pend = pending, pend.index == receiver else { t.counters.unknownIndex += 1; return }
         pending = nil
         latency = now - pend.sentAt
         install(TunnelSession(localIndex: receiver, remoteIndex: sender, transport: transport, createdAt: now, isInitiator: true), now: now, t)
-        setDirect(from, at: now)
+        proved(from, now: now)
         t.counters.handshakesCompleted += 1
         // The responder may send only after it hears on the session: queued packets confirm it,
         // else an empty one does (WireGuard's keepalive).
         let queued = !queue.isEmpty
         flush(now: now, t)
-        if !queued, let s = current, let to = endpoint {
+        if !queued, let s = current, let to = route {
             t.actions.append(.send(s.seal([][...]), to: to)); lastSent = now
         }
     }
@@ -195,7 +248,7 @@ final class PeerMachine {
     /// We answered a valid initiation (`transport` from our response, made unlocked). The new
     /// session becomes current at once when there is none; else it waits in `next` until the
     /// initiator uses it. The endpoint does not move here: only authenticated data moves it.
-    func answered(stamp: UInt64, sender: UInt32, index: UInt32, transport: Noise.Transport, response: [UInt8], to: Endpoint, now: Double, _ t: PeerTable) {
+    func answered(stamp: UInt64, sender: UInt32, index: UInt32, transport: Noise.Transport, response: [UInt8], to: Route, now: Double, _ t: PeerTable) {
         lastInitiationStamp = stamp
         let session = TunnelSession(localIndex: index, remoteIndex: sender, transport: transport, createdAt: now, isInitiator: false)
         if current == nil {
@@ -224,7 +277,7 @@ final class PeerMachine {
     /// A data message on `index` that authenticated (opened by the caller, unlocked), `plain` its
     /// packet: replay window, confirmation of a `next` session, roaming, the source and
     /// destination checks. `exported`: what this site lets peers reach.
-    func data(index: UInt32, counter: UInt64, from: Endpoint, plain: UnsafeRawBufferPointer, exported: [IPPrefix], now: Double, _ t: PeerTable) -> DataVerdict {
+    func data(index: UInt32, counter: UInt64, from: Route, plain: UnsafeRawBufferPointer, exported: [IPPrefix], now: Double, _ t: PeerTable) -> DataVerdict {
         var fresh = false
         if let s = current, s.localIndex == index { fresh = s.acceptCounter(counter) }
         else if let s = previous, s.localIndex == index { fresh = s.acceptCounter(counter) }
@@ -255,7 +308,7 @@ final class PeerMachine {
     /// A packet of ours for the peer outside the data path (an ICMP error back through the
     /// tunnel): sealed on the current session, or nothing when there is none.
     func sealOne(_ pkt: ArraySlice<UInt8>, now: Double, _ t: PeerTable) {
-        guard let s = current, let to = endpoint else { return }
+        guard let s = current, let to = route else { return }
         t.actions.append(.send(s.seal(pkt), to: to)); lastSent = now
     }
 
@@ -281,7 +334,7 @@ final class PeerMachine {
         if let s = previous, s.expired(now: now) { t.unbind(s.localIndex); previous = nil }
         if let s = next, s.expired(now: now) { t.unbind(s.localIndex); next = nil }
         // Passive keepalive: we heard from the peer but have not said anything for a while.
-        if let s = current, let to = endpoint, lastReceived > lastSent, now - lastSent >= TunnelLimits.keepaliveTimeout {
+        if let s = current, let to = route, lastReceived > lastSent, now - lastSent >= TunnelLimits.keepaliveTimeout {
             t.actions.append(.send(s.seal([][...]), to: to)); lastSent = now
         }
     }
@@ -306,7 +359,7 @@ final class PeerMachine {
 
     /// Packets queued while there was no session go now.
     func flush(now: Double, _ t: PeerTable) {
-        guard let s = current, let to = endpoint, !queue.isEmpty else { return }
+        guard let s = current, let to = route, !queue.isEmpty else { return }
         for pkt in queue {
             t.actions.append(.send(s.seal(pkt[...]), to: to))
             txBytes += UInt64(pkt.count); txPackets += 1

@@ -76,7 +76,13 @@ final class PeerTable {
 
     func peer(key: [UInt8]) -> PeerMachine? { peers.first { $0.publicKey == key } }
 
+    /// The peers' direct endpoints (their handshakes take the priority lane; the reflection client asks them).
     var endpoints: [Endpoint] { peers.compactMap(\.endpoint) }
+    /// Every route to every peer (handshakes from them take the priority lane).
+    var knownRoutes: [Route] { peers.flatMap { $0.paths.map(\.route) } }
+
+    /// The relays this node uses, the home relay (the first registered) first.
+    private(set) var relays: [RelayLink] = []
 
     // MARK: events
 
@@ -84,7 +90,10 @@ final class PeerTable {
     /// learn at once that our old sessions are gone (not after their 15-second no-answer timer).
     func hello() { for p in peers where p.endpoint != nil && p.current == nil && p.pending == nil { p.askHandshake(self) } }
 
-    func tick(now: Double) { for p in peers { p.tick(now: now, self) } }
+    func tick(now: Double) {
+        for p in peers { p.tick(now: now, self) }
+        relayTick(now: now)
+    }
 
     /// A response (mac1 already checked) to our initiation `receiver`: the machine and a copy of
     /// its initiator, for `readMessage2` outside the lock; nil (counted) for an unknown index.
@@ -112,11 +121,112 @@ final class PeerTable {
 
     /// The response to that initiation is made (message 2, outside the lock): it gets an index and
     /// its MACs, and goes out after the timestamp is kept.
-    func answered(_ p: PeerMachine, stamp: UInt64, sender: UInt32, message: [UInt8], transport: Noise.Transport, from: Endpoint, now: Double) {
+    func answered(_ p: PeerMachine, stamp: UInt64, sender: UInt32, message: [UInt8], transport: Noise.Transport, from: Route, now: Double) {
         guard peers.contains(where: { $0 === p }), p.admits(stamp: stamp) else { counters.replayedInitiation += 1; return }
         let index = bind(p)
         let wire = TunnelMessage.response(sender: index, receiver: sender, noise: message, mac1Key: p.mac1Key)
         p.answered(stamp: stamp, sender: sender, index: index, transport: transport, response: wire, to: from, now: now, self)
+    }
+
+    // MARK: relays
+
+    /// Reload: links whose relay (address and key) stays keep their registration.
+    func configureRelays(_ list: [RelayServerConfig]) {
+        var next: [RelayLink] = []
+        for r in list {
+            guard let key = Data(base64Encoded: r.publicKey).map(Array.init), key.count == 32 else { continue }
+            if let old = relays.first(where: { $0.endpoint == r.address && $0.publicKey == key && $0.token == Array((r.token ?? "").utf8) }) { next.append(old) }
+            else { next.append(RelayLink(endpoint: r.address, publicKey: key, token: r.token)) }
+        }
+        for old in relays where !next.contains(where: { $0 === old }) { for p in peers { p.removeRelayPaths(via: old.endpoint) } }
+        relays = next
+    }
+
+    func relay(at e: Endpoint) -> RelayLink? { relays.first { $0.endpoint == e } }
+
+    /// Registrations due, heartbeats, dead relays (their paths go), lookups of peers not yet found
+    /// through a registered relay (at most every 5 s per peer and relay).
+    private func relayTick(now: Double) {
+        for link in relays {
+            let (send, register, dead) = link.tick(now: now)
+            if let send { actions.append(.send(send, to: .direct(link.endpoint))) }
+            if register { link.working = true; actions.append(.register(link)) }
+            if dead {
+                actions.append(.log(.notice, "relay \(link.endpoint) stopped answering: registering again (its paths are gone)"))
+                for p in peers { p.removeRelayPaths(via: link.endpoint) }
+            }
+            guard link.isRegistered else { continue }
+            for p in peers where !p.hasRelayPath(via: link.endpoint) && now - (link.lookups[p.publicKey] ?? -10) >= 5 {
+                link.lookups[p.publicKey] = now
+                if let f = link.frame(.lookup, p.publicKey[...]) { actions.append(.send(f, to: .direct(link.endpoint))) }
+            }
+        }
+    }
+
+    /// The loop made a register for `link` (DH done unlocked).
+    func registerMade(_ link: RelayLink, _ initiator: Noise.Initiator, _ noise: [UInt8], now: Double) {
+        guard relays.contains(where: { $0 === link }) else { return }
+        let wire = link.registerMade(initiator, noise, index: UInt32.random(in: 1...UInt32.max), now: now)
+        actions.append(.send(wire, to: .direct(link.endpoint)))
+    }
+
+    /// A `registered` from `from` for our pending register `receiver`: the link and a copy of its
+    /// initiator (message 2 is read outside the lock).
+    func beginRegistered(receiver: UInt32, from: Endpoint) -> (RelayLink, Noise.Initiator)? {
+        guard let link = relay(at: from), let p = link.pending, p.index == receiver else { counters.unknownIndex += 1; return nil }
+        return (link, p.initiator)
+    }
+
+    func registered(_ link: RelayLink, transport: Noise.Transport, grant: RelayGrant, now: Double) {
+        guard let ping = link.registered(transport, grant: grant, now: now) else { return }
+        actions.append(.log(.info, "registered at relay \(link.endpoint) as id \(grant.id)"))
+        actions.append(.send(ping, to: .direct(link.endpoint)))
+        relayTick(now: now)  // lookups at once
+    }
+
+    func refused(receiver: UInt32, reason: RelayRefusal, from: Endpoint, now: Double) {
+        guard let link = relay(at: from), let p = link.pending, p.index == receiver else { counters.unknownIndex += 1; return }
+        link.refused(reason, now: now)
+        actions.append(.log(.warning, "relay \(from) refused this node: \(reason)"))
+    }
+
+    /// The key to verify a frame from `from` for session `session` with (outside the lock).
+    func relayKey(session: UInt32, from: Endpoint) -> (RelayLink, SymmetricKey)? {
+        guard let link = relay(at: from), link.isRegistered, link.localIndex == session, let k = link.receiveKey else { counters.unknownIndex += 1; return nil }
+        return (link, k)
+    }
+
+    /// A verified frame from a relay. A delivered datagram comes back with the route it came by
+    /// (the caller hands it to the tunnel as if it came from there).
+    func relayFrame(_ link: RelayLink, kind: RelayFrameKind, counter: UInt64, body: ArraySlice<UInt8>, now: Double) -> (ArraySlice<UInt8>, Route)? {
+        guard link.accept(counter: counter, now: now) else { counters.authFailed += 1; return nil }
+        switch kind {
+        case .pong: link.pong(body)
+        case .found:
+            guard body.count == 36 else { counters.malformed += 1; return nil }
+            let key = Array(body.prefix(32)), id = body.suffix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }.littleEndian
+            peer(key: key)?.addRelayPath(link.endpoint, id: id)
+        case .notHere:
+            if body.count == 32 { peer(key: Array(body))?.removeRelayPaths(via: link.endpoint) }
+            else if body.count == 4 {
+                let id = body.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }.littleEndian
+                for p in peers { p.removeRelayPaths(via: link.endpoint, id: id) }
+            }
+        case .deliver:
+            guard body.count > 4 else { counters.malformed += 1; return nil }
+            let id = body.prefix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }.littleEndian
+            return (body.dropFirst(4), .relay(link.endpoint, id: id))
+        case .forward, .ping, .lookup, .leave: counters.malformed += 1
+        }
+        return nil
+    }
+
+    /// A datagram for `route`'s relay: framed (forward to the peer's id), or nil when the link is down.
+    func forwardFrame(_ bytes: [UInt8], id: UInt32, via relay: Endpoint) -> [UInt8]? {
+        guard let link = self.relay(at: relay) else { return nil }
+        var body: [UInt8] = []; body.reserveCapacity(4 + bytes.count)
+        put32le(id, &body); body += bytes
+        return link.frame(.forward, body[...])
     }
 
     /// The initiation for a `.initiate` action: key generation and two DH (outside the lock), the

@@ -132,11 +132,12 @@ public final class TunnelService: @unchecked Sendable {
         let stamps = initiationStamps
         lock.lock()
         table.configure(list, exported: exported, stamp: { stamps.stamp(for: $0) })
-        let endpoints = table.endpoints
+        table.configureRelays(cfg.relays)
+        let endpoints = table.knownRoutes
         translator = TranslatorRef(SiteTranslator(cfg))
         let actions = table.take()
         lock.unlock()
-        handshakes.setKnown(endpoints.map(TunnelService.socketAddress))
+        handshakes.setKnown(endpoints)
         reflectionClient.configure(cfg.reflector)
         perform(actions)
     }
@@ -196,6 +197,45 @@ public final class TunnelService: @unchecked Sendable {
         return n < 0 ? errno : 0
     }
 
+    /// Sends a datagram by a route (through a relay: framed for it).
+    func send(_ bytes: [UInt8], route: Route) {
+        switch route {
+        case .direct(let e): send(bytes, to: TunnelService.socketAddress(e))
+        case .relay(let relay, let id):
+            lock.lock(); let frame = table.forwardFrame(bytes, id: id, via: relay); lock.unlock()
+            if let frame { send(frame, to: TunnelService.socketAddress(relay)) }
+        }
+    }
+
+    /// A datagram from a relay we use: its answer to our register, a refusal, or a frame (verified
+    /// outside the lock; a delivered tunnel message goes on as if it came by that relay).
+    func receiveFromRelay(_ b: ArraySlice<UInt8>, from: Endpoint) {
+        let now = clock()
+        switch RelayMessage.parse(b) {
+        case .registered(let sender, let receiver, let noise)?:
+            lock.lock(); let begun = table.beginRegistered(receiver: receiver, from: from); lock.unlock()
+            guard let (link, ini0) = begun else { return }
+            var ini = ini0
+            guard let (payload, transport) = try? ini.readMessage2(Array(noise)), let grant = RelayGrant(payload), grant.id == sender else {
+                lock.lock(); counters.authFailed += 1; lock.unlock(); return
+            }
+            lock.lock(); table.registered(link, transport: transport, grant: grant, now: now); let actions = table.take(); lock.unlock()
+            perform(actions)
+        case .refused(let receiver, let reason)?:
+            lock.lock(); table.refused(receiver: receiver, reason: reason, from: from, now: now); let actions = table.take(); lock.unlock()
+            perform(actions)
+        case .frame(let kind, let session, let counter, let body)?:
+            lock.lock(); let keyed = table.relayKey(session: session, from: from); lock.unlock()
+            guard let (link, key) = keyed else { return }
+            guard RelayMessage.verify(b, key: key) else { lock.lock(); counters.authFailed += 1; lock.unlock(); return }
+            lock.lock(); let delivered = table.relayFrame(link, kind: kind, counter: counter, body: body, now: now); let actions = table.take(); lock.unlock()
+            perform(actions)
+            if let (datagram, route) = delivered { receive(datagram, route: route) }
+        default:
+            lock.lock(); counters.malformed += 1; lock.unlock()
+        }
+    }
+
     /// Carries out what the state machines asked for, in order, with the lock released: sends,
     /// handshakes to make (the DH here, unlocked), timestamps to keep before the response that
     /// follows, flow records, log lines.
@@ -203,7 +243,18 @@ public final class TunnelService: @unchecked Sendable {
         for a in actions {
             switch a {
             case .send(let bytes, let to):
-                send(bytes, to: TunnelService.socketAddress(to))
+                send(bytes, route: to)
+            case .register(let link):
+                let now = clock()
+                do {
+                    var ini = try Noise.Initiator(staticKey: identity.privateKey, remoteStatic: link.publicKey)
+                    let msg = try ini.writeMessage1(payload: link.payload(now: now))
+                    lock.lock(); table.registerMade(link, ini, msg, now: now); let more = table.take(); lock.unlock()
+                    perform(more)
+                } catch {
+                    lock.lock(); link.working = false; link.backOff(now: now); lock.unlock()
+                    logger.error("cannot register with relay \(link.endpoint): \(error)")
+                }
             case .initiate(let peer):
                 let now = clock()
                 do {
@@ -300,8 +351,14 @@ public final class TunnelService: @unchecked Sendable {
     /// What sealing one packet for its peer needs: key, counter, the peer's index and endpoint.
     struct Sealing {
         let key: SymmetricKey; let counter: UInt64; let remote: UInt32; let ep: sockaddr_in6
-        func advanced(by i: Int) -> Sealing { Sealing(key: key, counter: counter + UInt64(i), remote: remote, ep: ep) }
+        /// Through a relay: the link's key, first counter and session, and the peer's id there.
+        var relay: RelayFraming? = nil
+        func advanced(by i: Int) -> Sealing {
+            Sealing(key: key, counter: counter + UInt64(i), remote: remote, ep: ep,
+                    relay: relay.map { RelayFraming(key: $0.key, counter: $0.counter + UInt64(i), session: $0.session, id: $0.id) })
+        }
     }
+    struct RelayFraming { let key: SymmetricKey; let counter: UInt64; let session: UInt32; let id: UInt32 }
 
     /// Picks the peer for a packet from the TUN device and takes a counter of its session (the
     /// caller seals, unlocked); nil when the packet was queued (handshake pending) or dropped.
@@ -316,14 +373,23 @@ public final class TunnelService: @unchecked Sendable {
             answer(pkt, .noRoute)
             return nil
         }
-        let r = peer.outbound(pkt, count: count, bytes: bytes ?? pkt.count, now: now, table)
+        var r = peer.outbound(pkt, count: count, bytes: bytes ?? pkt.count, now: now, table)
+        var framing: RelayFraming?
+        if let res = r, case .relay(let relay, let id) = res.to {
+            // Counters of the relay link for the same packets, under the same lock.
+            if let (key, n, session) = table.relay(at: relay)?.reserve(count) { framing = RelayFraming(key: key, counter: n, session: session, id: id) }
+            else { r = nil }
+        }
         let name = peer.name
         let actions = table.take()
         lock.unlock()
         if r != nil { flows.record(pkt, outbound: true, peer: name, now: now, packets: count, bytes: bytes) }
         if !actions.isEmpty { perform(actions) }
         guard let r else { return nil }
-        return Sealing(key: r.key, counter: r.counter, remote: r.remote, ep: TunnelService.socketAddress(r.to))
+        switch r.to {
+        case .direct(let e): return Sealing(key: r.key, counter: r.counter, remote: r.remote, ep: TunnelService.socketAddress(e))
+        case .relay(let relay, _): return Sealing(key: r.key, counter: r.counter, remote: r.remote, ep: TunnelService.socketAddress(relay), relay: framing)
+        }
     }
 
     // MARK: incoming
@@ -342,6 +408,13 @@ public final class TunnelService: @unchecked Sendable {
             if let r = reflector, let answer = r.handle(b, from: from) { send(answer, to: from) }
             return
         }
+        guard let source = TunnelService.endpoint(from) else { return }
+        if RelayMessage.isRelay(b[b.startIndex]) { receiveFromRelay(b, from: source); return }
+        receive(b, route: .direct(source))
+    }
+
+    /// A tunnel message that came by `from` (straight from the peer, or delivered by a relay).
+    func receive(_ b: ArraySlice<UInt8>, route from: Route) {
         guard let msg = TunnelMessage.parse(b) else { lock.lock(); counters.malformed += 1; lock.unlock(); return }
         let now = clock()
         switch msg {
@@ -408,10 +481,11 @@ public final class TunnelService: @unchecked Sendable {
                     guard HandshakeMAC.validMac2(b[...], cookie: cookie) else {
                         if j >= prioritised { cookieTokens -= 1 }
                         let reply = HandshakeMAC.cookieReply(receiver: sender, cookie: cookie, mac1: HandshakeMAC.mac1(of: b[...]), key: cookieKey)
-                        if !reply.isEmpty { send(reply, to: from); cookies += 1 }
+                        if !reply.isEmpty { send(reply, route: from); cookies += 1 }
                         continue
                     }
-                    guard let ip = TunnelService.endpoint(from)?.address, perSource.allow(ip, now: now) else { dropped += 1; continue }
+                    // Per source address (through a relay, the relay limits each node itself).
+                    if case .direct(let e) = from, !perSource.allow(e.address, now: now) { dropped += 1; continue }
                 }
                 handleInitiation(sender: sender, Array(noise), from: from, now: now)
             }
@@ -428,17 +502,12 @@ public final class TunnelService: @unchecked Sendable {
         perform(actions)
     }
 
-    /// The source as a cookie binds it: its 16 address bytes and 2 port bytes.
-    static func sourceBytes(_ sa: sockaddr_in6) -> [UInt8] {
-        withUnsafeBytes(of: sa.sin6_addr) { Array($0) } + withUnsafeBytes(of: sa.sin6_port) { Array($0) }
-    }
-
     /// A valid initiation with a newer timestamp than any accepted from its peer (kept across
     /// restarts) gets a response at its source. Both Diffie-Hellman steps run without the lock.
     /// The peer's endpoint does not move here: only authenticated data on the new session (the
     /// initiator proving it is alive there) moves it.
-    func handleInitiation(sender: UInt32, _ noise: [UInt8], from: sockaddr_in6, now: Double) {
-        guard let (responder, stamp) = PeerTable.readInitiation(identity.privateKey, noise), let source = TunnelService.endpoint(from) else {
+    func handleInitiation(sender: UInt32, _ noise: [UInt8], from source: Route, now: Double) {
+        guard let (responder, stamp) = PeerTable.readInitiation(identity.privateKey, noise) else {
             lock.lock(); counters.authFailed += 1; lock.unlock(); return
         }
         var r = responder
@@ -454,8 +523,7 @@ public final class TunnelService: @unchecked Sendable {
 
     /// A response to our initiation: the initiator's copy taken under the lock, message 2 read
     /// (DH) without it, the session installed under it.
-    func handleResponse(sender: UInt32, receiver: UInt32, _ noise: [UInt8], from: sockaddr_in6, now: Double) {
-        guard let source = TunnelService.endpoint(from) else { return }
+    func handleResponse(sender: UInt32, receiver: UInt32, _ noise: [UInt8], from source: Route, now: Double) {
         lock.lock(); let begun = table.beginResponse(receiver: receiver); lock.unlock()
         guard let (peer, ini) = begun else { return }
         var initiator = ini
@@ -467,9 +535,9 @@ public final class TunnelService: @unchecked Sendable {
         perform(actions)
     }
 
-    func handleData(receiver: UInt32, counter: UInt64, _ ct: ArraySlice<UInt8>, from: sockaddr_in6, now: Double) {
+    func handleData(receiver: UInt32, counter: UInt64, _ ct: ArraySlice<UInt8>, from: Route, now: Double) {
         ct.withUnsafeBytes { c in
-            handleDataRun(receiver: receiver, count: 1, stride: 0, from: from, now: now) { _ in (counter, c) }
+            handleDataRun(receiver: receiver, count: 1, stride: 0, route: from, now: now) { _ in (counter, c) }
         }
     }
 
@@ -480,8 +548,13 @@ public final class TunnelService: @unchecked Sendable {
     /// `message(j)` is message j's counter and ciphertext (with its tag).
     func handleDataRun(receiver: UInt32, count k: Int, stride: Int, from: sockaddr_in6, now: Double,
                        _ message: (Int) -> (counter: UInt64, ct: UnsafeRawBufferPointer)) {
-        precondition(k >= 1 && k <= rxLens.count && (k - 1) * stride + 65536 <= rxPlain.count)
         guard let source = TunnelService.endpoint(from) else { return }
+        handleDataRun(receiver: receiver, count: k, stride: stride, route: .direct(source), now: now, message)
+    }
+
+    func handleDataRun(receiver: UInt32, count k: Int, stride: Int, route source: Route, now: Double,
+                       _ message: (Int) -> (counter: UInt64, ct: UnsafeRawBufferPointer)) {
+        precondition(k >= 1 && k <= rxLens.count && (k - 1) * stride + 65536 <= rxPlain.count)
         lock.lock()
         guard let peer = table.byIndex[receiver] else { counters.unknownIndex += k; lock.unlock(); return }
         let key = peer.session(receiver)?.receiveState(now: now)
@@ -567,10 +640,10 @@ public final class TunnelService: @unchecked Sendable {
         let now = clock()
         lock.lock()
         table.tick(now: now)
-        let endpoints = table.endpoints
+        let endpoints = table.knownRoutes
         let actions = table.take()
         lock.unlock()
-        handshakes.setKnown(endpoints.map(TunnelService.socketAddress))
+        handshakes.setKnown(endpoints)
         perform(actions)
         flows.expire(now: now)
     }
@@ -581,6 +654,23 @@ public final class TunnelService: @unchecked Sendable {
 
     // MARK: views
 
+    /// This node's links to relays, the home relay (the first registered) marked.
+    func relayViews() -> [RelayLinkView] {
+        lock.lock(); defer { lock.unlock() }
+        let now = clock()
+        let home = table.relays.first { $0.isRegistered }
+        return table.relays.map { l in
+            let state: String
+            switch l.phase {
+            case .registered: state = "registered"
+            case .registering: state = "registering"
+            case .idle: state = l.lastError.map { "waiting (\($0))" } ?? "waiting"
+            }
+            return RelayLinkView(address: "\(l.endpoint)", state: state, home: l === home, id: l.isRegistered ? l.id : nil, observed: l.observed.map { "\($0)" },
+                                 registeredSecondsAgo: l.registeredAt.map { now - $0 }, lastError: l.lastError)
+        }
+    }
+
     public func peerViews() -> [String: PeerRuntime] {
         lock.lock(); defer { lock.unlock() }
         let now = clock()
@@ -590,6 +680,8 @@ public final class TunnelService: @unchecked Sendable {
                                       lastHandshakeSecondsAgo: p.lastHandshake.map { now - $0 },
                                       rxBytes: p.rxBytes, txBytes: p.txBytes, rxPackets: p.rxPackets, txPackets: p.txPackets,
                                       latencyMs: p.latency.map { $0 * 1000 })
+            out[p.name]?.path = p.route.map { "\($0)" }
+            out[p.name]?.paths = p.paths.map { "\($0.route)" }
         }
         return out
     }

@@ -18,15 +18,51 @@ public final class SiteToSite {
     public var socketA: String { dir("A") + "/relayd.sock" }
     public var socketB: String { dir("B") + "/relayd.sock" }
 
-    public init(_ lab: Lab, extraHostNumbers: [Int] = [21, 77], ipv6: Bool = false) throws {
+    /// With `relays > 0`: each gateway sits behind its own masquerading NAT router (natA at
+    /// 100.64.1.2, natB at 100.64.2.2 on the underlay), the underlay drops everything between the
+    /// two NAT routers (no direct path at all), and relay hosts (relay1 at 100.64.9.9, relay2 at
+    /// 100.64.8.8) sit on the underlay: the gateways reach each other only through a relay.
+    public private(set) var relayHosts: [LabHost] = []
+    public private(set) var relayKeys: [String] = []
+    public var relayProcesses: [LabProcess] = []
+    public static let relayAddresses = ["100.64.9.9", "100.64.8.8"]
+    let behindNAT: Bool
+
+    public init(_ lab: Lab, extraHostNumbers: [Int] = [21, 77], ipv6: Bool = false, relays: Int = 0) throws {
         self.lab = lab
+        behindNAT = relays > 0
         hostA = try lab.host("hostA"); gwA = try lab.host("gwA"); underlay = try lab.host("underlay")
         gwB = try lab.host("gwB"); hostB = try lab.host("hostB")
         let extra = extraHostNumbers.map { "192.168.1.\($0)/24" }
         try lab.link(hostA, "eth0", ["192.168.1.20/24"] + extra, gwA, "lan0", ["192.168.1.1/24"])
         try lab.link(hostB, "eth0", ["192.168.1.20/24"] + extra, gwB, "lan0", ["192.168.1.1/24"])
-        try lab.link(gwA, "wan0", ["10.10.10.10/24"], underlay, "a0", ["10.10.10.1/24"])
-        try lab.link(gwB, "wan0", ["10.20.20.20/24"], underlay, "b0", ["10.20.20.1/24"])
+        if behindNAT {
+            let natA = try lab.host("natA"), natB = try lab.host("natB")
+            try lab.link(gwA, "wan0", ["10.10.10.10/24"], natA, "lan0", ["10.10.10.1/24"])
+            try lab.link(gwB, "wan0", ["10.20.20.20/24"], natB, "lan0", ["10.20.20.1/24"])
+            try lab.link(natA, "wan0", ["100.64.1.2/24"], underlay, "a0", ["100.64.1.1/24"])
+            try lab.link(natB, "wan0", ["100.64.2.2/24"], underlay, "b0", ["100.64.2.1/24"])
+            for (n, gw) in [(natA, "100.64.1.1"), (natB, "100.64.2.1")] { try n.natRouter(outInterface: "wan0"); try n.route("default", via: gw) }
+            for i in 0..<relays {
+                let h = try lab.host("relay\(i + 1)")
+                let a = SiteToSite.relayAddresses[i], net = a.split(separator: ".").prefix(3).joined(separator: ".")
+                try lab.link(h, "eth0", ["\(a)/24"], underlay, "r\(i)", ["\(net).1/24"])
+                try h.route("default", via: "\(net).1")
+                relayHosts.append(h)
+            }
+            try underlay.loadNftables("""
+            table inet relaylab_nodirect {
+              chain forward {
+                type filter hook forward priority 0; policy accept;
+                iifname "a0" oifname "b0" drop
+                iifname "b0" oifname "a0" drop
+              }
+            }
+            """)
+        } else {
+            try lab.link(gwA, "wan0", ["10.10.10.10/24"], underlay, "a0", ["10.10.10.1/24"])
+            try lab.link(gwB, "wan0", ["10.20.20.20/24"], underlay, "b0", ["10.20.20.1/24"])
+        }
         for g in [gwA, gwB, underlay] { try g.enableForwarding() }
         try hostA.route("default", via: "192.168.1.1")
         try hostB.route("default", via: "192.168.1.1")
@@ -72,7 +108,7 @@ public final class SiteToSite {
         [[peer]]
         name = "\(peerName)"
         public_key = "\(peerKey)"
-        endpoint = "\(peerEndpoint)"
+        \(peerEndpoint.isEmpty ? "" : "endpoint = \"\(peerEndpoint)\"")
           [[peer.site]]
           name = "\(peerSite)"
           lan4 = "192.168.1.0/24"
@@ -88,16 +124,38 @@ public final class SiteToSite {
     public func start(extraConfig: String = "", nodeExtra: String = "", extraConfigA: String = "") throws {
         let ka = try SiteToSite.keygen(), kb = try SiteToSite.keygen()
         publicKeyA = ka.pub; publicKeyB = kb.pub
+        var relaysConfig = ""
+        for (i, h) in relayHosts.enumerated() {
+            let k = try SiteToSite.keygen()
+            relayKeys.append(k.pub)
+            let cfg = """
+            [node]
+            name = "relay\(i + 1)"
+            [reflector]
+            enabled = false
+            [relay]
+            enabled = true
+            allowed_keys = ["\(ka.pub)", "\(kb.pub)"]
+            """
+            relayProcesses.append(try startRelayd(h, site: "R\(i + 1)", key: k.priv, config: cfg, helper: nil))
+            relaysConfig += "\n[[relays]]\naddress = \"\(SiteToSite.relayAddresses[i]):51821\"\npublic_key = \"\(k.pub)\"\n"
+        }
+        for (i, h) in relayHosts.enumerated() {
+            try waitUntil("relay \(h.name) listening", timeout: 20) {
+                if !self.relayProcesses[i].isRunning { throw HarnessError("the relay on \(h.name) exited: \(self.relayProcesses[i].log())") }
+                return try h.run(["ss", "-lnuH"]).stdout.contains(":51821")
+            }
+        }
         let policy = HelperFixture.policy(clients: [0, relaydUID])
         helperA = try HelperFixture.start(in: gwA, policy: policy)
         helperB = try HelperFixture.start(in: gwB, policy: policy)
         for h in [helperA!, helperB!] { chmod(h.socketPath, 0o666) }
         let cfgA = SiteToSite.config(name: "gw-a", site: "A", virtual4: "240.1.1.0/24", virtual6: "64:ff9b:1111::/96", virtual6Lan: "fd11:1111::/64", peerName: "gw-b", peerKey: kb.pub,
-                                     peerEndpoint: "10.20.20.20:51820", peerSite: "B", peerVirtual4: "240.2.2.0/24", peerVirtual6: "64:ff9b:2222::/96", peerVirtual6Lan: "fd22:2222::/64", nodeExtra: nodeExtra)
+                                     peerEndpoint: behindNAT ? "" : "10.20.20.20:51820", peerSite: "B", peerVirtual4: "240.2.2.0/24", peerVirtual6: "64:ff9b:2222::/96", peerVirtual6Lan: "fd22:2222::/64", nodeExtra: nodeExtra)
         let cfgB = SiteToSite.config(name: "gw-b", site: "B", virtual4: "240.2.2.0/24", virtual6: "64:ff9b:2222::/96", virtual6Lan: "fd22:2222::/64", peerName: "gw-a", peerKey: ka.pub,
-                                     peerEndpoint: "10.10.10.10:51820", peerSite: "A", peerVirtual4: "240.1.1.0/24", peerVirtual6: "64:ff9b:1111::/96", peerVirtual6Lan: "fd11:1111::/64", nodeExtra: nodeExtra)
-        relaydA = try startRelayd(gwA, site: "A", key: ka.priv, config: cfgA + "\n" + extraConfigA + "\n" + extraConfig, helper: helperA)
-        relaydB = try startRelayd(gwB, site: "B", key: kb.priv, config: cfgB + "\n" + extraConfig, helper: helperB)
+                                     peerEndpoint: behindNAT ? "" : "10.10.10.10:51820", peerSite: "A", peerVirtual4: "240.1.1.0/24", peerVirtual6: "64:ff9b:1111::/96", peerVirtual6Lan: "fd11:1111::/64", nodeExtra: nodeExtra)
+        relaydA = try startRelayd(gwA, site: "A", key: ka.priv, config: cfgA + "\n" + extraConfigA + "\n" + extraConfig + relaysConfig, helper: helperA)
+        relaydB = try startRelayd(gwB, site: "B", key: kb.priv, config: cfgB + "\n" + extraConfig + relaysConfig, helper: helperB)
         for (gw, sock, p) in [(gwA, socketA, relaydA!), (gwB, socketB, relaydB!)] {
             try waitUntil("relayd on \(gw.name) applied its state", timeout: 20) {
                 if !p.isRunning { throw HarnessError("relayd on \(gw.name) exited: \(p.log())") }
@@ -132,7 +190,10 @@ public final class SiteToSite {
     /// B's state directory (the node key, persisted handshake timestamps).
     public var stateB: String { dir("B") + "/state" }
 
-    func startRelayd(_ gw: LabHost, site: String, key: String, config: String, helper: HelperFixture) throws -> LabProcess {
+    /// A relay's control socket.
+    public func relaySocket(_ i: Int) -> String { dir("R\(i + 1)") + "/relayd.sock" }
+
+    func startRelayd(_ gw: LabHost, site: String, key: String, config: String, helper: HelperFixture?) throws -> LabProcess {
         let d = dir(site)
         try FileManager.default.createDirectory(atPath: d + "/state", withIntermediateDirectories: true)
         try (key + "\n").write(toFile: d + "/state/private.key", atomically: true, encoding: .utf8)
@@ -141,7 +202,7 @@ public final class SiteToSite {
         try config.write(toFile: d + "/relayd.toml", atomically: true, encoding: .utf8)
         for p in [d, d + "/state", d + "/state/private.key", d + "/relayd.toml"] { chown(p, relaydUID, relaydUID) }
         return try gw.spawn([try Binaries.path("relayd"), "--config", d + "/relayd.toml", "--state-dir", d + "/state", "--socket", d + "/relayd.sock",
-                             "--helper-socket", helper.socketPath, "--log-level", "debug"], label: "relayd-\(site)", as: relaydUID)
+                             "--helper-socket", helper?.socketPath ?? d + "/no-helper.sock", "--log-level", "debug"], label: "relayd-\(site)", as: relaydUID)
     }
 
     @discardableResult

@@ -32,8 +32,8 @@ struct PeerMachineTests {
     }
 
     /// Performs `node`'s `.initiate` actions the way the loop does; returns the datagrams sent.
-    func run(_ node: Node, _ actions: [PeerAction], now: Double) throws -> [([UInt8], Endpoint)] {
-        var sent: [([UInt8], Endpoint)] = []
+    func run(_ node: Node, _ actions: [PeerAction], now: Double) throws -> [([UInt8], Route)] {
+        var sent: [([UInt8], Route)] = []
         for action in actions {
             switch action {
             case .send(let m, let to): sent.append((m, to))
@@ -49,8 +49,9 @@ struct PeerMachineTests {
 
     /// Delivers one datagram to `node` as its receive loop would; returns what it sent back and the
     /// verdicts on data messages.
-    func receive(_ node: Node, _ bytes: [UInt8], from: Endpoint, now: Double) throws -> (sent: [([UInt8], Endpoint)], verdicts: [DataVerdict]) {
+    func receive(_ node: Node, _ bytes: [UInt8], from source: Endpoint, now: Double) throws -> (sent: [([UInt8], Route)], verdicts: [DataVerdict]) {
         let t = node.table
+        let from = Route.direct(source)
         var verdicts: [DataVerdict] = []
         switch TunnelMessage.parse(bytes[...]) {
         case .initiation(let sender, let noise)?:
@@ -84,10 +85,10 @@ struct PeerMachineTests {
         let asked = a.table.take()
         #expect(asked.count == 1, "one handshake asked for two packets: \(asked)")
         let initiation = try run(a, asked, now: 1)
-        #expect(initiation.count == 1 && initiation[0].1 == b.at && a.table.counters.handshakesSent == 1)
+        #expect(initiation.count == 1 && initiation[0].1 == .direct(b.at) && a.table.counters.handshakesSent == 1)
 
         let (resp, _) = try receive(b, initiation[0].0, from: a.at, now: 1.01)
-        #expect(resp.count == 1 && resp[0].1 == a.at, "B answers at the initiation's source")
+        #expect(resp.count == 1 && resp[0].1 == .direct(a.at), "B answers at the initiation's source")
         let peerA = try #require(b.table.peer(key: a.own))
         #expect(peerA.current != nil && peerA.lastInitiationStamp > 0)
         #expect(peerA.endpoint == nil, "an initiation alone does not move the endpoint")

@@ -9,9 +9,9 @@ struct Peers: ParsableCommand {
         try runCtl {
             let r = try connection.client.get(.peers, as: PeersResponse.self)
             if connection.json { printJSON(r); return }
-            print(table(["PEER", "STATE", "ENDPOINT", "HANDSHAKE", "LATENCY", "RX", "TX", "SITES", "PUBLIC KEY"], r.peers.map { p in
+            print(table(["PEER", "STATE", "PATH", "HANDSHAKE", "LATENCY", "RX", "TX", "SITES", "PUBLIC KEY"], r.peers.map { p in
                 let rt = p.runtime
-                return [p.name, p.state, rt?.endpoint ?? p.endpoint.map { "\($0)" } ?? "-",
+                return [p.name, p.state, rt?.path ?? rt?.endpoint ?? p.endpoint.map { "\($0)" } ?? "-",
                         rt?.lastHandshakeSecondsAgo.map { "\(Int($0))s ago" } ?? "never",
                         rt?.latencyMs.map { String(format: "%.2f ms", $0) } ?? "-",
                         bytes(rt?.rxBytes ?? 0), bytes(rt?.txBytes ?? 0), p.sites.joined(separator: ","), p.publicKey]

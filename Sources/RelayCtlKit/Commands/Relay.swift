@@ -1,0 +1,49 @@
+import ArgumentParser
+import Foundation
+import RelayControlAPI
+
+struct Relay: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The relay role: registered nodes, forwarded traffic, limits hit (relay status); this node's relays (relay links).",
+        subcommands: [RelayStatus.self, RelayLinks.self], defaultSubcommand: RelayStatus.self)
+}
+
+struct RelayStatus: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "On a relay: its nodes, what it forwarded, what it refused and why.")
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() throws {
+        try runCtl {
+            let r = try connection.client.get(.relay, as: RelayStatusResponse.self)
+            if connection.json { printJSON(r); return }
+            let s = r.relay, c = s.counters
+            print("relay on UDP port \(s.port), key \(s.publicKey)")
+            print("nodes \(s.nodes) registered, \(s.pending) pending, at most \(s.maxNodes)")
+            print("forwarded \(c.forwarded) datagrams (\(bytes(c.forwardedBytes))); not here \(c.notHere); throttled \(c.throttled); send buffer full \(c.sendDropped)")
+            print("registrations \(c.registrations); refused: not admitted \(c.notAdmitted), rate limited \(c.rateLimited), full \(c.full); replayed \(c.replayed)")
+            print("dropped: bad mac1 \(c.badMAC), failed handshakes \(c.authFailed), bad frames \(c.badFrames), wrong source \(c.wrongSource), unknown session \(c.unknownSession), malformed \(c.malformed), oversized \(c.oversized); expired \(c.expired), left \(c.left)")
+            if !r.nodes.isEmpty {
+                print(table(["NODE KEY", "ID", "ADDRESS", "REGISTERED", "LAST HEARD", "FORWARDED", "THROTTLED"], r.nodes.map {
+                    [$0.publicKey, String($0.id), $0.address, "\(Int($0.registeredSecondsAgo))s ago", String(format: "%.1fs ago", $0.lastHeardSecondsAgo), String($0.forwarded), String($0.throttled)]
+                }))
+            }
+        }
+    }
+}
+
+struct RelayLinks: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "links", abstract: "This node's relays: registered or not, its id there, its address as each relay sees it.")
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() throws {
+        try runCtl {
+            let r = try connection.client.get(.status, as: StatusResponse.self)
+            let links = r.relays ?? []
+            if connection.json { printJSON(links); return }
+            if links.isEmpty { print("no relays configured ([[relays]] in the configuration)"); return }
+            print(table(["RELAY", "STATE", "HOME", "ID", "SEES US AS", "SINCE"], links.map {
+                [$0.address, $0.state, $0.home ? "yes" : "", $0.id.map(String.init) ?? "-", $0.observed ?? "-", $0.registeredSecondsAgo.map { "\(Int($0))s" } ?? "-"]
+            }))
+        }
+    }
+}

@@ -1,0 +1,264 @@
+import Crypto
+import Foundation
+import RelayControlAPI
+import RelayCore
+import RelayTunnel
+
+/// The relay role as a state machine: datagrams in (with their source), datagrams out (`take`),
+/// registrations, limits and counters in between. Pure: no socket, no clock, no lock; `RelayServer`
+/// is its loop. It never holds a tunnel's keys: what it forwards is sealed end to end.
+///
+/// Rules (docs/relay-protocol.md): a node registers with a Noise IK handshake against the relay's
+/// static key (mac1 first, then per-address and global limits, then the DH); the registration is
+/// bound to the address the register came from and becomes active only when the node's first
+/// authenticated frame arrives from that address (return routability). Every frame must come from
+/// the bound address, carry a fresh counter and a valid tag. Before a registration is active the
+/// relay answers nothing bigger than what it received.
+final class RelayRegistry {
+    struct Node {
+        let id: UInt32
+        let key: [UInt8]
+        /// The node's own index: relay-to-node frames carry it.
+        let remoteIndex: UInt32
+        let address: Endpoint
+        var active = false
+        let sendKey: SymmetricKey
+        var sendCounter: UInt64 = 0
+        let receiveKey: SymmetricKey
+        var window = ReplayWindow()
+        let createdAt: Double
+        var lastHeard: Double
+        var bytesTokens: Double, datagramTokens: Double, tokensAt: Double
+        var forwarded = 0, throttled = 0
+    }
+
+    struct Policy: Equatable {
+        var allowedKeys: Set<[UInt8]> = []
+        var tokens: [[UInt8]] = []
+        var maxNodes = 10_000
+        var bytesPerSecond = 25_000_000.0
+        var datagramsPerSecond = 40_000.0
+        var registrationsPerSecond = 5.0
+        var heartbeat = 2
+        /// Register messages that get a Diffie-Hellman, per second in all.
+        var handshakesPerSecond = 4000.0
+
+        init() {}
+        init(_ c: RelayRoleConfig) {
+            allowedKeys = Set(c.allowedKeys.compactMap { Data(base64Encoded: $0).map(Array.init) })
+            tokens = c.tokens.map { Array($0.utf8) }
+            maxNodes = c.maxNodes
+            bytesPerSecond = Double(c.nodeBytesPerSecond)
+            datagramsPerSecond = Double(c.nodeDatagramsPerSecond)
+            registrationsPerSecond = Double(c.registrationsPerSecond)
+            heartbeat = c.heartbeatSeconds
+        }
+    }
+
+    let staticKey: Curve25519.KeyAgreement.PrivateKey
+    let mac1Key: SymmetricKey
+    var policy: Policy {
+        didSet { if policy.registrationsPerSecond != oldValue.registrationsPerSecond { perAddress = RateLimiter(rate: policy.registrationsPerSecond, burst: policy.registrationsPerSecond * 2, capacity: 65536) } }
+    }
+    private(set) var nodes: [UInt32: Node] = [:]
+    private(set) var byKey: [[UInt8]: UInt32] = [:]
+    /// The greatest register timestamp per key (a replayed register gets nothing).
+    private var stamps: [[UInt8]: UInt64] = [:]
+    private var perAddress: RateLimiter
+    private var handshakeTokens: Double, handshakesAt = 0.0
+    var counters = RelayServerCounters()
+    /// Datagrams to send, in order.
+    var out: [([UInt8], Endpoint)] = []
+
+    init(staticKey: Curve25519.KeyAgreement.PrivateKey, policy: Policy) {
+        self.staticKey = staticKey
+        mac1Key = HandshakeMAC.key(receiver: Array(staticKey.publicKey.rawRepresentation))
+        self.policy = policy
+        perAddress = RateLimiter(rate: policy.registrationsPerSecond, burst: policy.registrationsPerSecond * 2, capacity: 65536)
+        handshakeTokens = policy.handshakesPerSecond
+    }
+
+    /// Datagrams owed since the last call.
+    func take() -> [([UInt8], Endpoint)] {
+        guard !out.isEmpty else { return [] }
+        var o: [([UInt8], Endpoint)] = []
+        swap(&o, &out)
+        return o
+    }
+
+    var active: Int { byKey.count }
+    var pending: Int { nodes.count - byKey.count }
+
+    // MARK: events
+
+    /// One datagram from `from`.
+    func receive(_ b: ArraySlice<UInt8>, from: Endpoint, now: Double) {
+        switch RelayMessage.parse(b) {
+        case .register(let sender, let noise)?: register(b, sender: sender, noise: noise, from: from, now: now)
+        case .frame(let kind, let session, let counter, let body)?: frame(b, kind: kind, session: session, counter: counter, body: body, from: from, now: now)
+        default: counters.malformed += 1
+        }
+    }
+
+    private func register(_ b: ArraySlice<UInt8>, sender: UInt32, noise: ArraySlice<UInt8>, from: Endpoint, now: Double) {
+        // One hash drops what was not made for this relay; then the limits, before any DH.
+        guard HandshakeMAC.valid(b, key: mac1Key) else { counters.badMAC += 1; return }
+        guard perAddress.allow(from.address, now: now) else {
+            counters.rateLimited += 1
+            out.append((RelayMessage.refused(receiver: sender, reason: .rateLimited), from))
+            return
+        }
+        handshakeTokens = min(policy.handshakesPerSecond, handshakeTokens + (now - handshakesAt) * policy.handshakesPerSecond); handshakesAt = now
+        guard handshakeTokens >= 1 else { counters.rateLimited += 1; return }
+        handshakeTokens -= 1
+        var r = Noise.Responder(staticKey: staticKey)
+        guard let payload = try? r.readMessage1(Array(noise)), payload.count >= 8, payload.count <= 8 + RelayMessage.maxToken else {
+            counters.authFailed += 1; failed(from, now: now); return
+        }
+        let key = r.remoteStatic
+        let stamp = payload.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let token = Array(payload.dropFirst(8))
+        guard admitted(key, token: token) else {
+            counters.notAdmitted += 1; failed(from, now: now)
+            out.append((RelayMessage.refused(receiver: sender, reason: .notAdmitted), from))
+            return
+        }
+        guard stamp > stamps[key] ?? 0 else { counters.replayed += 1; return }
+        // A node re-registering replaces its own registration; otherwise the relay must have room.
+        guard nodes.count < policy.maxNodes || byKey[key] != nil else {
+            counters.full += 1
+            out.append((RelayMessage.refused(receiver: sender, reason: .full), from))
+            return
+        }
+        var id: UInt32 = 0
+        repeat { id = UInt32.random(in: 1...UInt32.max) } while nodes[id] != nil
+        guard let (m2, transport) = try? r.writeMessage2(payload: RelayGrant(id: id, heartbeatSeconds: UInt16(policy.heartbeat)).bytes) else { counters.authFailed += 1; return }
+        stamps[key] = stamp
+        nodes[id] = Node(id: id, key: key, remoteIndex: sender, address: from, sendKey: transport.send.key, receiveKey: transport.receive.key,
+                         createdAt: now, lastHeard: now, bytesTokens: policy.bytesPerSecond, datagramTokens: policy.datagramsPerSecond, tokensAt: now)
+        out.append((RelayMessage.registered(sender: id, receiver: sender, noise: m2), from))
+    }
+
+    /// A failed attempt costs an address five registrations' worth of its budget.
+    private func failed(_ from: Endpoint, now: Double) { for _ in 0..<4 { _ = perAddress.allow(from.address, now: now) } }
+
+    /// The key is listed, or the token matches one of the relay's (compared in constant time).
+    private func admitted(_ key: [UInt8], token: [UInt8]) -> Bool {
+        if policy.allowedKeys.contains(key) { return true }
+        var ok = false
+        for t in policy.tokens {
+            var diff = UInt8(t.count == token.count ? 0 : 1)
+            for i in 0..<t.count { diff |= t[i] ^ (i < token.count ? token[i] : 0) }
+            if diff == 0 { ok = true }
+        }
+        return ok
+    }
+
+    private func frame(_ b: ArraySlice<UInt8>, kind: RelayFrameKind, session: UInt32, counter: UInt64, body: ArraySlice<UInt8>, from: Endpoint, now: Double) {
+        guard var n = nodes[session] else { counters.unknownSession += 1; return }
+        guard n.address == from else { counters.wrongSource += 1; return }
+        guard RelayMessage.verify(b, key: n.receiveKey) else { counters.badFrames += 1; return }
+        guard n.window.accept(counter) else { counters.replayed += 1; return }
+        n.lastHeard = now
+        if !n.active {
+            // Return routability proven: the node answered from the address it registered from.
+            if let old = byKey[n.key], old != n.id { nodes[old] = nil }
+            byKey[n.key] = n.id
+            n.active = true
+            counters.registrations += 1
+        }
+        switch kind {
+        case .ping:
+            counters.pings += 1
+            send(&n, .pong, RelayAddress.encode(from)[...])
+        case .lookup:
+            counters.lookups += 1
+            guard body.count == 32 else { counters.malformed += 1; break }
+            if let id = byKey[Array(body)] {
+                var reply = Array(body); put32le(id, &reply)
+                send(&n, .found, reply[...])
+            } else {
+                counters.notHere += 1
+                send(&n, .notHere, body)
+            }
+        case .forward:
+            guard body.count >= 4 else { counters.malformed += 1; break }
+            let dst = body.prefix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }.littleEndian
+            let datagram = body.dropFirst(4)
+            // The sender's limits: a second's worth of bytes and datagrams, refilled continuously.
+            let dt = now - n.tokensAt; n.tokensAt = now
+            n.bytesTokens = min(policy.bytesPerSecond, n.bytesTokens + dt * policy.bytesPerSecond)
+            n.datagramTokens = min(policy.datagramsPerSecond, n.datagramTokens + dt * policy.datagramsPerSecond)
+            guard n.datagramTokens >= 1, n.bytesTokens >= Double(datagram.count) else { n.throttled += 1; counters.throttled += 1; break }
+            n.datagramTokens -= 1; n.bytesTokens -= Double(datagram.count)
+            guard dst != n.id, var d = nodes[dst], d.active else {
+                counters.notHere += 1
+                var id: [UInt8] = []; put32le(dst, &id)
+                send(&n, .notHere, id[...])
+                break
+            }
+            var body: [UInt8] = []; body.reserveCapacity(4 + datagram.count)
+            put32le(n.id, &body); body += datagram
+            send(&d, .deliver, body[...])
+            nodes[dst] = d
+            n.forwarded += 1
+            counters.forwarded += 1; counters.forwardedBytes += UInt64(datagram.count)
+        case .leave:
+            counters.left += 1
+            nodes[n.id] = nil
+            if byKey[n.key] == n.id { byKey[n.key] = nil }
+            return
+        case .pong, .found, .notHere, .deliver:
+            counters.malformed += 1
+        }
+        nodes[n.id] = n
+    }
+
+    private func send(_ n: inout Node, _ kind: RelayFrameKind, _ body: ArraySlice<UInt8>) {
+        let f = RelayMessage.frame(kind, session: n.remoteIndex, counter: n.sendCounter, body: body, key: n.sendKey)
+        n.sendCounter += 1
+        out.append((f, n.address))
+    }
+
+    /// Every second or so: registrations not heard from for four heartbeats and a second (pending
+    /// ones after ten seconds) end.
+    func tick(now: Double) {
+        let deadline = Double(policy.heartbeat * 4 + 1)
+        for (id, n) in nodes where now - n.lastHeard > (n.active ? deadline : 10) {
+            nodes[id] = nil
+            if byKey[n.key] == id { byKey[n.key] = nil }
+            counters.expired += 1
+        }
+    }
+
+    func views(now: Double) -> [RelayNodeView] {
+        nodes.values.filter(\.active).sorted { $0.createdAt < $1.createdAt }.map {
+            RelayNodeView(publicKey: Data($0.key).base64EncodedString(), id: $0.id, address: "\($0.address)", registeredSecondsAgo: now - $0.createdAt,
+                          lastHeardSecondsAgo: now - $0.lastHeard, forwarded: $0.forwarded, throttled: $0.throttled)
+        }
+    }
+}
+
+func put32le(_ v: UInt32, _ out: inout [UInt8]) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
+
+/// An address in a pong: family (4 or 6), 16 address bytes (IPv4 in the last four), port (big-endian).
+enum RelayAddress {
+    static func encode(_ e: Endpoint) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 19)
+        switch e.address {
+        case .v4(let a): out[0] = 4; for i in 0..<4 { out[13 + i] = a.bytes[i] }
+        case .v6(let a): out[0] = 6; for i in 0..<16 { out[1 + i] = a.bytes[i] }
+        }
+        out[17] = UInt8(e.port >> 8); out[18] = UInt8(e.port & 0xff)
+        return out
+    }
+    static func decode(_ b: ArraySlice<UInt8>) -> Endpoint? {
+        guard b.count == 19 else { return nil }
+        let a = Array(b), port = UInt16(a[17]) << 8 | UInt16(a[18])
+        switch a[0] {
+        case 4: return Endpoint(.v4(IPv4Address(a[13], a[14], a[15], a[16])), port: port)
+        case 6: return IPv6Address(bytes: Array(a[1..<17])).map { Endpoint(.v6($0), port: port) }
+        default: return nil
+        }
+    }
+}
