@@ -60,4 +60,41 @@ struct RelayedSitesTests {
             #expect(links?.first?.observed?.hasPrefix("100.64.1.2:") == true, "\(String(describing: links))")
         }
     }
+
+    @Test("failover: kill -9 of the home relay during a transfer; the session resumes through the second relay within 10 s and the transfer completes")
+    func failover() throws {
+        try KernelGate.check()
+        try Lab.with("relayfo") { lab in
+            let s = try SiteToSite(lab, relays: 2)
+            try s.start()
+            // Both gateways registered at both relays, and the peers found through both.
+            try waitUntil("both relays hold both nodes", timeout: 30) {
+                try (0..<2).allSatisfy { i in
+                    let out = try s.relayctl(s.relayHosts[i], s.relaySocket(i), ["relay", "status", "--json"]).stdout
+                    return (try? ControlJSON.decoder().decode(RelayStatusResponse.self, from: Data(out.utf8)))?.relay.nodes == 2
+                }
+            }
+            try waitUntil("the gateways reach each other", timeout: 30) {
+                try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
+            }
+            let peers = try ControlJSON.decoder().decode(PeersResponse.self, from: Data(s.relayctl(s.gwA, s.socketA, ["peers", "--json"]).stdout.utf8))
+            let before = try #require(peers.peers.first?.runtime?.path)
+            let home = try #require(SiteToSite.relayAddresses.firstIndex { before == "relay \($0):51821" }, "path \(before)")
+            try s.hostB.spawn(["iperf3", "-s", "-1"], label: "iperf3-server")
+            try waitUntil("iperf3 server") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":5201") }
+            let transfer = try s.hostA.spawn(["iperf3", "-c", "240.2.2.20", "-t", "16", "-b", "20M", "--json"], label: "iperf3-client")
+            Thread.sleep(forTimeInterval: 3)
+            s.relayProcesses[home].signal(SIGKILL)
+            let killed = Date()
+            try waitUntil("traffic through the other relay", timeout: 10) {
+                try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
+            }
+            let took = Date().timeIntervalSince(killed)
+            print("relay failover: traffic resumed \(String(format: "%.1f", took)) s after kill -9 of the home relay")
+            #expect(took < 10)
+            let after = try ControlJSON.decoder().decode(PeersResponse.self, from: Data(s.relayctl(s.gwA, s.socketA, ["peers", "--json"]).stdout.utf8))
+            #expect(after.peers.first?.runtime?.path == "relay \(SiteToSite.relayAddresses[1 - home]):51821", "\(after)")
+            #expect(try transfer.waitForExit(timeout: 40) == 0, "the transfer did not complete: \(transfer.log().suffix(600))")
+        }
+    }
 }
