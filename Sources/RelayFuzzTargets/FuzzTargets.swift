@@ -22,6 +22,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case tunnel
     /// relayd's configuration file (TOML).
     case relaydConfig = "relayd-config"
+    /// Relay messages: the framing, a frame's tag, a Noise IK responder reading a register, a grant.
+    case relay
 
     public enum Outcome: Equatable, Sendable { case accepted, refused }
 
@@ -32,6 +34,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .stun: return FuzzTarget.stun(bytes)
         case .tunnel: return FuzzTarget.tunnel(bytes)
         case .relaydConfig: return FuzzTarget.relaydConfig(bytes)
+        case .relay: return FuzzTarget.relay(bytes)
         }
     }
 
@@ -110,6 +113,24 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             return .accepted
         }
     }
+
+    static func relay(_ bytes: [UInt8]) -> Outcome {
+        guard let m = RelayMessage.parse(bytes[...]) else { return .refused }
+        switch m {
+        case .register(_, let noise):
+            let macOK = HandshakeMAC.valid(bytes[...], key: responderMac1)
+            var r = Noise.Responder(staticKey: responderKey, ephemeral: ephemeral)
+            guard let payload = try? r.readMessage1(Array(noise)) else { return .refused }
+            return macOK && payload.count >= 8 ? .accepted : .refused
+        case .registered(_, _, let noise):
+            return RelayGrant(Array(noise.suffix(8))) == nil ? .refused : .accepted
+        case .refused:
+            return .accepted
+        case .frame:
+            return RelayMessage.verify(bytes[...], key: frameKey) ? .accepted : .refused
+        }
+    }
+    static let frameKey = SymmetricKey(data: [UInt8](repeating: 7, count: 32))
 
     static func relaydConfig(_ bytes: [UInt8]) -> Outcome {
         guard let text = String(validating: bytes, as: UTF8.self) else { return .refused }

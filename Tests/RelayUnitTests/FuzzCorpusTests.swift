@@ -35,6 +35,9 @@ struct FuzzCorpusTests {
         // Written by Python's noiseprotocol for the fuzz responder's key: our responder reads it.
         #expect(outcome(.tunnel, "initiation.bin") == .accepted)
         #expect(outcome(.relaydConfig, "example.toml") == .accepted)
+        // Written by Python (noiseprotocol, cryptography) from docs/relay-protocol.md.
+        #expect(outcome(.relay, "register.bin") == .accepted)
+        #expect(outcome(.relay, "forward.bin") == .accepted)
         // Garbage is refused, not trapped on.
         for t in FuzzTarget.allCases { #expect(t.run([0xff, 0x00, 0x13]) == .refused, "\(t.rawValue)") }
     }
