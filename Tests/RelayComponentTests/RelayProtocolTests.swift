@@ -1,0 +1,55 @@
+import Foundation
+import Testing
+import RelayControlAPI
+import RelayTestHarness
+
+/// The relay role against a client written from docs/relay-protocol.md alone (Python: noiseprotocol
+/// and cryptography), over real UDP to a real relayd.
+@Suite("component: the relay protocol from its document")
+struct RelayProtocolTests {
+    static let client = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../Support/relay_client.py").standardized.path
+
+    struct Result: Decodable {
+        struct Reg: Decodable { var id: UInt32?; var refused: Int?; var size: Int; var sent: Int }
+        struct Pong: Decodable { var kind: Int; var family: Int; var address: String; var port: Int; var own_port: Int }
+        struct Lookup: Decodable { var kind: Int; var id: UInt32?; var b_id: UInt32 }
+        struct Delivered: Decodable { var count: Int; var all_deliver: Bool; var from_a: Bool; var in_order: Bool }
+        struct Reply: Decodable { var kind: Int; var data: String }
+        struct Nobody: Decodable { var kind: Int; var body: String }
+        struct ReplayForged: Decodable { var first: String; var extra: Int }
+        var register_a: Reg, register_b: Reg, pong_a: Pong, pong_b: Pong, lookup: Lookup, delivered: Delivered, reply: Reply, nobody: Nobody
+        var replay_forged: ReplayForged, wrong_token: Reg
+    }
+
+    @Test("a Python client registers two nodes, looks one up, exchanges datagrams through the relay; replays, forgeries, unknown ids and a wrong token get what the document says")
+    func pythonClient() throws {
+        let token = "a-token-of-twenty-chars"
+        let d = try RelaydProcess(config: "[node]\nname = \"relay\"\nlisten_port = 0\n[reflector]\nenabled = false\n[relay]\nenabled = true\nport = 0\ntokens = [\"\(token)\"]\n")
+        let st = try d.json(StatusResponse.self, "status")
+        let relay = try #require(st.relay, "status shows the relay role")
+        let r = try Command.run(["python3", Self.client, "127.0.0.1", String(relay.port), st.publicKey, token], timeout: 60, check: false)
+        #expect(r.status == 0, "\(r.stderr.suffix(1500))")
+        let out = try JSONDecoder().decode(Result.self, from: Data(r.stdout.utf8))
+        #expect(out.register_a.id != nil && out.register_b.id != nil && out.register_a.size < out.register_a.sent)
+        #expect(out.pong_a.kind == 4 && out.pong_a.family == 4 && out.pong_a.address == "127.0.0.1" && out.pong_a.port == out.pong_a.own_port)
+        #expect(out.lookup.kind == 6 && out.lookup.id == out.lookup.b_id)
+        #expect(out.delivered.count == 20 && out.delivered.all_deliver && out.delivered.from_a && out.delivered.in_order)
+        #expect(out.reply.kind == 2 && out.reply.data == "reply")
+        #expect(out.nobody.kind == 7 && out.nobody.body == "77770000")
+        #expect(out.replay_forged.first == "once" && out.replay_forged.extra == 0)
+        #expect(out.wrong_token.refused == 1 && out.wrong_token.size < out.wrong_token.sent)
+        let status = try d.json(RelayStatusResponse.self, "relay", "status")
+        #expect(status.relay.nodes == 2 && status.relay.counters.forwarded == 22 && status.relay.counters.notAdmitted == 1)
+        #expect(status.relay.counters.replayed == 1 && status.relay.counters.badFrames == 1 && status.relay.counters.notHere == 1, "\(status.relay.counters)")
+        // relayctl relay status, for people.
+        let human = try d.ctl("relay", "status")
+        #expect(human.status == 0 && human.stdout.contains("nodes 2 registered"), "\(human.stdout)")
+    }
+
+    @Test("relayctl relay status on a node that is not a relay says how to make it one")
+    func notARelay() throws {
+        let d = try RelaydProcess(config: relaydConfig(peers: []))
+        let r = try d.ctl("relay", "status")
+        #expect(r.status != 0 && r.stderr.contains("[relay] enabled = true"), "\(r.stderr)")
+    }
+}
