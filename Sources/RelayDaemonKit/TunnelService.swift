@@ -299,7 +299,9 @@ public final class TunnelService: @unchecked Sendable {
         let b = withUnsafeBytes(of: ep.sin6_addr) { Array($0) }
         let mapped = b[0..<10].allSatisfy { $0 == 0 } && b[10] == 0xff && b[11] == 0xff
         guard let pmtu = pathMTU(ep) else { return }
-        let inner = pmtu - (mapped ? 20 : 40) - 8 - TunnelLimits.overhead
+        // Through a relay, its forward frame adds its own overhead.
+        let relayed = TunnelService.endpoint(ep).map { e in lock.withLock { table.relay(at: e) != nil } } ?? false
+        let inner = pmtu - (mapped ? 20 : 40) - 8 - TunnelLimits.overhead - (relayed ? RelayMessage.forwardOverhead : 0)
         guard inner >= 576, inner < size ?? pkt.count else { return }
         lock.lock(); counters.tooBig += 1; lock.unlock()
         answer(pkt, .tooBig(mtu: inner))

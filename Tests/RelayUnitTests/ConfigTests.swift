@@ -173,3 +173,46 @@ extension TOMLTextTests {
         #expect(TOMLText.problem(text) == nil, "\(String(describing: TOMLText.problem(text)))")
     }
 }
+
+@Suite("relayd configuration: the relay role and relays")
+struct RelayConfigTests {
+    func issues(_ text: String) -> [String] {
+        do { _ = try ConfigFile.parse(text); return [] } catch let e as ConfigError { return e.issues.map { "\($0.key): \($0.message)" } } catch { return ["\(error)"] }
+    }
+
+    @Test("[relay] and [[relays]] parse; the role is off and no relays are used by default")
+    func parses() throws {
+        let (d, _) = try ConfigFile.parse("[node]\nname = \"n\"\n")
+        #expect(!d.relay.enabled && d.relays.isEmpty)
+        let (c, _) = try ConfigFile.parse("""
+        [node]
+        name = "r"
+        [relay]
+        enabled = true
+        port = 7000
+        allowed_keys = ["\(keyA)"]
+        tokens = ["0123456789abcdef"]
+        max_nodes = 50
+        node_datagrams_per_second = 10
+        [[relays]]
+        address = "198.51.100.9:51821"
+        public_key = "\(keyB)"
+        [[relays]]
+        address = "[2001:db8::9]:51821"
+        public_key = "\(keyA)"
+        token = "0123456789abcdef"
+        """)
+        #expect(c.relay.enabled && c.relay.port == 7000 && c.relay.allowedKeys == [keyA] && c.relay.maxNodes == 50 && c.relay.nodeDatagramsPerSecond == 10)
+        #expect(c.relays.map { "\($0.address)" } == ["198.51.100.9:51821", "[2001:db8::9]:51821"] && c.relays[1].token == "0123456789abcdef")
+    }
+
+    @Test("mistakes name their key and what to do: a relay that admits nobody, a bad key, a short token, a relay without a key, a typo")
+    func mistakes() {
+        #expect(issues("[relay]\nenabled = true\n").contains { $0.hasPrefix("relay.allowed_keys:") && $0.contains("admits nobody") })
+        #expect(issues("[relay]\nenabled = true\nallowed_keys = [\"nope\"]\n").contains { $0.hasPrefix("relay.allowed_keys[0]:") && $0.contains("not a key") })
+        #expect(issues("[relay]\nenabled = true\ntokens = [\"short\"]\n").contains { $0.hasPrefix("relay.tokens[0]:") && $0.contains("16 to 64") })
+        #expect(issues("[[relays]]\naddress = \"198.51.100.9:51821\"\n").contains { $0.hasPrefix("relays[0].public_key:") })
+        #expect(issues("[[relays]]\naddress = \"nowhere\"\npublic_key = \"\(keyA)\"\n").contains { $0.hasPrefix("relays[0].address:") })
+        #expect(issues("[relay]\nenabeld = true\n").contains { $0.contains("did you mean 'enabled'") })
+    }
+}
