@@ -52,4 +52,39 @@ struct RelayProtocolTests {
         let r = try d.ctl("relay", "status")
         #expect(r.status != 0 && r.stderr.contains("[relay] enabled = true"), "\(r.stderr)")
     }
+
+    struct Load: Decodable { var registered: Int; var refused: Int; var sent: Int; var received: Int; var notHere: Int; var badFrames: Int; var registrationsPerSecond: Double }
+
+    static func rss(_ pid: pid_t) -> Int {
+        let s = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = s.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    }
+
+    @Test("load: 300 simulated nodes register, forward 3,000 datagrams/s between random pairs for 12 s and leave, twice; every datagram arrives or is counted dropped with a reason, and the second round does not grow the relay's memory")
+    func load() throws {
+        let token = "a-token-of-twenty-chars"
+        let d = try RelaydProcess(config: "[node]\nname = \"relay\"\nlisten_port = 0\n[reflector]\nenabled = false\n[relay]\nenabled = true\nport = 0\ntokens = [\"\(token)\"]\nregistrations_per_second = 10000\n")
+        let st = try d.json(StatusResponse.self, "status")
+        let port = try #require(st.relay?.port)
+        var rss: [Int] = []
+        var last = RelayServerCounters()
+        for round in 1...2 {
+            let r = try Command.run([try Binaries.path("relay-lab"), "relay-load", "--relay", "127.0.0.1:\(port)", "--key", st.publicKey, "--token", token,
+                                     "--nodes", "300", "--rate", "3000", "--seconds", "12"], timeout: 90, check: false)
+            #expect(r.status == 0, "\(r.stderr.suffix(800))")
+            let l = try JSONDecoder().decode(Load.self, from: Data(r.stdout.utf8))
+            let c = try d.json(RelayStatusResponse.self, "relay", "status").relay.counters
+            let dropped = (c.throttled - last.throttled) + (c.notHere - last.notHere) + (c.sendDropped - last.sendDropped)
+            print("relay load round \(round): \(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)); relay dropped \(dropped); RSS \(Self.rss(d.pid)) kB")
+            #expect(l.registered == 300 && l.refused == 0 && l.badFrames == 0, "\(l)")
+            #expect(l.sent == 36_000 && l.received + dropped == l.sent, "sent \(l.sent), received \(l.received), counted dropped \(dropped)")
+            #expect(c.forwarded - last.forwarded == l.received)
+            last = c
+            // Every node left.
+            try waitUntil("the nodes left", timeout: 5) { try d.json(RelayStatusResponse.self, "relay", "status").relay.nodes == 0 }
+            rss.append(Self.rss(d.pid))
+        }
+        #expect(rss[1] <= rss[0] + 2048, "the relay grew from \(rss[0]) kB to \(rss[1]) kB in an identical second round")
+    }
 }
