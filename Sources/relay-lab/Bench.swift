@@ -17,6 +17,8 @@ struct Bench: ParsableCommand {
     @Flag(help: "Skip the IPv6 -> IPv4 translation benchmark (Relay against tayga).") var noSiit = false
     @Flag(help: "Skip the AEAD benchmark (relayd's ChaCha20-Poly1305 against libcrypto's).") var noAead = false
     @Flag(help: "Skip the handshake-flood benchmark.") var noFlood = false
+    @Flag(help: "Skip the relay benchmarks (relayed path against the direct one; 10,000 nodes at one relay).") var noRelay = false
+    @Option(help: "Simulated nodes for the relay scale row.") var relayNodes = 10_000
     @Option(help: "Flow counts for relayd's memory figures.") var memoryFlows: [Int] = [10_000, 100_000]
 
     func run() throws {
@@ -71,6 +73,7 @@ struct Bench: ParsableCommand {
         }
         if !noPaths { try paths() }
         if !noFlood { try flood() }
+        if !noRelay { try relayed() }
         if !noSiit { try translation() }
         if !noStun {
             let (r, c) = try Lab.with("bench-stun") { try StunBench.run($0) }
@@ -146,6 +149,65 @@ struct Bench: ParsableCommand {
                   + String(format: "%.2fx (goal < 2)", loud.avg / max(quiet.avg, 0.001)))
             print(pad("ping loss %", 30) + pad(String(format: "%.0f", loud.loss), 12) + pad(String(format: "%.0f", quiet.loss), 16) + "(goal 0)")
             print("flood generator: \(sent)")
+        }
+    }
+
+    /// Through a relay (both gateways behind NATs, nothing between them) against the direct path,
+    /// on the same topology shape; then one relay with `relayNodes` simulated nodes.
+    func relayed() throws {
+        print("")
+        print("Through a relay, host A to host B (iperf3 3 s, ping x\(PathBench.pings), TCP 1-byte request/response 2 s), against the direct tunnel:")
+        let direct = try Lab.with("bench-direct") { try PathBench.relayPath($0).0 }
+        let relayed = try Lab.with("bench-relayed") { lab -> PathBench.Figures in
+            let s = try SiteToSite(lab, extraHostNumbers: [], relays: 1)
+            try s.start(extraConfig: "[sessions]\nmax = 200000\nudp_timeout = 600\n")
+            try waitUntil("the gateways reach each other through the relay", timeout: 30) {
+                try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
+            }
+            return try PathBench.measure(client: s.hostA, server: s.hostB, address: "240.2.2.20")
+        }
+        func v(_ x: Double?, _ fmt: String) -> String { x.map { String(format: fmt, $0) } ?? "-" }
+        func ratio(_ a: Double?, _ b: Double?) -> String { (a != nil && b != nil && b! > 0) ? String(format: "%.2fx", a! / b!) : "-" }
+        print(pad("metric", 30) + pad("relayed", 12) + pad("direct", 12) + "relayed/direct")
+        print(pad("TCP Gbit/s", 30) + pad(v(relayed.tcpGbps, "%.2f"), 12) + pad(v(direct.tcpGbps, "%.2f"), 12) + ratio(relayed.tcpGbps, direct.tcpGbps) + " (goal >= 0.8)")
+        print(pad("UDP Gbit/s (received)", 30) + pad(v(relayed.udpGbps, "%.2f"), 12) + pad(v(direct.udpGbps, "%.2f"), 12) + ratio(relayed.udpGbps, direct.udpGbps))
+        print(pad("ping RTT ms (lower is better)", 30) + pad(v(relayed.rttMs, "%.3f"), 12) + pad(v(direct.rttMs, "%.3f"), 12) + ratio(relayed.rttMs, direct.rttMs) + " (goal < 2)")
+        print(pad("ping RTT ms, median", 30) + pad(v(relayed.rttMedianMs, "%.3f"), 12) + pad(v(direct.rttMedianMs, "%.3f"), 12) + ratio(relayed.rttMedianMs, direct.rttMedianMs))
+        print(pad("TCP request/response per s", 30) + pad(v(relayed.rrPerSec, "%.0f"), 12) + pad(v(direct.rrPerSec, "%.0f"), 12) + ratio(relayed.rrPerSec, direct.rrPerSec))
+
+        print("")
+        print("One relay, \(relayNodes) simulated nodes (relay-lab relay-load in a lab namespace; 20,000 datagrams/s of 200 bytes between random pairs for 10 s):")
+        try Lab.with("bench-relay-scale") { lab in
+            let relay = try lab.host("relay"), nodes = try lab.host("nodes")
+            try lab.link(relay, "eth0", ["10.77.0.1/24"], nodes, "eth0", ["10.77.0.2/24"])
+            let k = try Command.run([try Binaries.path("relayctl"), "keygen", "--json"]).stdout
+            guard let obj = try JSONSerialization.jsonObject(with: Data(k.utf8)) as? [String: String], let priv = obj["private_key"], let pub = obj["public_key"] else { return }
+            let dir = lab.logDirectory.appendingPathComponent("relay-scale").path
+            try FileManager.default.createDirectory(atPath: dir + "/state", withIntermediateDirectories: true)
+            try (priv + "\n").write(toFile: dir + "/state/private.key", atomically: true, encoding: .utf8)
+            chmod(dir + "/state/private.key", 0o600); chmod(dir + "/state", 0o700)
+            let token = "bench-token-0123456789"
+            try "[node]\nname = \"relay\"\n[reflector]\nenabled = false\n[relay]\nenabled = true\ntokens = [\"\(token)\"]\nmax_nodes = \(relayNodes + 100)\nregistrations_per_second = 100000\n"
+                .write(toFile: dir + "/relayd.toml", atomically: true, encoding: .utf8)
+            for p in [dir, dir + "/state", dir + "/state/private.key", dir + "/relayd.toml"] { chown(p, 65534, 65534) }
+            let d = try relay.spawn([try Binaries.path("relayd"), "--config", dir + "/relayd.toml", "--state-dir", dir + "/state", "--socket", dir + "/relayd.sock",
+                                     "--helper-socket", dir + "/none.sock"], label: "relayd-relay", as: 65534)
+            try waitUntil("relay", timeout: 20) { try relay.run(["ss", "-lnuH"]).stdout.contains(":51821") }
+            func rss(_ field: String) -> Int {
+                let s = (try? String(contentsOfFile: "/proc/\(d.pid)/status", encoding: .utf8)) ?? ""
+                return Int(s.split(separator: "\n").first { $0.hasPrefix(field + ":") }?.split(separator: " ").dropFirst().first ?? "0") ?? 0
+            }
+            let before = rss("VmRSS")
+            let r = try nodes.run([try Binaries.path("relay-lab"), "relay-load", "--relay", "10.77.0.1:51821", "--key", pub, "--token", token, "--bind", "10.77.0.2",
+                                   "--nodes", String(relayNodes), "--rate", "20000", "--seconds", "10", "--registration-rate", "5000"], timeout: 180, check: false)
+            let after = rss("VmHWM")  // the peak, with every node registered
+            guard let o = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] else { print("relay-load failed: \(r.stderr.suffix(400))"); return }
+            let reg = o["registered"] as? Int ?? 0, sent = o["sent"] as? Int ?? 0, got = o["received"] as? Int ?? 0
+            print(pad("nodes registered", 40) + "\(reg) of \(relayNodes)")
+            print(pad("registrations/s (client-paced at 5,000)", 40) + String(format: "%.0f", o["registrationsPerSecond"] as? Double ?? 0))
+            print(pad("forwarded datagrams/s", 40) + String(format: "%.0f (%d of %d delivered)", o["forwardedPerSecond"] as? Double ?? 0, got, sent))
+            print(pad("relayd RSS", 40) + String(format: "%.1f MiB at its peak, %.2f KiB per node (%.1f MiB before)", Double(after) / 1024, Double(after - before) / Double(max(reg, 1)), Double(before) / 1024))
+            print("failover (kernel test RelayedSitesTests.failover): traffic resumes about 4 s after kill -9 of the home relay (goal 10 s)")
         }
     }
 

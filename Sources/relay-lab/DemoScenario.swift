@@ -20,6 +20,40 @@ struct DemoScenario {
             FileHandle.standardError.write(Data(lab.failureReport(error).utf8))
             throw error
         }
+        if !keep {
+            lab.teardown()
+            let relayed = try Lab("demo-relay")
+            defer { relayed.teardown() }
+            do { try relayedScenario(relayed) } catch {
+                FileHandle.standardError.write(Data(relayed.failureReport(error).utf8))
+                throw error
+            }
+        }
+    }
+
+    /// The same two sites with no path between them: each gateway behind its own NAT router, the
+    /// underlay dropping everything between the two; a relay on the underlay joins them.
+    func relayedScenario(_ lab: Lab) throws {
+        say("")
+        say("== Through a relay: the same two sites, each gateway behind a masquerading NAT (100.64.1.2, 100.64.2.2),")
+        say("   nothing at all between the NATs, no endpoints configured; a relayd with the relay role at 100.64.9.9:51821")
+        let s = try SiteToSite(lab, relays: 1)
+        try s.start()
+        try waitUntil("the gateways reach each other through the relay", timeout: 30) {
+            try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
+        }
+        try SiteToSite.startWhoami(s.hostB)
+        say("== A's 192.168.1.20 pings B's as 240.2.2.20, through the relay")
+        say(indent(try s.hostA.run(["ping", "-c3", "-i0.2", "240.2.2.20"]).stdout.split(separator: "\n").filter { $0.contains("bytes from") || $0.contains("packet loss") }.joined(separator: "\n")))
+        let out = try s.hostA.run(["socat", "-T", "3", "-", "TCP:240.2.2.20:9001"], stdin: "").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        say("== TCP from A: B sees \(out.replacingOccurrences(of: " ", with: ", reached ")) (the same addresses as on a direct path)")
+        say("== relayctl peers on gateway A (the path):")
+        say(indent(try s.relayctl(s.gwA, s.socketA, ["peers"]).stdout.trimmingCharacters(in: .newlines)))
+        say("== relayctl relay links on gateway A (its address as the relay sees it: its NAT's):")
+        say(indent(try s.relayctl(s.gwA, s.socketA, ["relay", "links"]).stdout.trimmingCharacters(in: .newlines)))
+        say("== relayctl relay status on the relay (it forwards sealed datagrams; it holds no tunnel keys):")
+        say(indent(try s.relayctl(s.relayHosts[0], s.relaySocket(0), ["relay", "status"]).stdout.trimmingCharacters(in: .newlines)))
+        say("== done; removing the namespaces")
     }
 
     /// socat prints IPv6 addresses in full and in brackets: print them the RFC 5952 way.
@@ -87,7 +121,7 @@ struct DemoScenario {
             Remove it with: make demo-clean
             """)
         } else {
-            say("== done; removing the namespaces (KEEP=1 leaves them running)")
+            say("== done with the direct sites; removing their namespaces (KEEP=1 leaves them running and skips the relayed part)")
         }
     }
 }
