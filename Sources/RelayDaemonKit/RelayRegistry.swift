@@ -15,7 +15,8 @@ import RelayTunnel
 /// the bound address, carry a fresh counter and a valid tag. Before a registration is active the
 /// relay answers nothing bigger than what it received.
 final class RelayRegistry {
-    struct Node {
+    /// A registration. A class: the forwarding path updates counters, windows and tokens in place.
+    final class Node {
         let id: UInt32
         let key: [UInt8]
         /// The node's own index: relay-to-node frames carry it.
@@ -30,6 +31,11 @@ final class RelayRegistry {
         var lastHeard: Double
         var bytesTokens: Double, datagramTokens: Double, tokensAt: Double
         var forwarded = 0, throttled = 0
+        init(id: UInt32, key: [UInt8], remoteIndex: UInt32, address: Endpoint, sendKey: SymmetricKey, receiveKey: SymmetricKey, createdAt: Double,
+             lastHeard: Double, bytesTokens: Double, datagramTokens: Double, tokensAt: Double) {
+            self.id = id; self.key = key; self.remoteIndex = remoteIndex; self.address = address; self.sendKey = sendKey; self.receiveKey = receiveKey
+            self.createdAt = createdAt; self.lastHeard = lastHeard; self.bytesTokens = bytesTokens; self.datagramTokens = datagramTokens; self.tokensAt = tokensAt
+        }
     }
 
     struct Policy: Equatable {
@@ -155,31 +161,25 @@ final class RelayRegistry {
     }
 
     private func frame(_ b: ArraySlice<UInt8>, kind: RelayFrameKind, session: UInt32, counter: UInt64, body: ArraySlice<UInt8>, from: Endpoint, now: Double) {
-        guard var n = nodes[session] else { counters.unknownSession += 1; return }
+        guard let n = nodes[session] else { counters.unknownSession += 1; return }
         guard n.address == from else { counters.wrongSource += 1; return }
         guard RelayMessage.verify(b, key: n.receiveKey) else { counters.badFrames += 1; return }
         guard n.window.accept(counter) else { counters.replayed += 1; return }
         n.lastHeard = now
-        if !n.active {
-            // Return routability proven: the node answered from the address it registered from.
-            if let old = byKey[n.key], old != n.id { nodes[old] = nil }
-            byKey[n.key] = n.id
-            n.active = true
-            counters.registrations += 1
-        }
+        if !n.active { activate(n) }
         switch kind {
         case .ping:
             counters.pings += 1
-            send(&n, .pong, RelayAddress.encode(from)[...])
+            send(n, .pong, RelayAddress.encode(from)[...])
         case .lookup:
             counters.lookups += 1
             guard body.count == 32 else { counters.malformed += 1; break }
             if let id = byKey[Array(body)] {
                 var reply = Array(body); put32le(id, &reply)
-                send(&n, .found, reply[...])
+                send(n, .found, reply[...])
             } else {
                 counters.notHere += 1
-                send(&n, .notHere, body)
+                send(n, .notHere, body)
             }
         case .forward:
             guard body.count >= 4 else { counters.malformed += 1; break }
@@ -191,16 +191,15 @@ final class RelayRegistry {
             n.datagramTokens = min(policy.datagramsPerSecond, n.datagramTokens + dt * policy.datagramsPerSecond)
             guard n.datagramTokens >= 1, n.bytesTokens >= Double(datagram.count) else { n.throttled += 1; counters.throttled += 1; break }
             n.datagramTokens -= 1; n.bytesTokens -= Double(datagram.count)
-            guard dst != n.id, var d = nodes[dst], d.active else {
+            guard dst != n.id, let d = nodes[dst], d.active else {
                 counters.notHere += 1
                 var id: [UInt8] = []; put32le(dst, &id)
-                send(&n, .notHere, id[...])
+                send(n, .notHere, id[...])
                 break
             }
             var body: [UInt8] = []; body.reserveCapacity(4 + datagram.count)
             put32le(n.id, &body); body += datagram
-            send(&d, .deliver, body[...])
-            nodes[dst] = d
+            send(d, .deliver, body[...])
             n.forwarded += 1
             counters.forwarded += 1; counters.forwardedBytes += UInt64(datagram.count)
         case .leave:
@@ -211,10 +210,58 @@ final class RelayRegistry {
         case .pong, .found, .notHere, .deliver:
             counters.malformed += 1
         }
-        nodes[n.id] = n
     }
 
-    private func send(_ n: inout Node, _ kind: RelayFrameKind, _ body: ArraySlice<UInt8>) {
+    enum Fast { case forwarded(Endpoint), handled, slow }
+
+    /// The forwarding fast path: a forward frame in `p` becomes, in place and at the same length,
+    /// the deliver frame for its destination (header, source id, tag rewritten; the datagram is not
+    /// touched or copied). `.slow`: not a forward frame, nothing changed (use `receive`).
+    func forwardInPlace(_ p: UnsafeMutableRawBufferPointer, from: Endpoint, now: Double) -> Fast {
+        guard p.count >= RelayMessage.forwardOverhead, p[0] == RelayMessage.frameType, p[1] == RelayFrameKind.forward.rawValue, p[2] == 0, p[3] == 0 else { return .slow }
+        let session = p.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian
+        let counter = p.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian
+        guard let n = nodes[session] else { counters.unknownSession += 1; return .handled }
+        guard n.address == from else { counters.wrongSource += 1; return .handled }
+        guard RelayMessage.verify(UnsafeRawBufferPointer(p), key: n.receiveKey) else { counters.badFrames += 1; return .handled }
+        guard n.window.accept(counter) else { counters.replayed += 1; return .handled }
+        n.lastHeard = now
+        if !n.active { activate(n) }
+        let size = Double(p.count - RelayMessage.forwardOverhead)
+        let dt = now - n.tokensAt; n.tokensAt = now
+        n.bytesTokens = min(policy.bytesPerSecond, n.bytesTokens + dt * policy.bytesPerSecond)
+        n.datagramTokens = min(policy.datagramsPerSecond, n.datagramTokens + dt * policy.datagramsPerSecond)
+        guard n.datagramTokens >= 1, n.bytesTokens >= size else { n.throttled += 1; counters.throttled += 1; return .handled }
+        n.datagramTokens -= 1; n.bytesTokens -= size
+        let dst = p.loadUnaligned(fromByteOffset: RelayMessage.frameHeader, as: UInt32.self).littleEndian
+        guard dst != n.id, let d = nodes[dst], d.active else {
+            counters.notHere += 1
+            var id: [UInt8] = []; put32le(dst, &id)
+            send(n, .notHere, id[...])
+            return .handled
+        }
+        let c = d.sendCounter
+        d.sendCounter += 1
+        let base = p.baseAddress!
+        RelayMessage.writeHeader(.deliver, session: d.remoteIndex, counter: c, into: base)
+        base.storeBytes(of: n.id.littleEndian, toByteOffset: RelayMessage.frameHeader, as: UInt32.self)
+        let end = p.count - RelayMessage.tagSize
+        RelayMessage.tag(key: d.sendKey, counter: c, UnsafeRawBufferPointer(start: base, count: end), into: base + end)
+        n.forwarded += 1
+        counters.forwarded += 1; counters.forwardedBytes += UInt64(size)
+        return .forwarded(d.address)
+    }
+
+    /// Return routability proven: the node's first valid frame came from the address it
+    /// registered from. Its registration replaces any older one of the same key.
+    private func activate(_ n: Node) {
+        if let old = byKey[n.key], old != n.id { nodes[old] = nil }
+        byKey[n.key] = n.id
+        n.active = true
+        counters.registrations += 1
+    }
+
+    private func send(_ n: Node, _ kind: RelayFrameKind, _ body: ArraySlice<UInt8>) {
         let f = RelayMessage.frame(kind, session: n.remoteIndex, counter: n.sendCounter, body: body, key: n.sendKey)
         n.sendCounter += 1
         out.append((f, n.address))

@@ -121,7 +121,8 @@ public final class SiteToSite {
     /// Starts both helpers and both relayds; waits until each relayd has applied its state.
     /// `nodeExtra`: lines for both relayds' [node] table (e.g. "offload = false").
     /// `extraConfigA`: lines appended to A's configuration only (after its peer B).
-    public func start(extraConfig: String = "", nodeExtra: String = "", extraConfigA: String = "") throws {
+    /// `relayExtra`: lines for the relays' [relay] table.
+    public func start(extraConfig: String = "", nodeExtra: String = "", extraConfigA: String = "", relayExtra: String = "") throws {
         let ka = try SiteToSite.keygen(), kb = try SiteToSite.keygen()
         publicKeyA = ka.pub; publicKeyB = kb.pub
         var relaysConfig = ""
@@ -136,6 +137,7 @@ public final class SiteToSite {
             [relay]
             enabled = true
             allowed_keys = ["\(ka.pub)", "\(kb.pub)"]
+            \(relayExtra)
             """
             relayProcesses.append(try startRelayd(h, site: "R\(i + 1)", key: k.priv, config: cfg, helper: nil))
             relaysConfig += "\n[[relays]]\naddress = \"\(SiteToSite.relayAddresses[i]):51821\"\npublic_key = \"\(k.pub)\"\n"

@@ -106,15 +106,17 @@ public enum RelayMessage: Equatable {
 
     /// True when a whole frame's tag is valid under `key` (the counter is the frame's own).
     public static func verify(_ frame: ArraySlice<UInt8>, key: SymmetricKey) -> Bool {
-        guard frame.count >= frameOverhead else { return false }
-        let counter = le64(frame, 8)
-        var want = [UInt8](repeating: 0, count: tagSize)
-        frame.withUnsafeBytes { f in
-            want.withUnsafeMutableBytes { tag(key: key, counter: counter, UnsafeRawBufferPointer(rebasing: f[0..<(f.count - tagSize)]), into: $0.baseAddress!) }
-        }
-        var diff: UInt8 = 0
-        for (a, b) in zip(want, frame.suffix(tagSize)) { diff |= a ^ b }
-        return diff == 0
+        frame.withUnsafeBytes { verify($0, key: key) }
+    }
+
+    /// The same over raw bytes, without allocating; compared in constant time.
+    public static func verify(_ f: UnsafeRawBufferPointer, key: SymmetricKey) -> Bool {
+        guard f.count >= frameOverhead else { return false }
+        let counter = f.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian
+        var want = (UInt64(0), UInt64(0))
+        withUnsafeMutableBytes(of: &want) { tag(key: key, counter: counter, UnsafeRawBufferPointer(rebasing: f[0..<(f.count - tagSize)]), into: $0.baseAddress!) }
+        let got0 = f.loadUnaligned(fromByteOffset: f.count - 16, as: UInt64.self), got1 = f.loadUnaligned(fromByteOffset: f.count - 8, as: UInt64.self)
+        return (want.0 ^ got0) | (want.1 ^ got1) == 0
     }
 }
 

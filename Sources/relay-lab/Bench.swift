@@ -187,7 +187,7 @@ struct Bench: ParsableCommand {
             try (priv + "\n").write(toFile: dir + "/state/private.key", atomically: true, encoding: .utf8)
             chmod(dir + "/state/private.key", 0o600); chmod(dir + "/state", 0o700)
             let token = "bench-token-0123456789"
-            try "[node]\nname = \"relay\"\n[reflector]\nenabled = false\n[relay]\nenabled = true\ntokens = [\"\(token)\"]\nmax_nodes = \(relayNodes + 100)\nregistrations_per_second = 100000\n"
+            try "[node]\nname = \"relay\"\n[reflector]\nenabled = false\n[relay]\nenabled = true\ntokens = [\"\(token)\"]\nmax_nodes = \(relayNodes + 100)\nregistrations_per_second = 10000\n"
                 .write(toFile: dir + "/relayd.toml", atomically: true, encoding: .utf8)
             for p in [dir, dir + "/state", dir + "/state/private.key", dir + "/relayd.toml"] { chown(p, 65534, 65534) }
             let d = try relay.spawn([try Binaries.path("relayd"), "--config", dir + "/relayd.toml", "--state-dir", dir + "/state", "--socket", dir + "/relayd.sock",

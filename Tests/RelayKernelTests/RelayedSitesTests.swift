@@ -97,4 +97,63 @@ struct RelayedSitesTests {
             #expect(try transfer.waitForExit(timeout: 40) == 0, "the transfer did not complete: \(transfer.log().suffix(600))")
         }
     }
+
+    static let attacker = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../Support/relay_attack.py").standardized.path
+
+    @Test("attacks on the relay from the underlay: a captured frame replayed, forged, or sent from another address; garbage and oversized datagrams; wrong tokens in a loop; a node over its limits: dropped and counted, the gateways keep talking and a restarted gateway registers again")
+    func attacks() throws {
+        try KernelGate.check()
+        try Lab.with("relayatk") { lab in
+            let s = try SiteToSite(lab, relays: 1)
+            try s.start(relayExtra: "tokens = [\"load-token-0123456789\"]\nnode_datagrams_per_second = 2000\nregistrations_per_second = 5")
+            let relay = s.relayHosts[0]
+            try waitUntil("the gateways reach each other through the relay", timeout: 30) {
+                try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
+            }
+            func counters() throws -> RelayServerCounters {
+                try ControlJSON.decoder().decode(RelayStatusResponse.self, from: Data(s.relayctl(relay, s.relaySocket(0), ["relay", "status", "--json"]).stdout.utf8)).relay.counters
+            }
+            // A frame gateway A (behind natA, 100.64.1.2) sends, captured on the relay's link.
+            let frame = lab.logDirectory.appendingPathComponent("frame.bin").path
+            let cap = try relay.spawn(["/usr/bin/python3", Self.attacker, "capture", "eth0", "100.64.1.2", frame, "15"], label: "capture")
+            try waitUntil("capture listening", timeout: 15) { cap.log().contains("listening") }
+            _ = try s.hostA.run(["ping", "-c3", "-i0.2", "240.2.2.20"], check: false)
+            #expect(try cap.waitForExit(timeout: 20) == 0, "\(cap.log())")
+            let before = try counters()
+            let spoof = try s.underlay.run(["/usr/bin/python3", Self.attacker, "spoof", frame, "100.64.9.9", "51821", "100.64.1.2", "51820", "100.64.66.6"], timeout: 30, check: false)
+            #expect(spoof.succeeded, "\(spoof.stderr)")
+            try waitUntil("the relay counted them", timeout: 5) { try counters().oversized > before.oversized }
+            let after = try counters()
+            #expect(after.replayed > before.replayed, "replayed: \(after)")
+            #expect(after.badFrames > before.badFrames, "forged: \(after)")
+            #expect(after.wrongSource > before.wrongSource, "from another address: \(after)")
+            #expect((after.malformed - before.malformed) + (after.unknownSession - before.unknownSession) + (after.badMAC - before.badMAC) >= 10, "garbage: \(after)")
+
+            // Wrong tokens in a loop from one address: a few are refused as not admitted, then the rate limit.
+            let wrong = try s.underlay.run([try Binaries.path("relay-lab"), "relay-load", "--relay", "100.64.9.9:51821", "--key", s.relayKeys[0], "--token", "wrong-token-0123456789",
+                                            "--bind", "100.64.9.1", "--nodes", "40", "--seconds", "0", "--registration-rate", "200"], timeout: 60, check: false)
+            let c2 = try counters()
+            #expect(wrong.stdout.contains("\"registered\":0"), "\(wrong.stdout)")
+            #expect(c2.notAdmitted - after.notAdmitted <= 12 && c2.rateLimited - after.rateLimited >= 25, "\(c2)")
+
+            // Two nodes (with the token) over their limit: throttled and counted, while A and B keep talking.
+            let heavy = try s.underlay.spawn([try Binaries.path("relay-lab"), "relay-load", "--relay", "100.64.9.9:51821", "--key", s.relayKeys[0], "--token", "load-token-0123456789",
+                                              "--bind", "100.64.9.1", "--nodes", "2", "--rate", "10000", "--seconds", "4", "--registration-rate", "2"], label: "heavy")
+            Thread.sleep(forTimeInterval: 1.5)
+            let ping = try s.hostA.run(["ping", "-c20", "-i0.05", "-W1", "240.2.2.20"], check: false)
+            _ = try heavy.waitForExit(timeout: 30)
+            let c3 = try counters()
+            #expect(ping.stdout.contains(" 0% packet loss"), "A and B were affected: \(ping.stdout)")
+            #expect(c3.throttled - c2.throttled > 1000, "\(c3)")
+
+            // The rightful node, restarted, registers again (its address was never rate limited).
+            s.relaydA.signal(SIGKILL)
+            _ = try s.relaydA.waitForExit()
+            try s.restartRelaydA()
+            try waitUntil("A back through the relay", timeout: 30) {
+                try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
+            }
+            #expect(try counters().registrations > c3.registrations)
+        }
+    }
 }
