@@ -99,7 +99,7 @@ let package = Package(
         .target(name: "RelayTestHarness", dependencies: ["CRelayShim"],
                 swiftSettings: [.swiftLanguageMode(.v5)]),
         .executableTarget(name: "relay-lab", dependencies: [
-            "RelayTestHarness", "RelayCore", "RelayIPC", "RelayNftables", "CRelayCrypto", "RelayTunnel",
+            "RelayTestHarness", "RelayCore", "RelayIPC", "RelayNftables", "CRelayCrypto", "CRelayShim", "RelayTunnel",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: [.swiftLanguageMode(.v5)]),
 

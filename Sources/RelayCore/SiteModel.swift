@@ -397,9 +397,10 @@ public struct RelayRoleConfig: Codable, Equatable, Sendable {
     public var tokens: [String] = []
     /// Registered nodes at most (pending registrations included).
     public var maxNodes = 10_000
-    /// What one node may have forwarded: bytes and datagrams per second (token buckets, a second's burst).
-    public var nodeBytesPerSecond = 25_000_000
-    public var nodeDatagramsPerSecond = 40_000
+    /// What one node may have forwarded: bytes and datagrams per second (token buckets, a second's
+    /// burst). 1 Gbit/s by default: a gateway carries a site's traffic.
+    public var nodeBytesPerSecond = 125_000_000
+    public var nodeDatagramsPerSecond = 150_000
     /// Registrations per second from one address (failed ones count five times).
     public var registrationsPerSecond = 5
     /// Seconds between a node's heartbeats (the relay tells the node at registration).

@@ -42,8 +42,8 @@ final class RelayRegistry {
         var allowedKeys: Set<[UInt8]> = []
         var tokens: [[UInt8]] = []
         var maxNodes = 10_000
-        var bytesPerSecond = 25_000_000.0
-        var datagramsPerSecond = 40_000.0
+        var bytesPerSecond = 125_000_000.0
+        var datagramsPerSecond = 150_000.0
         var registrationsPerSecond = 5.0
         var heartbeat = 2
         /// Register messages that get a Diffie-Hellman, per second in all.

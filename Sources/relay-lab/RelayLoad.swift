@@ -3,6 +3,7 @@ import Crypto
 import Foundation
 import RelayCore
 import RelayTunnel
+import CRelayShim
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -67,16 +68,28 @@ struct RelayLoad: ParsableCommand {
             withUnsafePointer(to: &to) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(n.fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == bytes.count
         }
         var buf = [UInt8](repeating: 0, count: 65536)
-        var pfds = all.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+        // epoll: with thousands of sockets, only the ready ones are looked at.
+        let epfd = epoll_create1(Int32(EPOLL_CLOEXEC))
+        guard epfd >= 0 else { throw ValidationError("epoll_create1: \(String(cString: strerror(errno)))") }
+        defer { close(epfd) }
+        for (i, n) in all.enumerated() {
+            var ev = epoll_event()
+            ev.events = EPOLLIN.rawValue
+            ev.data.u32 = UInt32(i)
+            _ = epoll_ctl(epfd, EPOLL_CTL_ADD, n.fd, &ev)
+        }
+        var events = [epoll_event](repeating: epoll_event(), count: 512)
         var registered = 0, refused = 0, received = 0, notHere = 0, bad = 0
-        /// Drains every socket that has something (one poll).
+        /// Drains every socket that has something (one epoll_wait).
         func drain(_ timeoutMs: Int32, _ handle: (Node, ArraySlice<UInt8>) -> Void) {
-            guard poll(&pfds, nfds_t(pfds.count), timeoutMs) > 0 else { return }
-            for i in pfds.indices where pfds[i].revents & Int16(POLLIN) != 0 {
+            let k = epoll_wait(epfd, &events, Int32(events.count), timeoutMs)
+            guard k > 0 else { return }
+            for j in 0..<Int(k) {
+                let node = all[Int(events[j].data.u32)]
                 while true {
-                    let n = recv(all[i].fd, &buf, buf.count, 0)
+                    let n = recv(node.fd, &buf, buf.count, 0)
                     if n <= 0 { break }
-                    handle(all[i], buf[0..<n])
+                    handle(node, buf[0..<n])
                 }
             }
         }

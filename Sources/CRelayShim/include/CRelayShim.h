@@ -8,6 +8,7 @@
 #include <spawn.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/epoll.h>
 #include <sys/random.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
