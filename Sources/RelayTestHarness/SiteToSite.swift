@@ -212,6 +212,20 @@ public final class SiteToSite {
         try gw.run([try Binaries.path("relayctl")] + args + ["--socket", socket], check: false)
     }
 
+    /// Sends a random marker from host A to host B inside the tunnel (TCP 9100, 50 lines), then
+    /// stops the capture `dump` writing `pcap`; returns the marker and what the capture holds, for
+    /// checking that the marker never crossed in clear.
+    public func sendMarker(stopping dump: LabProcess, pcap: String) throws -> (marker: String, capture: Data) {
+        let marker = "RELAY-MARKER-\(UInt32.random(in: 0...UInt32.max))"
+        try hostB.spawn(["socat", "-u", "TCP-LISTEN:9100,reuseaddr", "OPEN:/dev/null"], label: "sink")
+        try waitUntil("sink") { try self.hostB.run(["ss", "-lntH"]).stdout.contains(":9100") }
+        _ = try hostA.run(["socat", "-u", "-", "TCP:240.2.2.20:9100"], stdin: String(repeating: marker + "\n", count: 50))
+        usleep(300_000)
+        dump.signal(SIGINT)
+        _ = try? dump.waitForExit(timeout: 5)
+        return (marker, try Data(contentsOf: URL(fileURLWithPath: pcap)))
+    }
+
     /// "Who am I talking to" services on a host: TCP 9001 answers "PEER SOCKADDR", UDP 9000 answers PEER.
     public static func startWhoami(_ h: LabHost, ipv6: Bool = false) throws {
         try h.spawn(["socat", "TCP\(ipv6 ? "6" : "")-LISTEN:9001,fork,reuseaddr", "SYSTEM:echo $SOCAT_PEERADDR $SOCAT_SOCKADDR"], label: "whoami-tcp")

@@ -34,14 +34,7 @@ struct RelayedSitesTests {
             #expect(back.trimmingCharacters(in: .whitespacesAndNewlines) == "240.2.2.20 192.168.1.20")
 
             // A marker crosses inside the tunnel and through the relay: never in clear on its link.
-            let marker = "RELAY-MARKER-\(UInt32.random(in: 0...UInt32.max))"
-            try s.hostB.spawn(["socat", "-u", "TCP-LISTEN:9100,reuseaddr", "OPEN:/dev/null"], label: "sink")
-            try waitUntil("sink") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":9100") }
-            _ = try s.hostA.run(["socat", "-u", "-", "TCP:240.2.2.20:9100"], stdin: String(repeating: marker + "\n", count: 50))
-            usleep(300_000)
-            dump.signal(SIGINT)
-            _ = try? dump.waitForExit(timeout: 5)
-            let raw = try Data(contentsOf: URL(fileURLWithPath: pcap))
+            let (marker, raw) = try s.sendMarker(stopping: dump, pcap: pcap)
             #expect(raw.count > 1000, "the capture saw the relayed traffic")
             #expect(raw.range(of: Data(marker.utf8)) == nil, "the marker appeared in clear on the relay's link")
             // Only the relay's port carries anything (besides link noise).
