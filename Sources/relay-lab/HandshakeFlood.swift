@@ -1,4 +1,5 @@
 import ArgumentParser
+import CRelayShim
 import Foundation
 import RelayCore
 import RelayTunnel

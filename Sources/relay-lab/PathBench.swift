@@ -1,3 +1,4 @@
+import CRelayShim
 import Foundation
 import RelayCore
 import RelayIPC
