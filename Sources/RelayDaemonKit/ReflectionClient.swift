@@ -28,6 +28,9 @@ final class ReflectionClient: @unchecked Sendable {
     private var discoveryRound: Double = -1
     private var behaviour: NATBehaviour?
     private(set) var addressChanges = 0
+    /// Log lines written under the lock, logged after it is released.
+    private var notes: [String] = []
+    private func takeNotes() -> [String] { guard !notes.isEmpty else { return [] }; defer { notes = [] }; return notes }
     private let stopped = Atomic<Bool>(false)
     private let running = DispatchGroup()
     /// The tunnel's socket (sends from its port), its port, and the peers to ask (name, endpoint).
@@ -78,7 +81,9 @@ final class ReflectionClient: @unchecked Sendable {
             // Re-check the public address every `interval` seconds (the first time right after start).
             if let peerList, now - lastRound >= interval || lastRound == 0 { out += round(now: now, peers: peerList) }
             let send = self.send
+            let lines = takeNotes()
             lock.unlock()
+            for l in lines { logger.info("\(l)") }
             for (m, to) in out { send(m, to) }
             n += 1
         }
@@ -99,7 +104,7 @@ final class ReflectionClient: @unchecked Sendable {
     private func tick(now: Double) -> [([UInt8], Endpoint)] {
         let (resend, failed) = reflecting.tick(now: now)
         var out = resend
-        for f in failed { logger.info("reflector \(f.tag) at \(f.to) did not answer (\(f.sent) requests)") }
+        for f in failed { notes.append("reflector \(f.tag) at \(f.to) did not answer (\(f.sent) requests)") }
         if var d = discovery {
             out += d.tick(now: now)
             discovery = d
@@ -116,7 +121,7 @@ final class ReflectionClient: @unchecked Sendable {
         let now = clock()
         lock.lock()
         var out: [([UInt8], Endpoint)] = []
-        defer { let send = self.send; lock.unlock(); for (m, to) in out { send(m, to) } }
+        defer { let send = self.send; let lines = takeNotes(); lock.unlock(); for l in lines { logger.info("\(l)") }; for (m, to) in out { send(m, to) } }
         if var d = discovery, d.owns(m.transactionID) {
             out = d.receive(m, from: from, now: now)
             discovery = d
@@ -126,7 +131,7 @@ final class ReflectionClient: @unchecked Sendable {
         guard let pend = reflecting.finish(m.transactionID) else { return false }
         guard m.type == STUN.bindingSuccess, let v = m.attribute(STUN.Attr.xorMappedAddress),
               let mapped = STUN.decodeAddress(v, xor: true, transactionID: m.transactionID) else {
-            logger.info("reflector \(pend.tag) answered without a mapped address (error or malformed)")
+            notes.append("reflector \(pend.tag) answered without a mapped address (error or malformed)")
             return true
         }
         observations.removeAll { $0.observer == pend.tag && $0.mapped.address.family == mapped.address.family }
@@ -148,7 +153,7 @@ final class ReflectionClient: @unchecked Sendable {
         let now = clock()
         lock.lock()
         var out: [([UInt8], Endpoint)] = []
-        defer { let send = self.send; lock.unlock(); for (m, to) in out { send(m, to) } }
+        defer { let send = self.send; let lines = takeNotes(); lock.unlock(); for l in lines { logger.info("\(l)") }; for (m, to) in out { send(m, to) } }
         guard var d = discovery, d.owns(m.transactionID) else { return false }
         out = d.receive(m, from: from, now: now)
         discovery = d
@@ -160,7 +165,7 @@ final class ReflectionClient: @unchecked Sendable {
         guard let r = discovery?.result else { return }
         behaviour = r
         discovery = nil
-        logger.info("NAT behaviour: mapping \(r.mapping.rawValue), filtering \(r.filtering.rawValue)\(r.hairpinning.map { $0 ? ", hairpinning" : ", no hairpinning" } ?? "") (\(r.explanation))")
+        notes.append("NAT behaviour: mapping \(r.mapping.rawValue), filtering \(r.filtering.rawValue)\(r.hairpinning.map { $0 ? ", hairpinning" : ", no hairpinning" } ?? "") (\(r.explanation))")
     }
 
     // MARK: local addresses
