@@ -338,6 +338,14 @@ extension TunnelService {
         }
         var off = 0
         while off < total {
+            if let rr = relayedData(p, at: base + off, length: min(step, total - off)) {
+                // Deliver frames from a relay, each carrying a data message of one session.
+                var k = 1
+                while k < maxRun, off + k * step < total, relayedData(p, at: base + off + k * step, length: min(step, total - off - k * step)) == rr { k += 1 }
+                receiveRelayedRun(p, at: base + off, count: k, step: step, end: base + total, key: rr, from: from, now: now)
+                off += k * step
+                continue
+            }
             guard let r = receiver(at: off) else {
                 receive(p.rx[(base + off)..<(base + min(off + step, total))], from: from)
                 off += step
@@ -352,6 +360,65 @@ extension TunnelService {
                 }
             }
             off += k * step
+        }
+    }
+
+    /// What identifies a run of relayed data: the relay session, the sender's id there, the tunnel
+    /// session the data message is for.
+    struct RelayedKey: Equatable { let session: UInt32, source: UInt32, receiver: UInt32 }
+
+    /// A deliver frame (from a relay) whose datagram is a tunnel data message: its run key.
+    func relayedData(_ p: UDPPump, at o: Int, length n: Int) -> RelayedKey? {
+        guard n >= RelayMessage.forwardOverhead + TunnelLimits.overhead else { return nil }
+        return p.rx.withUnsafeBytes { rx -> RelayedKey? in
+            let b = UnsafeRawBufferPointer(rebasing: rx[o..<(o + n)])
+            guard b[0] == RelayMessage.frameType, b[1] == RelayFrameKind.deliver.rawValue, b[2] == 0, b[3] == 0 else { return nil }
+            let inner = UnsafeRawBufferPointer(rebasing: b[(RelayMessage.frameHeader + 4)..<(n - RelayMessage.tagSize)])
+            guard let r = TunnelMessage.dataReceiver(inner) else { return nil }
+            return RelayedKey(session: b.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian,
+                              source: b.loadUnaligned(fromByteOffset: RelayMessage.frameHeader, as: UInt32.self).littleEndian, receiver: r)
+        }
+    }
+
+    /// `count` deliver frames `step` apart from one relay, one sender, for one tunnel session: their
+    /// tags checked without the lock, their relay counters accepted under one lock, then the data
+    /// messages inside opened as one run (as direct data is). Any frame that fails takes the
+    /// one-by-one path instead, before anything was accepted.
+    func receiveRelayedRun(_ p: UDPPump, at start: Int, count k: Int, step: Int, end: Int, key rr: RelayedKey, from: sockaddr_in6, now: Double) {
+        func segment(_ j: Int) -> Range<Int> { (start + j * step)..<min(start + (j + 1) * step, end) }
+        guard let relay = TunnelService.endpoint(from) else { return }
+        lock.lock(); let keyed = table.relayKey(session: rr.session, from: relay); lock.unlock()
+        let allValid = keyed.map { (_, key) in
+            p.rx.withUnsafeBytes { rx in (0..<k).allSatisfy { RelayMessage.verify(UnsafeRawBufferPointer(rebasing: rx[segment($0)]), key: key) } }
+        } ?? false
+        guard allValid, let (link, _) = keyed else {
+            for j in 0..<k { receive(p.rx[segment(j)], from: from) }
+            return
+        }
+        var accepted = 0
+        lock.lock()
+        p.rx.withUnsafeBytes { rx in
+            for j in 0..<k {
+                let c = UnsafeRawBufferPointer(rebasing: rx[segment(j)]).loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian
+                if link.accept(counter: c, now: now) { accepted += 1; rxRelayAccepted[j] = true } else { counters.authFailed += 1; rxRelayAccepted[j] = false }
+            }
+        }
+        lock.unlock()
+        let route = Route.relay(link.endpoint, id: rr.source)
+        let inner = RelayMessage.frameHeader + 4
+        guard accepted == k else {
+            for j in 0..<k where rxRelayAccepted[j] {
+                let r = segment(j)
+                receive(p.rx[(r.lowerBound + inner)..<(r.upperBound - RelayMessage.tagSize)], route: route)
+            }
+            return
+        }
+        p.rx.withUnsafeBytes { rx in
+            handleDataRun(receiver: rr.receiver, count: k, stride: step, route: route, now: now) { j in
+                let r = segment(j)
+                let m = UnsafeRawBufferPointer(rebasing: rx[(r.lowerBound + inner)..<(r.upperBound - RelayMessage.tagSize)])
+                return (m.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian, UnsafeRawBufferPointer(rebasing: m[16...]))
+            }
         }
     }
 

@@ -632,6 +632,8 @@ public final class TunnelService: @unchecked Sendable {
     /// `rxLens.count` GRO segments side by side.
     var rxPlain = [UInt8](repeating: 0, count: 65536 + 63 * 2048)
     var rxLens = [Int](repeating: 0, count: 64), rxCounters = [UInt64](repeating: 0, count: 64)
+    /// Which frames of a relayed run the relay link's window accepted (UDP thread only).
+    var rxRelayAccepted = [Bool](repeating: false, count: 64)
     /// Inbound translation scratch (only the UDP thread uses it).
     var rxXlat = [UInt8](repeating: 0, count: 65536 + 64)
 
