@@ -173,6 +173,12 @@ public final class TunnelService: @unchecked Sendable {
 
     /// Stops the loops and waits for them to finish (each wakes within 250 ms), then closes the socket.
     public func stop() {
+        // Tell the relays we are going: they drop our registrations now (not after four missed
+        // heartbeats), and a peer sending to us through one hears "not here" at once.
+        lock.lock()
+        let leaves = table.relays.compactMap { l in l.isRegistered ? l.frame(.leave, [][...]).map { ($0, l.endpoint) } : nil }
+        lock.unlock()
+        if socketFD >= 0 { for (f, e) in leaves { send(f, to: TunnelService.socketAddress(e)) } }
         reflectionClient.stop()
         stoppedFlag.store(true, ordering: .relaxed)
         _ = running.wait(timeout: .now() + 2)

@@ -7,7 +7,7 @@ import RelayTestHarness
 /// only a relay on the underlay connects them.
 @Suite("kernel: sites joined through a relay", .serialized, .enabled(if: KernelGate.shouldRun, "needs root"))
 struct RelayedSitesTests {
-    @Test("both gateways behind NATs, no endpoints, direct UDP dropped: ping, TCP and UDP both ways through the relay with the usual addresses; the relay forwards and never sees the plaintext marker")
+    @Test("both gateways behind NATs, no endpoints, direct UDP dropped: ping, TCP and UDP both ways through the relay with the usual addresses; the relay forwards and never sees the plaintext marker; a stopping gateway leaves at once")
     func throughRelay() throws {
         try KernelGate.check()
         try Lab.with("relay") { lab in
@@ -51,6 +51,14 @@ struct RelayedSitesTests {
             #expect(links?.first?.state == "registered" && links?.first?.home == true, "\(String(describing: links))")
             // The relay sees A at its NAT router's address.
             #expect(links?.first?.observed?.hasPrefix("100.64.1.2:") == true, "\(String(describing: links))")
+            // A stopping gateway leaves: the relay drops it at once (not after four missed heartbeats).
+            s.relaydA.signal(SIGTERM)
+            _ = try s.relaydA.waitForExit()
+            try waitUntil("the relay dropped A", timeout: 3) {
+                let out = try s.relayctl(relay, s.relaySocket(0), ["relay", "status", "--json"]).stdout
+                let r = try ControlJSON.decoder().decode(RelayStatusResponse.self, from: Data(out.utf8))
+                return r.relay.nodes == 1 && r.relay.counters.left == 1
+            }
         }
     }
 
