@@ -76,8 +76,6 @@ final class PeerTable {
 
     func peer(key: [UInt8]) -> PeerMachine? { peers.first { $0.publicKey == key } }
 
-    /// The peers' direct endpoints (their handshakes take the priority lane; the reflection client asks them).
-    var endpoints: [Endpoint] { peers.compactMap(\.endpoint) }
     /// Every route to every peer (handshakes from them take the priority lane).
     var knownRoutes: [Route] { peers.flatMap { $0.paths.map(\.route) } }
 
@@ -225,7 +223,7 @@ final class PeerTable {
     func forwardFrame(_ bytes: [UInt8], id: UInt32, via relay: Endpoint) -> [UInt8]? {
         guard let link = self.relay(at: relay) else { return nil }
         var body: [UInt8] = []; body.reserveCapacity(4 + bytes.count)
-        put32le(id, &body); body += bytes
+        put32(id, &body); body += bytes
         return link.frame(.forward, body[...])
     }
 

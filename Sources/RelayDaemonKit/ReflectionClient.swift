@@ -30,7 +30,14 @@ final class ReflectionClient: @unchecked Sendable {
     private(set) var addressChanges = 0
     /// Log lines written under the lock, logged after it is released.
     private var notes: [String] = []
-    private func takeNotes() -> [String] { guard !notes.isEmpty else { return [] }; defer { notes = [] }; return notes }
+    /// Releases the lock, then logs what was noted under it and sends `out`.
+    private func unlockThenSend(_ out: [([UInt8], Endpoint)]) {
+        let send = self.send, lines = notes
+        notes = []
+        lock.unlock()
+        for l in lines { logger.info("\(l)") }
+        for (m, to) in out { send(m, to) }
+    }
     private let stopped = Atomic<Bool>(false)
     private let running = DispatchGroup()
     /// The tunnel's socket (sends from its port), its port, and the peers to ask (name, endpoint).
@@ -80,11 +87,7 @@ final class ReflectionClient: @unchecked Sendable {
             var out = tick(now: now)
             // Re-check the public address every `interval` seconds (the first time right after start).
             if let peerList, now - lastRound >= interval || lastRound == 0 { out += round(now: now, peers: peerList) }
-            let send = self.send
-            let lines = takeNotes()
-            lock.unlock()
-            for l in lines { logger.info("\(l)") }
-            for (m, to) in out { send(m, to) }
+            unlockThenSend(out)
             n += 1
         }
     }
@@ -121,7 +124,7 @@ final class ReflectionClient: @unchecked Sendable {
         let now = clock()
         lock.lock()
         var out: [([UInt8], Endpoint)] = []
-        defer { let send = self.send; let lines = takeNotes(); lock.unlock(); for l in lines { logger.info("\(l)") }; for (m, to) in out { send(m, to) } }
+        defer { unlockThenSend(out) }
         if var d = discovery, d.owns(m.transactionID) {
             out = d.receive(m, from: from, now: now)
             discovery = d
@@ -153,7 +156,7 @@ final class ReflectionClient: @unchecked Sendable {
         let now = clock()
         lock.lock()
         var out: [([UInt8], Endpoint)] = []
-        defer { let send = self.send; let lines = takeNotes(); lock.unlock(); for l in lines { logger.info("\(l)") }; for (m, to) in out { send(m, to) } }
+        defer { unlockThenSend(out) }
         guard var d = discovery, d.owns(m.transactionID) else { return false }
         out = d.receive(m, from: from, now: now)
         discovery = d

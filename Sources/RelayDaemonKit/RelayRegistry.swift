@@ -101,6 +101,14 @@ final class RelayRegistry {
     func receive(_ b: ArraySlice<UInt8>, from: Endpoint, now: Double) {
         switch RelayMessage.parse(b) {
         case .register(let sender, let noise)?: register(b, sender: sender, noise: noise, from: from, now: now)
+        case .frame(.forward, _, _, _)?:
+            // The loop's forwarding path, on a copy: one implementation of forwarding.
+            var copy = Array(b)
+            switch copy.withUnsafeMutableBytes({ forwardInPlace($0, from: from, now: now) }) {
+            case .forwarded(let to): out.append((copy, to))
+            case .handled: break
+            case .slow: counters.malformed += 1   // too short to carry a destination id
+            }
         case .frame(let kind, let session, let counter, let body)?: frame(b, kind: kind, session: session, counter: counter, body: body, from: from, now: now)
         default: counters.malformed += 1
         }
@@ -175,33 +183,12 @@ final class RelayRegistry {
             counters.lookups += 1
             guard body.count == 32 else { counters.malformed += 1; break }
             if let id = byKey[Array(body)] {
-                var reply = Array(body); put32le(id, &reply)
+                var reply = Array(body); put32(id, &reply)
                 send(n, .found, reply[...])
             } else {
                 counters.notHere += 1
                 send(n, .notHere, body)
             }
-        case .forward:
-            guard body.count >= 4 else { counters.malformed += 1; break }
-            let dst = body.prefix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }.littleEndian
-            let datagram = body.dropFirst(4)
-            // The sender's limits: a second's worth of bytes and datagrams, refilled continuously.
-            let dt = now - n.tokensAt; n.tokensAt = now
-            n.bytesTokens = min(policy.bytesPerSecond, n.bytesTokens + dt * policy.bytesPerSecond)
-            n.datagramTokens = min(policy.datagramsPerSecond, n.datagramTokens + dt * policy.datagramsPerSecond)
-            guard n.datagramTokens >= 1, n.bytesTokens >= Double(datagram.count) else { n.throttled += 1; counters.throttled += 1; break }
-            n.datagramTokens -= 1; n.bytesTokens -= Double(datagram.count)
-            guard dst != n.id, let d = nodes[dst], d.active else {
-                counters.notHere += 1
-                var id: [UInt8] = []; put32le(dst, &id)
-                send(n, .notHere, id[...])
-                break
-            }
-            var body: [UInt8] = []; body.reserveCapacity(4 + datagram.count)
-            put32le(n.id, &body); body += datagram
-            send(d, .deliver, body[...])
-            n.forwarded += 1
-            counters.forwarded += 1; counters.forwardedBytes += UInt64(datagram.count)
         case .leave:
             counters.left += 1
             nodes[n.id] = nil
@@ -209,6 +196,8 @@ final class RelayRegistry {
             return
         case .pong, .found, .notHere, .deliver:
             counters.malformed += 1
+        case .forward:
+            break  // forwardInPlace's (receive sends forward frames there)
         }
     }
 
@@ -236,7 +225,7 @@ final class RelayRegistry {
         let dst = p.loadUnaligned(fromByteOffset: RelayMessage.frameHeader, as: UInt32.self).littleEndian
         guard dst != n.id, let d = nodes[dst], d.active else {
             counters.notHere += 1
-            var id: [UInt8] = []; put32le(dst, &id)
+            var id: [UInt8] = []; put32(dst, &id)
             send(n, .notHere, id[...])
             return .handled
         }
@@ -286,7 +275,6 @@ final class RelayRegistry {
     }
 }
 
-func put32le(_ v: UInt32, _ out: inout [UInt8]) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
 
 /// An address in a pong: family (4 or 6), 16 address bytes (IPv4 in the last four), port (big-endian).
 enum RelayAddress {

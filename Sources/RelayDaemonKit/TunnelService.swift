@@ -111,15 +111,6 @@ public final class TunnelService: @unchecked Sendable {
         return Endpoint(.v6(IPv6Address(high: hi, low: lo)), port: port)
     }
 
-    static func describe(_ sa: sockaddr_in6) -> String {
-        let b = withUnsafeBytes(of: sa.sin6_addr) { Array($0) }
-        let port = UInt16(bigEndian: sa.sin6_port)
-        if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xff && b[11] == 0xff {
-            return "\(b[12]).\(b[13]).\(b[14]).\(b[15]):\(port)"
-        }
-        return "[\(IPv6Address(bytes: b)!)]:\(port)"
-    }
-
     /// Applies a configuration: keeps sessions of unchanged peers, drops removed ones.
     public func configure(_ cfg: RelayConfiguration) {
         busyPollAtomic.store(UInt64(max(0, cfg.node.busyPoll)) * 1000, ordering: .relaxed)
@@ -686,7 +677,7 @@ public final class TunnelService: @unchecked Sendable {
         let now = clock()
         var out: [String: PeerRuntime] = [:]
         for p in table.peers {
-            out[p.name] = PeerRuntime(state: p.state, endpoint: p.endpoint.map { TunnelService.describe(TunnelService.socketAddress($0)) },
+            out[p.name] = PeerRuntime(state: p.state, endpoint: p.endpoint.map { "\($0)" },
                                       lastHandshakeSecondsAgo: p.lastHandshake.map { now - $0 },
                                       rxBytes: p.rxBytes, txBytes: p.txBytes, rxPackets: p.rxPackets, txPackets: p.txPackets,
                                       latencyMs: p.latency.map { $0 * 1000 })

@@ -41,7 +41,8 @@ public enum TunnelLimits {
 @inline(__always) func le64(_ b: ArraySlice<UInt8>, _ at: Int) -> UInt64 {
     UInt64(le32(b, at)) | UInt64(le32(b, at + 4)) << 32
 }
-@inline(__always) func put32(_ v: UInt32, _ out: inout [UInt8]) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
+/// Appends `v` little-endian (the wire's byte order).
+@inline(__always) public func put32(_ v: UInt32, _ out: inout [UInt8]) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
 @inline(__always) func put64(_ v: UInt64, _ out: inout [UInt8]) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
 
 /// A datagram, parsed only as far as its header (never trusted beyond that).

@@ -119,7 +119,7 @@ struct RelayRegistryTests {
         guard case .frame(.found, _, _, let found)? = RelayMessage.parse(out[0].0[...]) else { Issue.record("no found"); return }
         #expect(Array(found.prefix(32)) == b.publicKey && found.suffix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) } == b.id.littleEndian)
 
-        var body: [UInt8] = []; put32le(b.id, &body); body += Array("sealed datagram".utf8)
+        var body: [UInt8] = []; put32(b.id, &body); body += Array("sealed datagram".utf8)
         let fwd = a.frame(.forward, body)
         r.receive(fwd[...], from: a.at, now: 2)
         out = r.take()
@@ -138,7 +138,7 @@ struct RelayRegistryTests {
         #expect(r.counters.replayed == 1 && r.counters.wrongSource == 1 && r.counters.badFrames == 1)
 
         // To an id nobody has: a typed answer.
-        var nobody: [UInt8] = []; put32le(12345, &nobody); nobody += [1, 2, 3]
+        var nobody: [UInt8] = []; put32(12345, &nobody); nobody += [1, 2, 3]
         r.receive(a.frame(.forward, nobody)[...], from: a.at, now: 2)
         out = r.take()
         guard out.count == 1, case .frame(.notHere, _, _, let id)? = RelayMessage.parse(out[0].0[...]) else { Issue.record("no not-here"); return }
@@ -154,11 +154,11 @@ struct RelayRegistryTests {
         let a = Node("100.64.1.2:40000"), b = Node("100.64.2.2:40000"), c = Node("100.64.3.3:40000")
         let r = registry { $0.allowedKeys = [a.publicKey, b.publicKey, c.publicKey]; $0.datagramsPerSecond = 100 }
         try join(r, a, now: 1); try join(r, b, now: 1); try join(r, c, now: 1)
-        var body: [UInt8] = []; put32le(b.id, &body); body += [0]
+        var body: [UInt8] = []; put32(b.id, &body); body += [0]
         for _ in 0..<300 { r.receive(a.frame(.forward, body)[...], from: a.at, now: 1.5) }
         _ = r.take()
         #expect(r.counters.forwarded == 100 && r.counters.throttled == 200)
-        var cb: [UInt8] = []; put32le(b.id, &cb); cb += [0]
+        var cb: [UInt8] = []; put32(b.id, &cb); cb += [0]
         for _ in 0..<50 { r.receive(c.frame(.forward, cb)[...], from: c.at, now: 1.5) }
         #expect(r.take().count == 50, "c is not slowed by a")
         r.receive(b.frame(.ping, [])[...], from: b.at, now: 10)

@@ -17,7 +17,7 @@ struct TunnelTests {
 
     @Test("data round trip; replays, tampering and wrong keys are refused")
     func dataPath() throws {
-        var (a, b) = try pair()
+        let (a, b) = try pair()
         func open(_ c: UInt64, _ ct: ArraySlice<UInt8>, _ now: Double) -> [UInt8]? { b.open(counter: c, ct, now: now) }
         let pkt = Array("an IP packet".utf8)
         let wire = a.seal(pkt[...])
