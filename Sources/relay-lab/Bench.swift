@@ -18,6 +18,7 @@ struct Bench: ParsableCommand {
     @Flag(help: "Skip the AEAD benchmark (relayd's ChaCha20-Poly1305 against libcrypto's).") var noAead = false
     @Flag(help: "Skip the handshake-flood benchmark.") var noFlood = false
     @Flag(help: "Skip the relay benchmarks (relayed path against the direct one; 10,000 nodes at one relay).") var noRelay = false
+    @Flag(help: "Skip the relay forwarding benchmark (relayd's relay against coturn's TURN relay).") var noRelayForwarding = false
     @Option(help: "Simulated nodes for the relay scale row.") var relayNodes = 10_000
     @Option(help: "Flow counts for relayd's memory figures.") var memoryFlows: [Int] = [10_000, 100_000]
 
@@ -74,6 +75,7 @@ struct Bench: ParsableCommand {
         if !noPaths { try paths() }
         if !noFlood { try flood() }
         if !noRelay { try relayed() }
+        if !noRelayForwarding { try forwarding() }
         if !noSiit { try translation() }
         if !noStun {
             let (r, c) = try Lab.with("bench-stun") { try StunBench.run($0) }
@@ -181,19 +183,7 @@ struct Bench: ParsableCommand {
         try Lab.with("bench-relay-scale") { lab in
             let relay = try lab.host("relay"), nodes = try lab.host("nodes")
             try lab.link(relay, "eth0", ["10.77.0.1/24"], nodes, "eth0", ["10.77.0.2/24"])
-            let k = try Command.run([try Binaries.path("relayctl"), "keygen", "--json"]).stdout
-            guard let obj = try JSONSerialization.jsonObject(with: Data(k.utf8)) as? [String: String], let priv = obj["private_key"], let pub = obj["public_key"] else { return }
-            let dir = lab.logDirectory.appendingPathComponent("relay-scale").path
-            try FileManager.default.createDirectory(atPath: dir + "/state", withIntermediateDirectories: true)
-            try (priv + "\n").write(toFile: dir + "/state/private.key", atomically: true, encoding: .utf8)
-            chmod(dir + "/state/private.key", 0o600); chmod(dir + "/state", 0o700)
-            let token = "bench-token-0123456789"
-            try "[node]\nname = \"relay\"\n[reflector]\nenabled = false\n[relay]\nenabled = true\ntokens = [\"\(token)\"]\nmax_nodes = \(relayNodes + 100)\nregistrations_per_second = 10000\n"
-                .write(toFile: dir + "/relayd.toml", atomically: true, encoding: .utf8)
-            for p in [dir, dir + "/state", dir + "/state/private.key", dir + "/relayd.toml"] { chown(p, 65534, 65534) }
-            let d = try relay.spawn([try Binaries.path("relayd"), "--config", dir + "/relayd.toml", "--state-dir", dir + "/state", "--socket", dir + "/relayd.sock",
-                                     "--helper-socket", dir + "/none.sock"], label: "relayd-relay", as: 65534)
-            try waitUntil("relay", timeout: 20) { try relay.run(["ss", "-lnuH"]).stdout.contains(":51821") }
+            let (d, pub, token) = try startRelay(lab, in: relay, name: "relay-scale", extra: "max_nodes = \(relayNodes + 100)\nregistrations_per_second = 10000\n")
             func rss(_ field: String) -> Int {
                 let s = (try? String(contentsOfFile: "/proc/\(d.pid)/status", encoding: .utf8)) ?? ""
                 return Int(s.split(separator: "\n").first { $0.hasPrefix(field + ":") }?.split(separator: " ").dropFirst().first ?? "0") ?? 0
@@ -209,6 +199,66 @@ struct Bench: ParsableCommand {
             print(pad("forwarded datagrams/s", 40) + String(format: "%.0f (%d of %d delivered)", o["forwardedPerSecond"] as? Double ?? 0, got, sent))
             print(pad("relayd RSS", 40) + String(format: "%.1f MiB at its peak, %.2f KiB per node (%.1f MiB before)", Double(after) / 1024, Double(after - before) / Double(max(reg, 1)), Double(before) / 1024))
             print("failover (kernel test RelayedSitesTests.failover): traffic resumes about 4 s after kill -9 of the home relay (goal 10 s)")
+        }
+    }
+
+    /// relayd's relay role (key, token, `[relay]` extra lines) as nobody in `host`; returns once it listens.
+    func startRelay(_ lab: Lab, in host: LabHost, name: String, extra: String) throws -> (LabProcess, pub: String, token: String) {
+        let k = try Command.run([try Binaries.path("relayctl"), "keygen", "--json"]).stdout
+        guard let obj = try JSONSerialization.jsonObject(with: Data(k.utf8)) as? [String: String], let priv = obj["private_key"], let pub = obj["public_key"] else {
+            throw HarnessError("relayctl keygen --json printed no key pair")
+        }
+        let dir = lab.logDirectory.appendingPathComponent(name).path
+        try FileManager.default.createDirectory(atPath: dir + "/state", withIntermediateDirectories: true)
+        try (priv + "\n").write(toFile: dir + "/state/private.key", atomically: true, encoding: .utf8)
+        chmod(dir + "/state/private.key", 0o600); chmod(dir + "/state", 0o700)
+        let token = "bench-token-0123456789"
+        try "[node]\nname = \"relay\"\n[reflector]\nenabled = false\n[relay]\nenabled = true\ntokens = [\"\(token)\"]\n\(extra)"
+            .write(toFile: dir + "/relayd.toml", atomically: true, encoding: .utf8)
+        for p in [dir, dir + "/state", dir + "/state/private.key", dir + "/relayd.toml"] { chown(p, 65534, 65534) }
+        let d = try host.spawn([try Binaries.path("relayd"), "--config", dir + "/relayd.toml", "--state-dir", dir + "/state", "--socket", dir + "/relayd.sock",
+                                "--helper-socket", dir + "/none.sock", "--log-level", "warning"], label: "relayd-\(name)", as: 65534)
+        try waitUntil("relay", timeout: 20) { try host.run(["ss", "-lnuH"]).stdout.contains(":51821") }
+        return (d, pub, token)
+    }
+
+    /// The relay's forwarding against coturn's TURN relay: the same generator (relay-lab
+    /// relay-blast: 2 pairs, 1200-byte payloads, sendmmsg/recvmmsg) in the same two-namespace
+    /// topology, alternating rounds, the median of each.
+    func forwarding() throws {
+        print("")
+        print("Relay forwarding against coturn's TURN relay (relay-lab relay-blast: 2 sender/receiver pairs, 1,200-byte payloads, 3 s; \(repeats) alternating rounds, median):")
+        try Lab.with("bench-relay-fwd") { lab in
+            let server = try lab.host("relay"), clients = try lab.host("clients")
+            try lab.link(server, "eth0", ["10.78.0.1/24"], clients, "eth0", ["10.78.0.2/24"])
+            let (d, pub, token) = try startRelay(lab, in: server, name: "relay-fwd", extra: "node_bytes_per_second = 10000000000\nnode_datagrams_per_second = 10000000\n")
+            let dir = lab.logDirectory.appendingPathComponent("coturn").path
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let coturn = try server.spawn(["turnserver", "-n", "--no-auth", "--no-cli", "--no-tls", "--no-dtls", "-L", "10.78.0.1", "--relay-ip", "10.78.0.1",
+                                           "-p", "3478", "--min-port", "49152", "--max-port", "49200", "--log-file", "stdout", "--no-stdout-log",
+                                           "--userdb", dir + "/db", "--pidfile", dir + "/pid"], label: "coturn")
+            try waitUntil("coturn", timeout: 20) { try server.run(["ss", "-lnuH"]).stdout.contains("10.78.0.1:3478") }
+            _ = d; _ = coturn
+            func blast(_ args: [String]) throws -> (gbps: Double, loss: Double)? {
+                let r = try clients.run([try Binaries.path("relay-lab"), "relay-blast", "--bind", "10.78.0.2", "--pairs", "2", "--size", "1200", "--seconds", "3"] + args,
+                                        timeout: 60, check: false)
+                guard let o = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], let g = o["payloadGbps"] as? Double else {
+                    print("relay-blast \(args.first ?? "") failed: \(r.stderr.suffix(400))"); return nil
+                }
+                return (g, o["lossPercent"] as? Double ?? 0)
+            }
+            var relayed: [(gbps: Double, loss: Double)] = [], turned: [(gbps: Double, loss: Double)] = []
+            for _ in 0..<repeats {
+                if let r = try blast(["--mode", "relay", "--server", "10.78.0.1:51821", "--key", pub, "--token", token]) { relayed.append(r) }
+                if let t = try blast(["--mode", "turn", "--server", "10.78.0.1:3478"]) { turned.append(t) }
+            }
+            guard !relayed.isEmpty, !turned.isEmpty else { return }
+            let r = relayed.sorted { $0.gbps < $1.gbps }[relayed.count / 2], t = turned.sorted { $0.gbps < $1.gbps }[turned.count / 2]
+            print(pad("metric", 30) + pad("Relay", 12) + pad("coturn", 12) + "Relay/coturn")
+            print(pad("payload Gbit/s delivered", 30) + pad(String(format: "%.2f", r.gbps), 12) + pad(String(format: "%.2f", t.gbps), 12)
+                  + String(format: "%.2fx", r.gbps / max(t.gbps, 1e-9)) + " (goal > 1)")
+            print(pad("lost at the relay, %", 30) + pad(String(format: "%.1f", r.loss), 12) + pad(String(format: "%.1f", t.loss), 12))
+            print("(unpaced senders: both relays run over their capacity; Relay also checks a Poly1305 tag on every datagram and adds one, TURN checks nothing)")
         }
     }
 

@@ -8,7 +8,7 @@ struct RelayLab: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay-lab",
         abstract: "Network-namespace lab used by Relay's tests, demo and benchmarks (not installed).",
-        subcommands: [Hold.self, Clean.self, Demo.self, Bench.self, TunProbe.self, StunLoad.self, SIITFilter.self, HandshakeFlood.self, RelayLoad.self]
+        subcommands: [Hold.self, Clean.self, Demo.self, Bench.self, TunProbe.self, StunLoad.self, SIITFilter.self, HandshakeFlood.self, RelayLoad.self, RelayBlast.self]
     )
 
     struct Hold: ParsableCommand {

@@ -29,21 +29,6 @@ struct RelayLoad: ParsableCommand {
         var sent: Int, received: Int, notHere: Int, badFrames: Int, seconds: Double, forwardedPerSecond: Double
     }
 
-    final class Node {
-        let fd: Int32
-        let key = Curve25519.KeyAgreement.PrivateKey()
-        let index = UInt32.random(in: 1...UInt32.max)
-        var initiator: Noise.Initiator?
-        var id: UInt32 = 0, send: SymmetricKey?, receive: SymmetricKey?, counter: UInt64 = 0
-        var window = ReplayWindow()
-        var active = false
-        init(fd: Int32) { self.fd = fd }
-        func frame(_ kind: RelayFrameKind, _ body: ArraySlice<UInt8>) -> [UInt8] {
-            defer { counter += 1 }
-            return RelayMessage.frame(kind, session: id, counter: counter, body: body, key: send!)
-        }
-    }
-
     func run() throws {
         guard let ep = Endpoint(relay), case .v4(let dst) = ep.address else { throw ValidationError("--relay must be IPv4ADDRESS:PORT") }
         guard let pub = Data(base64Encoded: key).map(Array.init), pub.count == 32 else { throw ValidationError("--key must be a 32-byte public key in base64") }
@@ -52,21 +37,9 @@ struct RelayLoad: ParsableCommand {
               (1...100_000).contains(registrationRate) else { throw ValidationError("--nodes 2...20000, --rate 0...200000, --seconds 0...120, --size 1...1400, --registration-rate 1...100000") }
         var limit = rlimit(); getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         if limit.rlim_cur < rlim_t(nodes + 64) { limit.rlim_cur = min(limit.rlim_max, rlim_t(nodes + 64)); setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) }
-        var to = sockaddr_in(); to.sin_family = sa_family_t(AF_INET); to.sin_port = ep.port.bigEndian; to.sin_addr.s_addr = dst.value.bigEndian
-        var all: [Node] = []
-        defer { for n in all { close(n.fd) } }
-        for _ in 0..<nodes {
-            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { throw ValidationError("socket: \(String(cString: strerror(errno)))") }
-            var a = sockaddr_in(); a.sin_family = sa_family_t(AF_INET); a.sin_addr.s_addr = local.value.bigEndian
-            _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            var big: Int32 = 1 << 20
-            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, socklen_t(MemoryLayout<Int32>.size))
-            all.append(Node(fd: fd))
-        }
-        func sendTo(_ n: Node, _ bytes: [UInt8]) -> Bool {
-            withUnsafePointer(to: &to) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(n.fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == bytes.count
-        }
+        var to = socketAddress(dst, ep.port)
+        let all = try (0..<nodes).map { _ in try SimulatedNode(bind: local) }
+        func sendTo(_ n: SimulatedNode, _ bytes: [UInt8]) -> Bool { n.send(bytes, to: &to) }
         var buf = [UInt8](repeating: 0, count: 65536)
         // epoll: with thousands of sockets, only the ready ones are looked at.
         let epfd = epoll_create1(Int32(EPOLL_CLOEXEC))
@@ -81,7 +54,7 @@ struct RelayLoad: ParsableCommand {
         var events = [epoll_event](repeating: epoll_event(), count: 512)
         var registered = 0, refused = 0, received = 0, notHere = 0, bad = 0
         /// Drains every socket that has something (one epoll_wait).
-        func drain(_ timeoutMs: Int32, _ handle: (Node, ArraySlice<UInt8>) -> Void) {
+        func drain(_ timeoutMs: Int32, _ handle: (SimulatedNode, ArraySlice<UInt8>) -> Void) {
             let k = epoll_wait(epfd, &events, Int32(events.count), timeoutMs)
             guard k > 0 else { return }
             for j in 0..<Int(k) {
@@ -93,12 +66,11 @@ struct RelayLoad: ParsableCommand {
                 }
             }
         }
-        func onMessage(_ node: Node, _ b: ArraySlice<UInt8>) {
+        func onMessage(_ node: SimulatedNode, _ b: ArraySlice<UInt8>) {
             switch RelayMessage.parse(b) {
             case .registered(let sender, let receiver, let noise)?:
-                guard receiver == node.index, var ini = node.initiator, let (payload, tr) = try? ini.readMessage2(Array(noise)), let g = RelayGrant(payload), g.id == sender else { bad += 1; return }
-                node.id = g.id; node.send = tr.send.key; node.receive = tr.receive.key; node.initiator = nil
-                _ = sendTo(node, node.frame(.ping, [][...]))
+                guard let ping = node.registered(sender: sender, receiver: receiver, noise: noise) else { bad += 1; return }
+                _ = sendTo(node, ping)
             case .refused?: refused += 1
             case .frame(let kind, _, let counter, let body)?:
                 guard let k = node.receive, RelayMessage.verify(b, key: k), node.window.accept(counter) else { bad += 1; return }
@@ -114,12 +86,7 @@ struct RelayLoad: ParsableCommand {
         // Registration, paced.
         let regStart = Date()
         for (i, n) in all.enumerated() {
-            var ini = try Noise.Initiator(staticKey: n.key, remoteStatic: pub)
-            var stamp = [UInt8](); let ns = UInt64(Date().timeIntervalSince1970 * 1e9)
-            for s in (0..<8).reversed() { stamp.append(UInt8(truncatingIfNeeded: ns >> (UInt64(s) * 8))) }
-            let m1 = try ini.writeMessage1(payload: stamp + Array(token.utf8))
-            n.initiator = ini
-            _ = sendTo(n, RelayMessage.register(sender: n.index, noise: m1, mac1Key: HandshakeMAC.key(receiver: pub)))
+            _ = sendTo(n, try n.register(relayKey: pub, token: token))
             let due = regStart.addingTimeInterval(Double(i + 1) / Double(registrationRate))
             repeat { drain(0, onMessage) } while Date() < due
         }

@@ -92,4 +92,36 @@ struct RelayProtocolTests {
             #expect(rss[1] <= rss[0] + 2048, "the relay grew from \(rss[0]) kB to \(rss[1]) kB in an identical second round")
         }
     }
+
+    struct Blast: Decodable { var sent: Int; var received: Int; var payloadGbps: Double }
+
+    @Test("relay-blast (make bench's forwarding row) delivers through relayd's relay and through coturn's TURN relay: allocations, channel bindings, frames; relayd's forwarded counter covers what arrived")
+    func blastBothRelays() throws {
+        let token = "a-token-of-twenty-chars"
+        let d = try RelaydProcess(config: "[node]\nname = \"relay\"\nlisten_port = 0\n[reflector]\nenabled = false\n[relay]\nenabled = true\nport = 0\ntokens = [\"\(token)\"]\n")
+        let st = try d.json(StatusResponse.self, "status")
+        let port = try #require(st.relay?.port)
+        func blast(_ args: [String]) throws -> Blast {
+            let r = try Command.run([try Binaries.path("relay-lab"), "relay-blast", "--pairs", "2", "--size", "1000", "--seconds", "1"] + args, timeout: 30, check: false)
+            #expect(r.status == 0, "\(r.stderr.suffix(800))")
+            return try JSONDecoder().decode(Blast.self, from: Data(r.stdout.utf8))
+        }
+        let relayed = try blast(["--mode", "relay", "--server", "127.0.0.1:\(port)", "--key", st.publicKey, "--token", token])
+        let c = try d.json(RelayStatusResponse.self, "relay", "status").relay.counters
+        #expect(relayed.received > 1000 && relayed.received <= relayed.sent, "\(relayed)")
+        #expect(c.forwarded >= UInt64(relayed.received), "relayd forwarded \(c.forwarded), the receivers got \(relayed.received)")
+
+        let tport = ReflectorTests.freePort()
+        let dir = NSTemporaryDirectory() + "coturn-blast-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let pid = try Spawn.start(["turnserver", "-n", "--no-auth", "--no-cli", "--no-tls", "--no-dtls", "-L", "127.0.0.1", "--relay-ip", "127.0.0.1", "--allow-loopback-peers",
+                                   "-p", String(tport), "--log-file", "stdout", "--pidfile", dir + "/pid", "--userdb", dir + "/db"],
+                                  stdoutPath: dir + "/log", stderrPath: dir + "/log")
+        defer { kill(pid, SIGTERM); _ = Spawn.reap(pid, block: true) }
+        try waitUntil("turnserver listens", timeout: 10) { try Command.run(["ss", "-lnuH"]).stdout.contains("127.0.0.1:\(tport)") }
+        let turned = try blast(["--mode", "turn", "--server", "127.0.0.1:\(tport)"])
+        #expect(turned.received > 1000 && turned.received <= turned.sent, "\(turned)")
+        print("relay-blast on loopback, 1 s: relayd \(relayed), coturn \(turned)")
+    }
 }
