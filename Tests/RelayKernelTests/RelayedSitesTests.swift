@@ -101,7 +101,7 @@ struct RelayedSitesTests {
 
     static let attacker = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../Support/relay_attack.py").standardized.path
 
-    @Test("attacks on the relay from the underlay: a captured frame replayed, forged, or sent from another address; garbage and oversized datagrams; wrong tokens in a loop; a node over its limits: dropped and counted, the gateways keep talking and a restarted gateway registers again")
+    @Test("attacks on the relay from the underlay: a captured frame replayed, forged, or sent from another address; a register claiming a registered key without its private key; garbage and oversized datagrams; wrong tokens in a loop; a node over its limits: dropped and counted, the gateways keep talking and a restarted gateway registers again")
     func attacks() throws {
         try KernelGate.check()
         try Lab.with("relayatk") { lab in
@@ -129,6 +129,17 @@ struct RelayedSitesTests {
             #expect(after.badFrames > before.badFrames, "forged: \(after)")
             #expect(after.wrongSource > before.wrongSource, "from another address: \(after)")
             #expect((after.malformed - before.malformed) + (after.unknownSession - before.unknownSession) + (after.badMAC - before.badMAC) >= 10, "garbage: \(after)")
+
+            // A register that claims gateway A's key without holding its private key (the message
+            // carries A's public key; the DH behind it uses another): no answer, counted as failed
+            // authentication; A's registration stays, the gateways keep talking.
+            let claimed = try #require(try ControlJSON.decoder().decode(RelayStatusResponse.self, from: Data(s.relayctl(relay, s.relaySocket(0), ["relay", "status", "--json"]).stdout.utf8))
+                .nodes.first { $0.address.hasPrefix("100.64.1.2:") }?.publicKey, "A is registered")
+            let imp = try s.underlay.run(["python3", Self.attacker, "impostor", "100.64.9.9", "51821", s.relayKeys[0], claimed, "load-token-0123456789"], timeout: 30, check: false)
+            #expect(imp.stdout.contains("\"answers\": 0"), "\(imp.stdout) \(imp.stderr)")
+            let afterImpostor = try counters()
+            #expect(afterImpostor.authFailed - after.authFailed == 3 && afterImpostor.registrations == after.registrations, "\(afterImpostor)")
+            #expect(try s.hostA.run(["ping", "-c2", "-W1", "240.2.2.20"], check: false).succeeded)
 
             // Wrong tokens in a loop from one address: a few are refused as not admitted, then the rate limit.
             let wrong = try s.underlay.run([try Binaries.path("relay-lab"), "relay-load", "--relay", "100.64.9.9:51821", "--key", s.relayKeys[0], "--token", "wrong-token-0123456789",

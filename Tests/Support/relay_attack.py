@@ -8,6 +8,10 @@ Bounded in count and time.
       sends, each with a spoofed source: the captured frame replayed from SRC:SPORT (its own
       address), a forged copy from SRC:SPORT, the frame from OTHER:SPORT (someone else's address),
       ten garbage datagrams and one oversized (9500 bytes); prints {"sent": N}
+  relay_attack.py impostor RELAY PORT RELAY_KEY_B64 CLAIMED_KEY_B64 TOKEN
+      (pyenv python3: noiseprotocol) three registers that claim CLAIMED_KEY (a registered node's)
+      without holding its private key: the Noise IK message carries the claimed static key, the
+      DH uses another; prints {"sent": 3, "answers": N}
 """
 import json, os, sys, time
 
@@ -43,7 +47,35 @@ def spoof(path, relay, port, src, sport, other):
     print(json.dumps({"sent": len(pkts)}))
 
 
+def impostor(relay, port, relay_key, claimed, token):
+    import base64, hashlib, hmac, socket, struct
+    from noise.connection import NoiseConnection, Keypair
+    relay_pub, claimed_pub = base64.b64decode(relay_key), base64.b64decode(claimed)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(1)
+    answers = 0
+    for _ in range(3):
+        n = NoiseConnection.from_name(b"Noise_IK_25519_ChaChaPoly_SHA256")
+        n.set_as_initiator()
+        n.set_keypair_from_private_bytes(Keypair.STATIC, os.urandom(32))
+        n.noise_protocol.keypairs["s"].public_bytes = claimed_pub   # what message 1 says; the DH uses our own key
+        n.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, relay_pub)
+        n.start_handshake()
+        m1 = n.write_message(struct.pack(">Q", time.time_ns()) + token.encode())
+        body = bytes([0xD1, 0, 0, 0]) + struct.pack("<I", 7) + m1
+        mac1 = hmac.new(hashlib.sha256(b"mac1----" + relay_pub).digest(), body, hashlib.sha256).digest()[:16]
+        sock.sendto(body + mac1 + b"\0" * 16, (relay, int(port)))
+        try:
+            sock.recvfrom(4096)
+            answers += 1
+        except socket.timeout:
+            pass
+    print(json.dumps({"sent": 3, "answers": answers}))
+
+
 if sys.argv[1] == "capture":
     capture(*sys.argv[2:6])
+elif sys.argv[1] == "impostor":
+    impostor(*sys.argv[2:7])
 else:
     spoof(*sys.argv[2:8])
