@@ -53,6 +53,7 @@ public final class Daemon: @unchecked Sendable {
         let link = helper
         tunnel = TunnelService(identity: id, logger: logger, flows: flows, tun: { link.tunHandle })
         tunnel.initiationStamps = InitiationStamps(directory: options.stateDirectory)
+        tunnel.relayPeerCache = RelayPeerCache(directory: options.stateDirectory)
     }
 
     static func loadConfig(_ o: DaemonOptions) throws -> (RelayConfiguration, ConfigStatus) {

@@ -37,6 +37,8 @@ enum PeerAction {
     case register(RelayLink)
     /// Keep a peer's initiation timestamp durably: it comes before the response that follows it.
     case persistStamp(key: [UInt8], name: String, stamp: UInt64)
+    /// Remember (peer cache) that the peer was found at this relay.
+    case rememberRelay(key: [UInt8], relay: Endpoint)
     /// A packet that left for the peer outside the data path (a queued one): for the flow table.
     case flow([UInt8], peer: String)
     case log(Logger.Level, String)
@@ -166,6 +168,21 @@ final class PeerMachine {
 
     func hasRelayPath(via relay: Endpoint) -> Bool {
         paths.contains { if case .relay(let r, _) = $0.route { return r == relay } else { return false } }
+    }
+
+    /// Traffic to the peer goes through `relay`, or came through it since `since`.
+    func uses(relay: Endpoint, since: Double) -> Bool {
+        if case .relay(let r, _)? = route, r == relay { return true }
+        return paths.contains { if case .relay(let r, _) = $0.route { return r == relay && $0.lastReceived >= since } else { return false } }
+    }
+
+    /// Neither a relay path nor a direct path that carried data since `since`: the peer must be
+    /// found through a relay.
+    func missing(since: Double) -> Bool {
+        !paths.contains { p in
+            if case .relay = p.route { return true }
+            return p.lastReceived >= since && p.lastReceived > 0
+        }
     }
 
     /// What sealing packets for the peer needs: key, first counter, the peer's index, where to.

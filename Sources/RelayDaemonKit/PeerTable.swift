@@ -79,7 +79,7 @@ final class PeerTable {
     /// Every route to every peer (handshakes from them take the priority lane).
     var knownRoutes: [Route] { peers.flatMap { $0.paths.map(\.route) } }
 
-    /// The relays this node uses, the home relay (the first registered) first.
+    /// The relays this node may use, in configuration order.
     private(set) var relays: [RelayLink] = []
 
     // MARK: events
@@ -128,33 +128,82 @@ final class PeerTable {
 
     // MARK: relays
 
-    /// Reload: links whose relay (address and key) stays keep their registration.
-    func configureRelays(_ list: [RelayServerConfig]) {
+    /// Reload: links whose relay (address and key) stays keep their registration. `cache` (where
+    /// peers were last found) picks the relay tried first when there is no home relay yet.
+    func configureRelays(_ list: [RelayServerConfig], cache: [[UInt8]: Endpoint] = [:], now: Double = 0) {
         var next: [RelayLink] = []
         for r in list {
             guard let key = Data(base64Encoded: r.publicKey).map(Array.init), key.count == 32 else { continue }
             if let old = relays.first(where: { $0.endpoint == r.address && $0.publicKey == key && $0.token == Array((r.token ?? "").utf8) }) { next.append(old) }
             else { next.append(RelayLink(endpoint: r.address, publicKey: key, token: r.token)) }
         }
-        for old in relays where !next.contains(where: { $0 === old }) { for p in peers { p.removeRelayPaths(via: old.endpoint) } }
+        for old in relays where !next.contains(where: { $0 === old }) {
+            for p in peers { p.removeRelayPaths(via: old.endpoint) }
+            if let f = old.leave() { actions.append(.send(f, to: .direct(old.endpoint))) }
+        }
         relays = next
+        if let h = home, !relays.contains(where: { $0 === h }) { home = nil }
+        preferred = RelayPeerCache.preferred(cache, peers: peers.map(\.publicKey), candidates: relays.map(\.endpoint))
+        if home == nil { homelessSince = now }
     }
 
     func relay(at e: Endpoint) -> RelayLink? { relays.first { $0.endpoint == e } }
 
-    /// Registrations due, heartbeats, dead relays (their paths go), lookups of peers not yet found
-    /// through a registered relay (at most every 5 s per peer and relay).
+    /// The relay this node registers at first and stays at: the first that answered, or the one
+    /// the peer cache prefers. Others are used on demand (a peer is reached through them, or a
+    /// missing peer is searched for there) and left when no longer needed.
+    private(set) var home: RelayLink?
+    private var preferred: Endpoint?
+    private var homelessSince: Double = 0
+
+    /// How long a relay other than home stays registered unused, and how long one that found none
+    /// of the missing peers is not searched again.
+    static let relayIdle: Double = 30, relaySearchPause: Double = 60
+
+    /// Registrations due (the home relay, relays in use, relays searched for missing peers),
+    /// heartbeats, dead relays (their paths go), relays left when unused, lookups (every second for
+    /// a missing peer, every 5 s at home for a peer not reached through it).
     private func relayTick(now: Double) {
+        if home?.isRegistered != true {
+            let registered = relays.filter(\.isRegistered)
+            let next = registered.first { $0.endpoint == preferred } ?? registered.min { ($0.registeredAt ?? 0) < ($1.registeredAt ?? 0) }
+            if let next, next !== home { actions.append(.log(.info, "home relay: \(next.endpoint)")) }
+            if next == nil && home != nil { homelessSince = now }
+            home = next
+        }
+        let recent = now - Self.relayIdle
+        let missing = peers.filter { $0.missing(since: recent) }
         for link in relays {
-            let (send, register, dead) = link.tick(now: now)
+            let inUse = peers.contains { $0.uses(relay: link.endpoint, since: recent) }
+            let searching = now >= link.standbyUntil && missing.contains { !link.absent.contains($0.publicKey) }
+            let wanted: Bool
+            if let home { wanted = link === home || inUse || searching }
+            // No home: the preferred relay alone for 3 s, then every relay (the first to answer
+            // becomes home).
+            else { wanted = preferred == nil || link.endpoint == preferred || now - homelessSince >= 3 }
+            let (send, register, dead) = link.tick(now: now, wanted: wanted)
             if let send { actions.append(.send(send, to: .direct(link.endpoint))) }
             if register { link.working = true; actions.append(.register(link)) }
             if dead {
                 actions.append(.log(.notice, "relay \(link.endpoint) stopped answering: registering again (its paths are gone)"))
                 for p in peers { p.removeRelayPaths(via: link.endpoint) }
+                if link === home { home = nil; homelessSince = now }
             }
             guard link.isRegistered else { continue }
-            for p in peers where !p.hasRelayPath(via: link.endpoint) && now - (link.lookups[p.publicKey] ?? -10) >= 5 {
+            if !wanted && home != nil && now - (link.registeredAt ?? now) >= 10 {
+                // Not home, no peer reached through it, nothing left to search for: leave.
+                if let f = link.leave() { actions.append(.send(f, to: .direct(link.endpoint))) }
+                link.standbyUntil = missing.isEmpty ? 0 : now + Self.relaySearchPause
+                for p in peers { p.removeRelayPaths(via: link.endpoint) }
+                actions.append(.log(.info, "left relay \(link.endpoint): not the home relay and no peer is reached through it"))
+                continue
+            }
+            for p in peers {
+                let isMissing = missing.contains { $0 === p }
+                let ask: Bool
+                if link === home { ask = !p.hasRelayPath(via: link.endpoint) }
+                else { ask = isMissing && !link.absent.contains(p.publicKey) }
+                guard ask, now - (link.lookups[p.publicKey] ?? -10) >= (isMissing ? 1 : 5) else { continue }
                 link.lookups[p.publicKey] = now
                 if let f = link.frame(.lookup, p.publicKey[...]) { actions.append(.send(f, to: .direct(link.endpoint))) }
             }
@@ -203,9 +252,13 @@ final class PeerTable {
         case .found:
             guard body.count == 36 else { counters.malformed += 1; return nil }
             let key = Array(body.prefix(32)), id = body.suffix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }.littleEndian
-            peer(key: key)?.addRelayPath(link.endpoint, id: id)
+            link.absent.remove(key)
+            if let p = peer(key: key) {
+                if !p.hasRelayPath(via: link.endpoint) { actions.append(.rememberRelay(key: key, relay: link.endpoint)) }
+                p.addRelayPath(link.endpoint, id: id)
+            }
         case .notHere:
-            if body.count == 32 { peer(key: Array(body))?.removeRelayPaths(via: link.endpoint) }
+            if body.count == 32 { link.absent.insert(Array(body)); peer(key: Array(body))?.removeRelayPaths(via: link.endpoint) }
             else if body.count == 4 {
                 let id = body.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }.littleEndian
                 for p in peers { p.removeRelayPaths(via: link.endpoint, id: id) }

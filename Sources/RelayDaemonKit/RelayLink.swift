@@ -4,9 +4,11 @@ import RelayCore
 import RelayTunnel
 
 /// This node's link to one relay, as a state machine (driven by `PeerTable` under the tunnel's
-/// lock): register (Noise IK against the relay's pinned key; the DH runs in the loop, unlocked),
-/// heartbeat, notice the relay is gone, register again with exponential backoff and jitter. While
-/// registered it frames what the node sends through the relay and checks what comes back.
+/// lock): register when wanted (Noise IK against the relay's pinned key; the DH runs in the loop,
+/// unlocked), heartbeat, notice the relay is gone, register again with exponential backoff and
+/// jitter, leave when no longer wanted. While registered it frames what the node sends through the
+/// relay and checks what comes back. Which links are wanted (the home relay, relays a peer is
+/// reached through, relays searched for a missing peer) is `PeerTable`'s decision.
 final class RelayLink {
     let endpoint: Endpoint
     let publicKey: [UInt8]
@@ -38,6 +40,10 @@ final class RelayLink {
     private(set) var observed: Endpoint?
     /// Lookups in flight or answered recently: key -> when asked.
     var lookups: [[UInt8]: Double] = [:]
+    /// Peers this relay said are not here (since we registered).
+    var absent: Set<[UInt8]> = []
+    /// Left for lack of use after a search found nothing: not searched again before this time.
+    var standbyUntil: Double = 0
 
     init(endpoint: Endpoint, publicKey: [UInt8], token: String?) {
         self.endpoint = endpoint; self.publicKey = publicKey
@@ -72,7 +78,7 @@ final class RelayLink {
         receiveKey = transport.receive.key; window = ReplayWindow()
         heartbeat = Double(max(1, grant.heartbeatSeconds))
         lastHeard = now; registeredAt = now; failures = 0; lastError = nil
-        lookups = [:]
+        lookups = [:]; absent = []
         lastPing = now
         return frame(.ping, [][...])
     }
@@ -120,12 +126,23 @@ final class RelayLink {
 
     func pong(_ body: ArraySlice<UInt8>) { observed = RelayAddress.decode(body) }
 
-    /// Timers: register when due, heartbeat, notice silence (four heartbeats and a second: the
-    /// relay is gone). Returns what to send; `dead` is true when the link just went down.
-    func tick(now: Double) -> (send: [UInt8]?, register: Bool, dead: Bool) {
+    /// Leaves the relay (it drops our registration at once); idle, and ready to register again as
+    /// soon as it is wanted. Returns the leave frame.
+    func leave() -> [UInt8]? {
+        let f = isRegistered ? frame(.leave, [][...]) : nil
+        phase = .idle
+        pending = nil
+        sendKey = nil; receiveKey = nil; registeredAt = nil
+        failures = 0; nextAttempt = 0; lastError = nil
+        return f
+    }
+
+    /// Timers: register when due and `wanted`, heartbeat, notice silence (two heartbeats and a
+    /// second: the relay is gone). Returns what to send; `dead` is true when the link just went down.
+    func tick(now: Double, wanted: Bool = true) -> (send: [UInt8]?, register: Bool, dead: Bool) {
         switch phase {
         case .idle:
-            return (nil, now >= nextAttempt && !working, false)
+            return (nil, wanted && now >= nextAttempt && !working, false)
         case .registering:
             if let p = pending, now - p.sentAt >= 5 {
                 lastError = "no answer from the relay"

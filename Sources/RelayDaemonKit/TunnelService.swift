@@ -37,6 +37,8 @@ public final class TunnelService: @unchecked Sendable {
     let handshakes = HandshakeQueue(capacity: 4096)
     /// The greatest initiation timestamp per peer, persisted (set before start by the daemon).
     public var initiationStamps = InitiationStamps(directory: nil)
+    /// Where peers were last found through relays (the home relay after a restart).
+    public var relayPeerCache = RelayPeerCache(directory: nil)
     var socketFD: Int32 = -1
     public private(set) var port: UInt16 = 0
     let stoppedFlag = Atomic<Bool>(false)
@@ -123,7 +125,7 @@ public final class TunnelService: @unchecked Sendable {
         let stamps = initiationStamps
         lock.lock()
         table.configure(list, exported: exported, stamp: { stamps.stamp(for: $0) })
-        table.configureRelays(cfg.relays)
+        table.configureRelays(cfg.relays, cache: relayPeerCache.snapshot(), now: clock())
         let endpoints = table.knownRoutes
         translator = TranslatorRef(SiteTranslator(cfg))
         let actions = table.take()
@@ -267,6 +269,10 @@ public final class TunnelService: @unchecked Sendable {
                 // one) is still refused.
                 do { try initiationStamps.record(key, stamp) } catch {
                     logger.warning("cannot keep the handshake timestamp of \(name) in \(initiationStamps.path ?? "-"): \(error); a replay after a restart would be accepted once")
+                }
+            case .rememberRelay(let key, let relay):
+                do { try relayPeerCache.record(key, relay) } catch {
+                    logger.debug("cannot keep the peer cache in \(relayPeerCache.path ?? "-"): \(error)")
                 }
             case .flow(let pkt, let name):
                 flows.record(pkt[...], outbound: true, peer: name, now: clock())
@@ -655,17 +661,17 @@ public final class TunnelService: @unchecked Sendable {
 
     // MARK: views
 
-    /// This node's links to relays, the home relay (the first registered) marked.
+    /// This node's links to relays, the home relay marked.
     func relayViews() -> [RelayLinkView] {
         lock.lock(); defer { lock.unlock() }
         let now = clock()
-        let home = table.relays.first { $0.isRegistered }
+        let home = table.home
         return table.relays.map { l in
             let state: String
             switch l.phase {
             case .registered: state = "registered"
             case .registering: state = "registering"
-            case .idle: state = l.lastError.map { "waiting (\($0))" } ?? "waiting"
+            case .idle: state = l.lastError.map { "waiting (\($0))" } ?? "standby (used on demand)"
             }
             return RelayLinkView(address: "\(l.endpoint)", state: state, home: l === home, id: l.isRegistered ? l.id : nil, observed: l.observed.map { "\($0)" },
                                  registeredSecondsAgo: l.registeredAt.map { now - $0 }, lastError: l.lastError)

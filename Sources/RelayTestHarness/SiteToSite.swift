@@ -80,7 +80,7 @@ public final class SiteToSite {
         }
     }
 
-    func dir(_ site: String) -> String { lab.logDirectory.appendingPathComponent("relayd-\(site)").path }
+    public func dir(_ site: String) -> String { lab.logDirectory.appendingPathComponent("relayd-\(site)").path }
 
     /// A fresh X25519 key pair from `relayctl keygen`.
     static func keygen() throws -> (priv: String, pub: String) {

@@ -68,16 +68,19 @@ struct RelayedSitesTests {
         try Lab.with("relayfo") { lab in
             let s = try SiteToSite(lab, relays: 2)
             try s.start()
-            // Both gateways registered at both relays, and the peers found through both.
-            try waitUntil("both relays hold both nodes", timeout: 30) {
-                try (0..<2).allSatisfy { i in
-                    let out = try s.relayctl(s.relayHosts[i], s.relaySocket(i), ["relay", "status", "--json"]).stdout
-                    return (try? ControlJSON.decoder().decode(RelayStatusResponse.self, from: Data(out.utf8)))?.relay.nodes == 2
-                }
+            func nodes(_ i: Int) throws -> Int {
+                let out = try s.relayctl(s.relayHosts[i], s.relaySocket(i), ["relay", "status", "--json"]).stdout
+                return (try? ControlJSON.decoder().decode(RelayStatusResponse.self, from: Data(out.utf8)))?.relay.nodes ?? -1
             }
             try waitUntil("the gateways reach each other", timeout: 30) {
                 try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
             }
+            // Each gateway stays at its home relay (the first that answered) and uses another only
+            // to reach a peer: the relay not needed is left (not four registrations, one per
+            // gateway and relay, as if every node registered everywhere).
+            try waitUntil("a relay not needed is left", timeout: 25) { try nodes(0) + nodes(1) < 4 && nodes(0) >= 0 && nodes(1) >= 0 }
+            let links = try ControlJSON.decoder().decode([RelayLinkView].self, from: Data(s.relayctl(s.gwA, s.socketA, ["relay", "links", "--json"]).stdout.utf8))
+            #expect(links.filter(\.home).count == 1, "\(links)")
             let peers = try ControlJSON.decoder().decode(PeersResponse.self, from: Data(s.relayctl(s.gwA, s.socketA, ["peers", "--json"]).stdout.utf8))
             let before = try #require(peers.peers.first?.runtime?.path)
             let home = try #require(SiteToSite.relayAddresses.firstIndex { before == "relay \($0):51821" }, "path \(before)")
@@ -96,6 +99,10 @@ struct RelayedSitesTests {
             let after = try ControlJSON.decoder().decode(PeersResponse.self, from: Data(s.relayctl(s.gwA, s.socketA, ["peers", "--json"]).stdout.utf8))
             #expect(after.peers.first?.runtime?.path == "relay \(SiteToSite.relayAddresses[1 - home]):51821", "\(after)")
             #expect(try transfer.waitForExit(timeout: 40) == 0, "the transfer did not complete: \(transfer.log().suffix(600))")
+            // The peer cache (state directory) says where B is now: after a restart A makes that
+            // relay its home.
+            let cache = (try? String(contentsOfFile: s.dir("A") + "/state/relay-peers", encoding: .utf8)) ?? ""
+            #expect(cache.contains(" \(SiteToSite.relayAddresses[1 - home]):51821"), "relay-peers: \(cache)")
         }
     }
 

@@ -32,7 +32,7 @@ struct RelayStatus: ParsableCommand {
 }
 
 struct RelayLinks: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "links", abstract: "This node's relays: registered or not, its id there, its address as each relay sees it.")
+    static let configuration = CommandConfiguration(commandName: "links", abstract: "This node's relays: the home relay, others registered on demand or on standby, its id at each, its address as each relay sees it.")
     @OptionGroup var connection: ConnectionOptions
 
     func run() throws {
