@@ -102,7 +102,8 @@ final class PeerMachine {
     }
 
     /// Where datagrams to the peer go now: the path authenticated data last came on (a proven
-    /// direct path first when two are as recent), else the configured endpoint, else a relay.
+    /// direct path first when two are as recent), else the configured endpoint, else a relay (the
+    /// home relay when the peer is reached through it).
     private(set) var route: Route?
 
     /// The peer's direct endpoint, configured or proven.
@@ -113,8 +114,22 @@ final class PeerMachine {
 
     var state: String { current != nil ? "up" : (pending != nil || initiating ? "handshaking" : (paths.isEmpty ? "waiting for peer" : "idle")) }
 
+    /// This node's home relay: among relay paths, the one through it is taken (relay paths are
+    /// interchangeable; sending through home lets the peer move there too and other relays be left).
+    private(set) var homeRelay: Endpoint?
+
+    func prefer(home: Endpoint?) {
+        guard home != homeRelay else { return }
+        homeRelay = home
+        choose()
+    }
+
     private func choose() {
         route = paths.max { a, b in a.lastReceived != b.lastReceived ? a.lastReceived < b.lastReceived : (!a.route.isDirect && b.route.isDirect) }?.route
+        if case .relay(let r, _)? = route, r != homeRelay, let h = homeRelay,
+           let viaHome = paths.first(where: { if case .relay(let x, _) = $0.route { return x == h } else { return false } }) {
+            route = viaHome.route
+        }
     }
 
     // MARK: events

@@ -171,6 +171,7 @@ final class PeerTable {
             if next == nil && home != nil { homelessSince = now }
             home = next
         }
+        for p in peers { p.prefer(home: home?.endpoint) }
         let recent = now - Self.relayIdle
         let missing = peers.filter { $0.missing(since: recent) }
         for link in relays {

@@ -115,6 +115,36 @@ struct RelayHomeTests {
         #expect(w.tables[0].relays[0].phase == .idle)
     }
 
+    @Test("both relays answer at once and both know the peer: traffic goes through home, and the other relay is left by both nodes")
+    func preferHome() {
+        let w = World()
+        w.run(2)
+        let h = w.home(0)
+        #expect(h != nil && w.home(1) == h)
+        #expect(w.route(0).map { if case .relay(let r, _) = $0 { return r == h } else { return false } } == true, "\(String(describing: w.route(0)))")
+        w.run(12)
+        let other = w.relayAt.firstIndex { $0 != h }!
+        #expect(w.registeredAt(other) == 0 && w.registeredAt(1 - other) == 2)
+    }
+
+    @Test("among relay paths the one through home is taken, whatever was found first; a proven direct path still wins")
+    func routeThroughHome() {
+        let r1 = Endpoint("100.64.9.9:51821")!, r2 = Endpoint("100.64.8.8:51821")!, direct = Endpoint("100.64.2.2:40000")!
+        let m = PeerMachine(name: "B", publicKey: [UInt8](repeating: 1, count: 32), endpoint: nil, prefixes: [])
+        m.addRelayPath(r2, id: 7)
+        m.addRelayPath(r1, id: 9)
+        #expect(m.route == .relay(r2, id: 7))
+        m.prefer(home: r1)
+        #expect(m.route == .relay(r1, id: 9))
+        m.proved(.relay(r2, id: 7), now: 5)       // the peer's data came through the other relay
+        #expect(m.route == .relay(r1, id: 9))
+        m.proved(.direct(direct), now: 6)
+        #expect(m.route == .direct(direct))
+        m.prefer(home: nil)
+        m.removeRelayPaths(via: r1)
+        #expect(m.route == .direct(direct))
+    }
+
     @Test("failover: the home relay is cut off; both nodes re-home at the other relay within 8 s and reach each other through it; the old relay, back, is not used")
     func failover() {
         let w = World()
