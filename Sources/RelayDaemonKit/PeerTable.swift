@@ -156,9 +156,10 @@ final class PeerTable {
     private var preferred: Endpoint?
     private var homelessSince: Double = 0
 
-    /// How long a relay other than home stays registered unused, and how long one that found none
-    /// of the missing peers is not searched again.
-    static let relayIdle: Double = 30, relaySearchPause: Double = 60
+    /// How long a direct path counts as working after data came on it; how long a relay other than
+    /// home counts as used after the peer's data (or a handshake answer) came through it; how long
+    /// one that found none of the missing peers is not searched again.
+    static let relayIdle: Double = 30, relayHeard: Double = 10, relaySearchPause: Double = 60
 
     /// Registrations due (the home relay, relays in use, relays searched for missing peers),
     /// heartbeats, dead relays (their paths go), relays left when unused, lookups (every second for
@@ -175,7 +176,7 @@ final class PeerTable {
         let recent = now - Self.relayIdle
         let missing = peers.filter { $0.missing(since: recent) }
         for link in relays {
-            let inUse = peers.contains { $0.uses(relay: link.endpoint, since: recent) }
+            let inUse = peers.contains { $0.uses(relay: link.endpoint, since: now - Self.relayHeard) }
             let searching = now >= link.standbyUntil && missing.contains { !link.absent.contains($0.publicKey) }
             let wanted: Bool
             if let home { wanted = link === home || inUse || searching }
