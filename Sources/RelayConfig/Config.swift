@@ -14,7 +14,9 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 /// relayd's TOML configuration (`/etc/relay/relayd.toml`; annotated example in contrib/relayd.toml).
 public enum ConfigFile {
     static let known: [String: [String]] = [
-        "": ["node", "site", "peer", "sessions", "reflector", "relay", "relays"],
+        "": ["node", "site", "peer", "sessions", "reflector", "relay", "relays", "front_door"],
+        "front_door": ["enabled", "listen", "tls", "certificate", "private_key", "public_status", "max_connections_per_address", "header_seconds",
+                       "idle_seconds", "max_message_bytes", "max_streams"],
         "relay": ["enabled", "port", "allowed_keys", "tokens", "max_nodes", "node_bytes_per_second", "node_datagrams_per_second", "registrations_per_second", "heartbeat_seconds"],
         "relays": ["address", "public_key", "token"],
         "reflector": ["enabled", "port", "rate", "burst", "servers", "address", "other_address", "other_port", "rto_ms", "retransmissions", "interval"],
@@ -162,6 +164,29 @@ public enum ConfigFile {
                 if let x = int(t, "registrations_per_second", "relay", 1...10_000) { cfg.relay.registrationsPerSecond = x }
                 if let x = int(t, "heartbeat_seconds", "relay", 1...60) { cfg.relay.heartbeatSeconds = x }
             } else { err("relay", "must be a table: [relay]") }
+        }
+        if let v = root["front_door"] {
+            if let t = v.table {
+                checkKeys(t, "front_door", "front_door")
+                func bool(_ k: String) -> Bool? {
+                    guard let e = t[k] else { return nil }
+                    if let b = e.bool { return b }
+                    err("front_door.\(k)", "must be true or false"); return nil
+                }
+                if let b = bool("enabled") { cfg.frontDoor.enabled = b }
+                if let b = bool("tls") { cfg.frontDoor.tls = b }
+                if let b = bool("public_status") { cfg.frontDoor.publicStatus = b }
+                if let a = string(t, "listen", "front_door") {
+                    if let ep = Endpoint(a) { cfg.frontDoor.listen = ep } else { err("front_door.listen", "'\(a)' is not ADDRESS:PORT (e.g. [::]:443 or 0.0.0.0:8443)") }
+                }
+                if let x = string(t, "certificate", "front_door") { cfg.frontDoor.certificate = x }
+                if let x = string(t, "private_key", "front_door") { cfg.frontDoor.privateKey = x }
+                if let x = int(t, "max_connections_per_address", "front_door", 1...100_000) { cfg.frontDoor.maxConnectionsPerAddress = x }
+                if let x = int(t, "header_seconds", "front_door", 1...300) { cfg.frontDoor.headerSeconds = x }
+                if let x = int(t, "idle_seconds", "front_door", 5...3600) { cfg.frontDoor.idleSeconds = x }
+                if let x = int(t, "max_message_bytes", "front_door", 1024...1_048_576) { cfg.frontDoor.maxMessageBytes = x }
+                if let x = int(t, "max_streams", "front_door", 1...10_000) { cfg.frontDoor.maxStreams = x }
+            } else { err("front_door", "must be a table: [front_door]") }
         }
         for (i, r) in tables("relays", in: root, "relays").enumerated() {
             let path = "relays[\(i)]"

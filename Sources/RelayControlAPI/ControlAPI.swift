@@ -96,10 +96,12 @@ public struct StatusResponse: Codable, Equatable, Sendable {
     /// The relay role (nil when off) and this node's links to relays.
     public var relay: RelayServerStatus?
     public var relays: [RelayLinkView]?
+    /// The TLS front door (nil when off).
+    public var frontDoor: FrontDoorStatus?
     public init(version: String, nodeName: String, publicKey: String, startedAt: Date, uptimeSeconds: Double, config: ConfigStatus,
                 helper: HelperLinkStatus, sites: Int, peers: Int, tunnelPort: UInt16? = nil, tunnel: TunnelCounters? = nil, sessions: FlowStats? = nil, reflector: ReflectorCounters? = nil,
-                packetPath: PacketPathStatus? = nil, relay: RelayServerStatus? = nil, relays: [RelayLinkView]? = nil) {
-        self.relay = relay; self.relays = relays
+                packetPath: PacketPathStatus? = nil, relay: RelayServerStatus? = nil, relays: [RelayLinkView]? = nil, frontDoor: FrontDoorStatus? = nil) {
+        self.relay = relay; self.relays = relays; self.frontDoor = frontDoor
         self.tunnelPort = tunnelPort; self.tunnel = tunnel; self.sessions = sessions; self.reflector = reflector; self.packetPath = packetPath
         self.version = version; self.nodeName = nodeName; self.publicKey = publicKey; self.startedAt = startedAt; self.uptimeSeconds = uptimeSeconds
         self.config = config; self.helper = helper; self.sites = sites; self.peers = peers
@@ -323,7 +325,9 @@ public struct RelayNodeView: Codable, Equatable, Sendable {
 public struct RelayStatusResponse: Codable, Equatable, Sendable {
     public var relay: RelayServerStatus
     public var nodes: [RelayNodeView]
-    public init(relay: RelayServerStatus, nodes: [RelayNodeView]) { self.relay = relay; self.nodes = nodes }
+    /// The front door that carries the relay's WebSocket transport (nil when off).
+    public var frontDoor: FrontDoorStatus?
+    public init(relay: RelayServerStatus, nodes: [RelayNodeView], frontDoor: FrontDoorStatus? = nil) { self.relay = relay; self.nodes = nodes; self.frontDoor = frontDoor }
 }
 
 /// This node's link to one relay.
@@ -340,5 +344,55 @@ public struct RelayLinkView: Codable, Equatable, Sendable {
     public init(address: String, state: String, home: Bool, id: UInt32?, observed: String?, registeredSecondsAgo: Double?, lastError: String?) {
         self.address = address; self.state = state; self.home = home; self.id = id; self.observed = observed
         self.registeredSecondsAgo = registeredSecondsAgo; self.lastError = lastError
+    }
+}
+
+/// What the TLS front door did (`relayctl relay status`).
+public struct FrontDoorCounters: Codable, Equatable, Sendable {
+    /// Connections accepted, refused (per-address cap), closed for slowness (no request within
+    /// header_seconds) or idleness; TLS handshakes that failed.
+    public var connections = 0, refusedPerAddress = 0, headerTimeouts = 0, idleTimeouts = 0, tlsFailures = 0
+    /// Plain requests answered (by HTTP version), not found.
+    public var requestsHTTP1 = 0, requestsHTTP2 = 0, notFound = 0
+    /// WebSockets opened, refused by their route, ended for a protocol error (unmasked, text,
+    /// oversized, malformed); binary messages taken in.
+    public var webSocketsOpened = 0, webSocketsRefused = 0, webSocketProtocolErrors = 0, webSocketMessagesIn = 0
+    public init() {}
+}
+
+public struct FrontDoorStatus: Codable, Equatable, Sendable {
+    /// Where it listens ("[::]:443", or "socket activation").
+    public var listen: String
+    public var port: Int
+    public var tls: Bool
+    /// The certificate's subject and expiry (nil without TLS).
+    public var certificateSubject: String?
+    public var certificateNotAfter: String?
+    public var connectionsOpen: Int
+    public var counters: FrontDoorCounters
+    public init(listen: String, port: Int, tls: Bool, certificateSubject: String?, certificateNotAfter: String?, connectionsOpen: Int, counters: FrontDoorCounters) {
+        self.listen = listen; self.port = port; self.tls = tls; self.certificateSubject = certificateSubject
+        self.certificateNotAfter = certificateNotAfter; self.connectionsOpen = connectionsOpen; self.counters = counters
+    }
+}
+
+/// `GET /` on the front door (front_door.public_status): what anyone may know about this relayd.
+public struct PublicStatus: Codable, Equatable, Sendable {
+    public struct Relay: Codable, Equatable, Sendable {
+        public var publicKey: String
+        public var udpPort: Int
+        public var nodes: Int
+        public var webSocketNodes: Int
+        public var webSocketPath: String
+        public init(publicKey: String, udpPort: Int, nodes: Int, webSocketNodes: Int, webSocketPath: String) {
+            self.publicKey = publicKey; self.udpPort = udpPort; self.nodes = nodes; self.webSocketNodes = webSocketNodes; self.webSocketPath = webSocketPath
+        }
+    }
+    public var service: String
+    public var version: String
+    public var uptimeSeconds: Int
+    public var relay: Relay?
+    public init(service: String, version: String, uptimeSeconds: Int, relay: Relay?) {
+        self.service = service; self.version = version; self.uptimeSeconds = uptimeSeconds; self.relay = relay
     }
 }

@@ -135,6 +135,8 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
     /// The relay role (off by default) and the relays this node may use.
     public var relay = RelayRoleConfig()
     public var relays: [RelayServerConfig] = []
+    /// The TLS front door (off by default): WebSocket transport to the relay, the status API.
+    public var frontDoor = FrontDoorConfig()
     public init(node: NodeConfig = NodeConfig(), site: SiteConfig? = nil, peers: [PeerConfig] = [], sessions: FlowLimits = FlowLimits()) {
         self.node = node; self.site = site; self.peers = peers; self.sessions = sessions
     }
@@ -280,6 +282,10 @@ extension RelayConfiguration {
         for (i, t) in relay.tokens.enumerated() where t.utf8.count < 16 || t.utf8.count > 64 {
             err("relay.tokens[\(i)]", "a token must have 16 to 64 characters (e.g. `openssl rand -base64 24`)")
         }
+        if frontDoor.enabled && frontDoor.tls && (frontDoor.certificate.isEmpty || frontDoor.privateKey.isEmpty) {
+            err(frontDoor.certificate.isEmpty ? "front_door.certificate" : "front_door.private_key",
+                "the front door uses TLS: set front_door.certificate and front_door.private_key to PEM files (`relayctl relay cert --self-signed NAME` makes a pair), or front_door.tls = false on a trusted LAN")
+        }
         for (i, r) in relays.enumerated() {
             if !isKey(r.publicKey) { err("relays[\(i)].public_key", "'\(r.publicKey.prefix(60))' is not a key: expected 32 bytes in base64 (44 characters), as `relayctl identity` on the relay prints it") }
             if let t = r.token, t.utf8.count < 16 || t.utf8.count > 64 { err("relays[\(i)].token", "a token must have 16 to 64 characters") }
@@ -405,6 +411,43 @@ public struct RelayRoleConfig: Codable, Equatable, Sendable {
     public var registrationsPerSecond = 5
     /// Seconds between a node's heartbeats (the relay tells the node at registration).
     public var heartbeatSeconds = 2
+    public init() {}
+}
+
+extension Endpoint {
+    /// A stream connection (a WebSocket to the relay) standing in for a UDP source: an address in
+    /// 100::/64 (RFC 6666, discard-only: never a real source) holding the connection's number, port 0.
+    public static func stream(_ n: UInt64) -> Endpoint { Endpoint(.v6(IPv6Address(high: 0x0100_0000_0000_0000, low: n)), port: 0) }
+
+    /// The connection number of a `stream` endpoint; nil for a network endpoint.
+    public var streamNumber: UInt64? {
+        if port == 0, case .v6(let a) = address, a.high == 0x0100_0000_0000_0000 { return a.low }
+        return nil
+    }
+}
+
+/// The TLS front door: one listener (TLS 1.3, ALPN h2 and http/1.1) whose routes later work
+/// plugs into. Off until configured: it exposes something.
+public struct FrontDoorConfig: Codable, Equatable, Sendable {
+    public var enabled = false
+    /// Where to listen when systemd does not pass a socket (LISTEN_FDS): "[::]:443" by default.
+    public var listen = Endpoint(.v6(IPv6Address(high: 0, low: 0)), port: 443)
+    /// TLS with `certificate` and `privateKey` (PEM files, reread on SIGHUP). false: plain HTTP/1.1
+    /// (ws://), for a relay on a trusted LAN only; relayd warns at start.
+    public var tls = true
+    public var certificate = ""
+    public var privateKey = ""
+    /// `GET /` answers everyone with a summary (false: only the control socket shows it).
+    public var publicStatus = true
+    /// Connections one address may hold open.
+    public var maxConnectionsPerAddress = 32
+    /// Seconds a connection may take to send its first request (slow clients), and may stay silent.
+    public var headerSeconds = 10
+    public var idleSeconds = 60
+    /// The largest WebSocket message (and frame) taken, in bytes.
+    public var maxMessageBytes = 16384
+    /// HTTP/2 streams one connection may have open at once.
+    public var maxStreams = 100
     public init() {}
 }
 

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import RelayConfig
 import RelayControlAPI
+import RelayFrontDoor
 import RelayCore
 import RelayIPC
 import RelayTunnel
@@ -36,6 +37,7 @@ public final class Daemon: @unchecked Sendable {
     public private(set) var tunnel: TunnelService!
     public private(set) var reflector: ReflectorService?
     private(set) var relayServer: RelayServer?
+    private(set) var frontDoor: FrontDoor?
 
     /// Loads the configuration (or the embedded default) and the identity. Throws with a message
     /// that says what to fix; nothing is started yet.
@@ -77,6 +79,7 @@ public final class Daemon: @unchecked Sendable {
     public func start() throws {
         try startReflector()
         try startRelay()
+        try startFrontDoor()
         try startTunnel()
         startHelper()
     }
@@ -99,9 +102,36 @@ public final class Daemon: @unchecked Sendable {
         relayServer = r
     }
 
+    /// The TLS front door, when configured (off by default): the relay's WebSocket route when the
+    /// relay role is on, and the status page.
+    func startFrontDoor() throws {
+        let cfg = currentConfig
+        guard cfg.frontDoor.enabled else { return }
+        var routes = FrontDoorRoutes()
+        if let r = relayServer { routes.webSockets["/relay"] = RelayWebSocketEndpoint(server: r) }
+        if cfg.frontDoor.publicStatus {
+            routes.plain["/"] = { [weak self] _ in
+                guard let self else { return .error(503, "stopping", "relayd is stopping") }
+                return .json(self.publicSummary())
+            }
+        }
+        let door: FrontDoor
+        do { door = try FrontDoor(config: cfg.frontDoor, routes: routes, logger: logger) } catch { throw StartFailure(description: "\(error)") }
+        do { try door.start() } catch { door.stop(); throw StartFailure(description: "\(error)") }
+        frontDoor = door
+    }
+
+    /// `GET /` on the front door (front_door.public_status): what anyone may know.
+    func publicSummary() -> PublicStatus {
+        let relay = relayServer?.status
+        return PublicStatus(service: "relayd", version: RelayVersion.string, uptimeSeconds: Int(Date().timeIntervalSince(startedAt)),
+                            relay: relay.map { PublicStatus.Relay(publicKey: $0.publicKey, udpPort: Int($0.port), nodes: $0.nodes, webSocketNodes: relayServer?.streamCount ?? 0,
+                                                                  webSocketPath: "/relay") })
+    }
+
     func relayStatus() -> RelayStatusResponse? {
         guard let r = relayServer else { return nil }
-        return RelayStatusResponse(relay: r.status, nodes: r.nodes())
+        return RelayStatusResponse(relay: r.status, nodes: r.nodes(), frontDoor: frontDoor?.status)
     }
 
     func startTunnel() throws {
@@ -116,7 +146,7 @@ public final class Daemon: @unchecked Sendable {
         helper.setDesired(currentConfig.desiredKernelState)
     }
 
-    public func stop() { tunnel.stop(); relayServer?.stop(); reflector?.stop(); helper.stop() }
+    public func stop() { tunnel.stop(); frontDoor?.stop(); relayServer?.stop(); reflector?.stop(); helper.stop() }
 
     /// Re-reads the configuration. A valid one is applied as a diff; an invalid one is refused and
     /// the running configuration stays in force.
@@ -148,6 +178,16 @@ public final class Daemon: @unchecked Sendable {
         tunnel.configure(loaded.0)
         flows.setLimits(loaded.0.sessions)
         relayServer?.configure(loaded.0.relay)
+        if let door = frontDoor {
+            do { try door.reloadCertificate() } catch { logger.error("reload (\(trigger)): the front door keeps its certificate: \(error)") }
+            var a = old.frontDoor, b = loaded.0.frontDoor
+            (a.certificate, a.privateKey, b.certificate, b.privateKey) = ("", "", "", "")
+            if a != b || loaded.0.frontDoor.certificate != old.frontDoor.certificate || loaded.0.frontDoor.privateKey != old.frontDoor.privateKey {
+                logger.warning("front_door settings other than the certificate's contents changed: they take effect when relayd restarts")
+            }
+        } else if loaded.0.frontDoor.enabled {
+            logger.warning("front_door.enabled changed: it takes effect when relayd restarts")
+        }
         if loaded.0.relay.enabled != old.relay.enabled || loaded.0.relay.port != old.relay.port {
             logger.warning("relay.enabled or relay.port changed: it takes effect when relayd restarts")
         }
@@ -167,7 +207,8 @@ public final class Daemon: @unchecked Sendable {
                               uptimeSeconds: Date().timeIntervalSince(startedAt), config: configStatus, helper: helper.snapshot,
                               sites: (config.site == nil ? 0 : 1) + config.peers.reduce(0) { $0 + $1.sites.count }, peers: config.peers.count,
                               tunnelPort: tunnel.port, tunnel: tunnel.countersSnapshot(), sessions: flows.stats(), reflector: reflector?.snapshot,
-                              packetPath: packetPathStatus, relay: relayServer?.status, relays: config.relays.isEmpty ? nil : tunnel.relayViews())
+                              packetPath: packetPathStatus, relay: relayServer?.status, relays: config.relays.isEmpty ? nil : tunnel.relayViews(),
+                              frontDoor: frontDoor?.status)
     }
 
     var packetPathStatus: PacketPathStatus {

@@ -57,7 +57,7 @@ public struct StartFailure: Error, CustomStringConvertible {
 
 extension Daemon {
     /// relayd's services in start order: the SIGHUP trap, the control socket, the STUN reflector,
-    /// the relay role (when on), the peer tunnels (with the reflection client), the helper link. SIGTERM and SIGINT shut
+    /// the relay role (when on), the TLS front door (when on), the peer tunnels (with the reflection client), the helper link. SIGTERM and SIGINT shut
     /// them down gracefully in reverse order; kernel state stays (the next start re-applies it).
     /// Returns when they have stopped; throws StartFailure when one could not start.
     public func run(control: ControlServer) async throws {
@@ -68,7 +68,8 @@ extension Daemon {
         }, stop: { control.stop() })
         let reflectorService = StagedService(description: "STUN reflector", after: controlService.gate, start: { try self.startReflector() }, stop: { self.reflector?.stop() })
         let relayService = StagedService(description: "relay", after: reflectorService.gate, start: { try self.startRelay() }, stop: { self.relayServer?.stop() })
-        let tunnelService = StagedService(description: "peer tunnels", after: relayService.gate, start: { try self.startTunnel() }, stop: { self.tunnel.stop() })
+        let frontDoorService = StagedService(description: "front door", after: relayService.gate, start: { try self.startFrontDoor() }, stop: { self.frontDoor?.stop() })
+        let tunnelService = StagedService(description: "peer tunnels", after: frontDoorService.gate, start: { try self.startTunnel() }, stop: { self.tunnel.stop() })
         let logger = self.logger
         let helperService = StagedService(description: "helper link", after: tunnelService.gate, start: {
             self.startHelper()
@@ -79,7 +80,7 @@ extension Daemon {
             logger.notice("shutting down (kernel state stays; the next start re-applies it)")
             self.helper.stop()
         })
-        let group = ServiceGroup(configuration: .init(services: [reload, controlService, reflectorService, relayService, tunnelService, helperService],
+        let group = ServiceGroup(configuration: .init(services: [reload, controlService, reflectorService, relayService, frontDoorService, tunnelService, helperService],
                                                       gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         logger.notice("stopped")

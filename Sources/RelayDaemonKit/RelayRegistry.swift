@@ -256,6 +256,15 @@ final class RelayRegistry {
         out.append((f, n.address))
     }
 
+    /// The connection a node registered over (a WebSocket) is gone: its registration ends now.
+    func disconnected(_ address: Endpoint) {
+        for (id, n) in nodes where n.address == address {
+            nodes[id] = nil
+            if byKey[n.key] == id { byKey[n.key] = nil }
+            counters.left += 1
+        }
+    }
+
     /// Every second or so: registrations not heard from for four heartbeats and a second (pending
     /// ones after ten seconds) end.
     func tick(now: Double) {

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import RelayControlAPI
 import RelayCore
+import RelayFrontDoor
 import RelayTunnel
 import Synchronization
 import CRelayShim
@@ -10,8 +11,10 @@ import CRelayShim
 import Glibc
 #endif
 
-/// The relay role's loop: its UDP socket and thread around `RelayRegistry`. Off unless
-/// `[relay] enabled = true`.
+/// The relay role's loop: its UDP socket and thread around `RelayRegistry`, and the WebSocket
+/// connections of the front door (each one a node's transport when its UDP is blocked: it stands
+/// in the registry as a `stream` endpoint, so registration, limits and forwarding are the same).
+/// Off unless `[relay] enabled = true`.
 final class RelayServer: @unchecked Sendable {
     let logger: Logger
     let clock: () -> Double
@@ -23,6 +26,10 @@ final class RelayServer: @unchecked Sendable {
     private let running = DispatchGroup()
     /// The largest datagram taken (bigger ones are counted as oversized and dropped).
     static let maxDatagram = 9000
+    /// WebSocket connections by number (`Endpoint.stream`), under `lock`.
+    private var streams: [UInt64: WebSocketSender] = [:]
+    private var streamRemotes: [UInt64: String] = [:]
+    private var nextStream: UInt64 = 1
 
     init(identity: NodeIdentity, config: RelayRoleConfig, logger: Logger, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }) {
         self.logger = logger
@@ -56,7 +63,15 @@ final class RelayServer: @unchecked Sendable {
                                  nodes: registry.active, pending: registry.pending, maxNodes: registry.policy.maxNodes, counters: registry.counters)
     }
 
-    func nodes() -> [RelayNodeView] { lock.lock(); defer { lock.unlock() }; return registry.views(now: clock()) }
+    /// Registered nodes; one on a WebSocket shows "websocket from ADDRESS:PORT".
+    func nodes() -> [RelayNodeView] {
+        lock.lock(); defer { lock.unlock() }
+        return registry.views(now: clock()).map { v in
+            var v = v
+            if let e = Endpoint(v.address), let n = e.streamNumber { v.address = "websocket from \(streamRemotes[n] ?? "?")" }
+            return v
+        }
+    }
 
     /// recvmmsg (with UDP GRO: a node's train of frames arrives as one buffer) under one lock per
     /// batch; forward frames become deliver frames in place, and what goes to one destination in a
@@ -69,6 +84,7 @@ final class RelayServer: @unchecked Sendable {
         var from = [sockaddr_in6](repeating: sockaddr_in6(), count: batch)
         let gro = CRelayShim_udp_enable_gro(fd) == 0
         var out = Trains()
+        var toStreams: [(UInt64, [UInt8])] = []
         var lastTick = clock()
         while !stopped.load(ordering: .relaxed) {
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
@@ -81,6 +97,7 @@ final class RelayServer: @unchecked Sendable {
                     for i in 0..<n {
                         let total = Int(lens[i])
                         guard total > 0, let source = TunnelService.endpoint(from[i]) else { continue }
+                        guard source.streamNumber == nil else { registry.counters.malformed += 1; continue }
                         let step = gro && segs[i] > 0 ? Int(segs[i]) : total
                         guard step <= RelayServer.maxDatagram else { registry.counters.oversized += 1; continue }
                         var off = 0
@@ -88,7 +105,9 @@ final class RelayServer: @unchecked Sendable {
                             let len = min(step, total - off)
                             let p = UnsafeMutableRawBufferPointer(start: rx + i * slot + off, count: len)
                             switch registry.forwardInPlace(p, from: source, now: now) {
-                            case .forwarded(let to): out.add(offset: i * slot + off, length: len, to: TunnelService.socketAddress(to))
+                            case .forwarded(let to):
+                                if let n = to.streamNumber { out.close(); toStreams.append((n, Array(p))) }
+                                else { out.add(offset: i * slot + off, length: len, to: TunnelService.socketAddress(to)) }
                             case .handled: out.close()
                             case .slow: out.close(); registry.receive(Array(p)[...], from: source, now: now)
                             }
@@ -97,8 +116,10 @@ final class RelayServer: @unchecked Sendable {
                         out.close()
                     }
                     let extra = registry.take()
+                    let senders = toStreams.map { streams[$0.0] }
                     lock.unlock()
-                    let dropped = out.send(fd, rx)
+                    let dropped = out.send(fd, rx) + zip(senders, toStreams).filter { !($0.0?.send($0.1.1) ?? false) }.count
+                    toStreams.removeAll(keepingCapacity: true)
                     if dropped > 0 { lock.lock(); registry.counters.sendDropped += dropped; lock.unlock() }
                     flush(extra)
                     if n < batch { break }
@@ -158,7 +179,12 @@ final class RelayServer: @unchecked Sendable {
     private func flush(_ out: [([UInt8], Endpoint)]) {
         guard !out.isEmpty else { return }
         var dropped = 0
+        let senders: [UInt64: WebSocketSender] = out.contains { $0.1.streamNumber != nil } ? lock.withLock { streams } : [:]
         for (bytes, to) in out {
+            if let n = to.streamNumber {
+                if !(senders[n]?.send(bytes) ?? false) { dropped += 1 }
+                continue
+            }
             var sa = TunnelService.socketAddress(to)
             let n = withUnsafePointer(to: &sa) { p in
                 p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes, bytes.count, Int32(MSG_DONTWAIT), $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
@@ -166,5 +192,65 @@ final class RelayServer: @unchecked Sendable {
             if n < 0 { dropped += 1 }
         }
         if dropped > 0 { lock.lock(); registry.counters.sendDropped += dropped; lock.unlock() }
+    }
+
+    // MARK: WebSocket transport
+
+    /// A WebSocket to the relay opened: its stand-in endpoint's number, or nil when the relay holds
+    /// as many connections as nodes it may hold.
+    func openStream(_ sender: WebSocketSender, remote: String) -> UInt64? {
+        lock.withLock {
+            guard streams.count < registry.policy.maxNodes else { return nil }
+            let n = nextStream
+            nextStream += 1
+            streams[n] = sender
+            streamRemotes[n] = remote
+            return n
+        }
+    }
+
+    /// One relay message from a WebSocket: the same path as a datagram from a UDP source.
+    func streamMessage(_ n: UInt64, _ bytes: [UInt8]) {
+        let now = clock()
+        lock.lock()
+        if bytes.count > RelayServer.maxDatagram { registry.counters.oversized += 1; lock.unlock(); return }
+        registry.receive(bytes[...], from: .stream(n), now: now)
+        let out = registry.take()
+        lock.unlock()
+        flush(out)
+    }
+
+    /// The WebSocket closed: its registration ends at once.
+    func closeStream(_ n: UInt64) {
+        lock.withLock {
+            streams[n] = nil
+            streamRemotes[n] = nil
+            registry.disconnected(.stream(n))
+        }
+    }
+
+    var streamCount: Int { lock.withLock { streams.count } }
+}
+
+/// The relay's WebSocket route (`/relay` on the front door): each connection carries relay
+/// messages, one per binary WebSocket message, both ways (docs/relay-protocol.md).
+final class RelayWebSocketEndpoint: WebSocketEndpoint, @unchecked Sendable {
+    let server: RelayServer
+    init(server: RelayServer) { self.server = server }
+
+    func open(remote: String, sender: WebSocketSender) -> (any WebSocketSession)? {
+        guard let n = server.openStream(sender, remote: remote) else {
+            server.logger.warning("relay: refused a WebSocket from \(remote): the relay holds relay.max_nodes connections")
+            return nil
+        }
+        server.logger.debug("relay: WebSocket \(n) from \(remote)")
+        return Session(server: server, number: n)
+    }
+
+    final class Session: WebSocketSession, @unchecked Sendable {
+        let server: RelayServer, number: UInt64
+        init(server: RelayServer, number: UInt64) { self.server = server; self.number = number }
+        func received(_ message: [UInt8]) { server.streamMessage(number, message) }
+        func closed() { server.closeStream(number) }
     }
 }

@@ -4,8 +4,8 @@ import RelayControlAPI
 
 struct Relay: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "The relay role: registered nodes, forwarded traffic, limits hit (relay status); this node's relays (relay links).",
-        subcommands: [RelayStatus.self, RelayLinks.self], defaultSubcommand: RelayStatus.self)
+        abstract: "The relay role: registered nodes, forwarded traffic, limits hit (relay status); this node's relays (relay links); a certificate for the front door (relay cert).",
+        subcommands: [RelayStatus.self, RelayLinks.self, RelayCert.self], defaultSubcommand: RelayStatus.self)
 }
 
 struct RelayStatus: ParsableCommand {
@@ -22,6 +22,12 @@ struct RelayStatus: ParsableCommand {
             print("forwarded \(c.forwarded) datagrams (\(bytes(c.forwardedBytes))); not here \(c.notHere); throttled \(c.throttled); send buffer full \(c.sendDropped)")
             print("registrations \(c.registrations); refused: not admitted \(c.notAdmitted), rate limited \(c.rateLimited), full \(c.full); replayed \(c.replayed)")
             print("dropped: bad mac1 \(c.badMAC), failed handshakes \(c.authFailed), bad frames \(c.badFrames), wrong source \(c.wrongSource), unknown session \(c.unknownSession), malformed \(c.malformed), oversized \(c.oversized); expired \(c.expired), left \(c.left)")
+            if let f = r.frontDoor {
+                let k = f.counters
+                print("front door on \(f.listen) (port \(f.port)), \(f.tls ? "TLS 1.3, \(f.certificateSubject ?? "certificate") until \(f.certificateNotAfter ?? "?")" : "no TLS"); \(f.connectionsOpen) connections open")
+                print("  connections \(k.connections), refused per address \(k.refusedPerAddress), no request in time \(k.headerTimeouts), idle \(k.idleTimeouts), TLS failures \(k.tlsFailures)")
+                print("  requests HTTP/1.1 \(k.requestsHTTP1), HTTP/2 \(k.requestsHTTP2), not found \(k.notFound); WebSockets \(k.webSocketsOpened) opened, \(k.webSocketsRefused) refused, \(k.webSocketProtocolErrors) protocol errors, \(k.webSocketMessagesIn) messages in")
+            }
             if !r.nodes.isEmpty {
                 print(table(["NODE KEY", "ID", "ADDRESS", "REGISTERED", "LAST HEARD", "FORWARDED", "THROTTLED"], r.nodes.map {
                     [$0.publicKey, String($0.id), $0.address, "\(Int($0.registeredSecondsAgo))s ago", String(format: "%.1fs ago", $0.lastHeardSecondsAgo), String($0.forwarded), String($0.throttled)]

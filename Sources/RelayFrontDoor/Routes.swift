@@ -1,0 +1,111 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOWebSocket
+
+/// What the front door serves: plain request/response routes and WebSocket routes, by path. Each
+/// route is its own handler; adding one touches no other. HTTP/1.1 and HTTP/2 reach the same
+/// routes (a WebSocket route by HTTP/1.1 Upgrade or by RFC 8441 extended CONNECT).
+public struct FrontDoorRoutes: Sendable {
+    /// Exact paths ("/") or prefixes ending in "/" ("/devices/").
+    public var plain: [String: @Sendable (FrontDoorRequest) -> FrontDoorResponse] = [:]
+    public var webSockets: [String: any WebSocketEndpoint] = [:]
+    public init() {}
+
+    func plainRoute(_ path: String) -> (@Sendable (FrontDoorRequest) -> FrontDoorResponse)? {
+        let p = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
+        if let r = plain[p] { return r }
+        return plain.first { $0.key.hasSuffix("/") && $0.key.count > 1 && p.hasPrefix($0.key) }?.value
+    }
+
+    func webSocketRoute(_ path: String) -> (any WebSocketEndpoint)? {
+        webSockets[path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path]
+    }
+}
+
+public struct FrontDoorRequest: Sendable {
+    public var method: String
+    public var path: String
+    public var headers: [(String, String)]
+    /// The client's address (IP and port), as the TCP connection shows it.
+    public var remote: String
+    /// "h2" or "http/1.1".
+    public var httpVersion: String
+}
+
+public struct FrontDoorResponse: Sendable {
+    public var status: Int
+    public var contentType: String
+    public var body: [UInt8]
+    public init(status: Int, contentType: String = "application/json", body: [UInt8]) {
+        self.status = status; self.contentType = contentType; self.body = body
+    }
+    public static func json<T: Encodable>(_ value: T, status: Int = 200) -> FrontDoorResponse {
+        let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return FrontDoorResponse(status: status, body: Array((try? e.encode(value)) ?? Data("{}".utf8)) + [0x0a])
+    }
+    /// An error as JSON: `{"error": {"code": ..., "message": ...}}`.
+    public static func error(_ status: Int, _ code: String, _ message: String) -> FrontDoorResponse {
+        json(["error": ["code": code, "message": message]], status: status)
+    }
+}
+
+/// A WebSocket route: decides whether to take a connection, then gets its binary messages.
+public protocol WebSocketEndpoint: AnyObject, Sendable {
+    /// A client asks to open a WebSocket: a session, or nil to refuse (the reason is logged by the
+    /// endpoint and the connection closed with 1008 "policy violation").
+    func open(remote: String, sender: WebSocketSender) -> (any WebSocketSession)?
+}
+
+public protocol WebSocketSession: AnyObject, Sendable {
+    /// One whole binary message (fragments joined; at most the front door's message cap).
+    func received(_ message: [UInt8])
+    /// The connection is gone (either side closed it, or it failed).
+    func closed()
+}
+
+/// Sends binary messages on one WebSocket from any thread, without waiting: messages queue on the
+/// connection's event loop up to `limit`; beyond that, or while the connection cannot take more
+/// (a slow client), a message is dropped and counted, so a slow client never holds up its sender.
+public final class WebSocketSender: @unchecked Sendable {
+    let channel: Channel
+    let limit: Int
+    private let queued = NIOLockedValueBox(0)
+    private let droppedBox = NIOLockedValueBox(0)
+
+    init(channel: Channel, limit: Int = 512) { self.channel = channel; self.limit = limit }
+
+    /// Messages dropped because the client did not keep up.
+    public var dropped: Int { droppedBox.withLockedValue { $0 } }
+
+    /// Queues one binary message; false when it was dropped.
+    @discardableResult
+    public func send(_ message: [UInt8]) -> Bool {
+        let ok = queued.withLockedValue { q -> Bool in
+            guard q < limit else { return false }
+            q += 1
+            return true
+        }
+        guard ok else { droppedBox.withLockedValue { $0 += 1 }; return false }
+        let channel = self.channel, queued = self.queued, droppedBox = self.droppedBox
+        channel.eventLoop.execute {
+            queued.withLockedValue { $0 -= 1 }
+            guard channel.isActive else { return }
+            guard channel.isWritable else { droppedBox.withLockedValue { $0 += 1 }; return }
+            var buf = channel.allocator.buffer(capacity: message.count)
+            buf.writeBytes(message)
+            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: buf), promise: nil)
+        }
+        return true
+    }
+
+    /// Closes the WebSocket (status 1000, or `code`).
+    public func close(code: WebSocketErrorCode = .normalClosure) {
+        let channel = self.channel
+        channel.eventLoop.execute {
+            var buf = channel.allocator.buffer(capacity: 2)
+            buf.write(webSocketErrorCode: code)
+            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: buf)).whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+}
