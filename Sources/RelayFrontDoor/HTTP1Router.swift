@@ -27,8 +27,8 @@ final class HTTP1Router: ChannelInboundHandler, RemovableChannelHandler {
             let request = FrontDoorRequest(method: h.method.rawValue, path: h.uri, headers: h.headers.map { ($0.name, $0.value) },
                                            remote: connection.remote, httpVersion: "http/1.1")
             let response: FrontDoorResponse
+            connection.stats.bump(\.requestsHTTP1)
             if let r = routes.plainRoute(h.uri) {
-                connection.stats.bump(\.requestsHTTP1)
                 response = h.method == .GET || h.method == .HEAD ? r(request)
                     : .error(405, "method_not_allowed", "\(h.method.rawValue) \(h.uri): only GET is served here")
             } else if routes.webSocketRoute(h.uri) != nil {

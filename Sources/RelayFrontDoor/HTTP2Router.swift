@@ -49,8 +49,8 @@ final class HTTP2Router: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let request = FrontDoorRequest(method: method, path: path, headers: h.map { ($0.name, $0.value) }, remote: connection.remote, httpVersion: "h2")
+        connection.stats.bump(\.requestsHTTP2)
         if let r = routes.plainRoute(path) {
-            connection.stats.bump(\.requestsHTTP2)
             respond(context, method == "GET" || method == "HEAD" ? r(request) : .error(405, "method_not_allowed", "\(method) \(path): only GET is served here"),
                     end: true, head: method == "HEAD")
         } else if routes.webSocketRoute(path) != nil {

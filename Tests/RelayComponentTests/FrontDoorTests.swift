@@ -1,0 +1,187 @@
+import Foundation
+import Testing
+import RelayControlAPI
+import RelayTestHarness
+
+/// The TLS front door against independent clients: openssl s_client (TLS version, ALPN,
+/// certificate), curl (HTTP/2 and HTTP/1.1), Python `websockets` and `h2` (the relay's WebSocket
+/// transport, RFC 6455 and RFC 8441), raw sockets for the abuse bounds. Loopback only.
+@Suite("component: the TLS front door", .serialized)
+struct FrontDoorTests {
+    static let client = RelayProtocolTests.client
+    static let token = "a-token-of-twenty-chars"
+
+    /// A free TCP port on 127.0.0.1.
+    static func freeTCPPort() -> Int {
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0); defer { close(s) }
+        var a = sockaddr_in(); a.sin_family = sa_family_t(AF_INET); a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &len) } }
+        return Int(UInt16(bigEndian: a.sin_port))
+    }
+
+    struct Cert: Decodable { var certificate: String; var privateKey: String; var spkiSHA256: String }
+
+    /// `relayctl relay cert --self-signed NAME` into `dir`.
+    static func cert(_ name: String, _ dir: String) throws -> Cert {
+        let r = try Command.run([try Binaries.path("relayctl"), "relay", "cert", "--self-signed", name, "--out", dir, "--json"], check: false)
+        #expect(r.status == 0, "\(r.stderr)")
+        return try JSONDecoder().decode(Cert.self, from: Data(r.stdout.utf8))
+    }
+
+    final class Setup {
+        let dir: String, port: Int, cert: Cert, d: RelaydProcess
+        init(extra: String = "") throws {
+            dir = NSTemporaryDirectory() + "frontdoor-\(getpid())-\(UUID().uuidString.prefix(6))"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            cert = try FrontDoorTests.cert("relay.test", dir)
+            port = FrontDoorTests.freeTCPPort()
+            d = try RelaydProcess(config: """
+                [node]
+                name = "relay"
+                listen_port = 0
+                [reflector]
+                enabled = false
+                [relay]
+                enabled = true
+                port = 0
+                tokens = ["\(FrontDoorTests.token)"]
+                [front_door]
+                enabled = true
+                listen = "127.0.0.1:\(port)"
+                certificate = "\(cert.certificate)"
+                private_key = "\(cert.privateKey)"
+                \(extra)
+                """)
+            try waitUntil("front door listening", timeout: 10) { (try? self.d.json(StatusResponse.self, "status"))?.frontDoor?.port == self.port }
+        }
+        deinit { try? FileManager.default.removeItem(atPath: dir) }
+
+        func sClient(_ args: [String]) throws -> String {
+            let r = try Command.run(["openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-servername", "relay.test"] + args, timeout: 10, check: false, stdin: "")
+            return r.stdout + r.stderr
+        }
+
+        func curl(_ args: [String], _ path: String) throws -> (status: String, body: String) {
+            let r = try Command.run(["curl", "-s", "--cacert", cert.certificate, "--resolve", "relay.test:\(port):127.0.0.1", "-w", "\n%{http_version} %{http_code}"]
+                                    + args + ["https://relay.test:\(port)\(path)"], timeout: 10, check: false)
+            let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n"))
+        }
+    }
+
+    @Test("TLS 1.3 only, ALPN h2 and http/1.1, the certificate relayctl made; GET / over HTTP/2 and HTTP/1.1 (curl); unknown paths get JSON 404s")
+    func tlsAndRoutes() throws {
+        let s = try Setup()
+        let st = try s.d.json(StatusResponse.self, "status")
+        let v12 = try s.sClient(["-tls1_2"])
+        #expect(v12.contains("alert protocol version") || v12.contains("no protocols available"), "TLS 1.2 was not refused: \(v12.suffix(600))")
+        let h2 = try s.sClient(["-alpn", "h2", "-CAfile", s.cert.certificate, "-verify_return_error"])
+        #expect(h2.contains("ALPN protocol: h2") && h2.contains("TLSv1.3") && h2.contains("CN = relay.test") && h2.contains("Verify return code: 0 (ok)"), "\(h2.suffix(1500))")
+        let h1 = try s.sClient(["-alpn", "http/1.1"])
+        #expect(h1.contains("ALPN protocol: http/1.1"), "\(h1.suffix(600))")
+        for version in ["--http2", "--http1.1"] {
+            let (status, body) = try s.curl([version], "/")
+            #expect(status == (version == "--http2" ? "2 200" : "1.1 200"), "\(version): \(status) \(body)")
+            let summary = try JSONDecoder().decode(PublicStatus.self, from: Data(body.utf8))
+            #expect(summary.service == "relayd" && summary.relay?.publicKey == st.publicKey && summary.relay?.webSocketPath == "/relay")
+            let (nf, nfBody) = try s.curl([version], "/nope")
+            #expect(nf.hasSuffix(" 404") && nfBody.contains("\"not_found\""), "\(nf) \(nfBody)")
+        }
+        let (ws, wsBody) = try s.curl(["--http1.1"], "/relay")
+        #expect(ws.hasSuffix(" 426") && wsBody.contains("Upgrade"), "\(ws) \(wsBody)")
+        let c = try #require(try s.d.json(StatusResponse.self, "status").frontDoor)
+        #expect(c.tls && c.certificateSubject == "CN=relay.test" && c.counters.requestsHTTP2 >= 2 && c.counters.requestsHTTP1 >= 2 && c.counters.notFound >= 2, "\(c)")
+    }
+
+    @Test("the relay over WebSocket: nodes on UDP, on a WebSocket (Python websockets) and on an RFC 8441 WebSocket over HTTP/2 (Python h2) reach each other through one relay")
+    func webSocketTransport() throws {
+        let s = try Setup()
+        let st = try s.d.json(StatusResponse.self, "status")
+        let udp = try #require(st.relay?.port)
+        let r = try Command.run(["python3", Self.client, "--front-door", "127.0.0.1", String(udp), String(s.port), st.publicKey, Self.token, s.cert.certificate, "relay.test"],
+                                timeout: 60, check: false)
+        #expect(r.status == 0, "\(r.stderr.suffix(1500))")
+        let out = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(r.stdout)")
+        for src in ["udp", "ws", "h2"] {
+            #expect((out["register_\(src)"] as? [String: Any])?["id"] != nil, "\(src) registered: \(out)")
+            for dst in ["udp", "ws", "h2"] where dst != src {
+                let x = out["\(src)_to_\(dst)"] as? [String: Any]
+                #expect(x?["count"] as? Int == 5 && x?["all_deliver"] as? Bool == true && x?["from"] as? Bool == true && x?["in_order"] as? Bool == true, "\(src) to \(dst): \(String(describing: x))")
+            }
+        }
+        let status = try s.d.json(RelayStatusResponse.self, "relay", "status")
+        #expect(status.relay.counters.forwarded == 30 && status.relay.counters.registrations == 3, "\(status.relay.counters)")
+        #expect((status.frontDoor?.counters.webSocketsOpened ?? 0) == 2, "\(String(describing: status.frontDoor))")
+        // The WebSocket nodes' registrations ended with their connections.
+        try waitUntil("WebSocket nodes gone", timeout: 5) { try s.d.json(RelayStatusResponse.self, "relay", "status").relay.nodes <= 1 }
+    }
+
+    @Test("SIGHUP rereads the certificate: new connections get the new one while a WebSocket node stays connected and keeps its pongs; a broken certificate keeps the old one")
+    func certificateReload() throws {
+        let s = try Setup()
+        let st = try s.d.json(StatusResponse.self, "status")
+        let holder = try Spawn.start(["python3", Self.client, "--hold", "127.0.0.1", String(st.relay!.port), String(s.port), st.publicKey, Self.token, s.cert.certificate, "relay.test", "6"],
+                                     stdoutPath: s.dir + "/hold.log", stderrPath: s.dir + "/hold.err")
+        defer { kill(holder, SIGKILL); _ = Spawn.reap(holder, block: true) }
+        try waitUntil("holder registered", timeout: 15) { ((try? String(contentsOfFile: s.dir + "/hold.log", encoding: .utf8)) ?? "").contains("registered") }
+        // A new pair replaces the files in place; SIGHUP.
+        let next = s.dir + "/next"
+        try FileManager.default.createDirectory(atPath: next, withIntermediateDirectories: true)
+        let c2 = try Self.cert("relay2.test", next)
+        for (from, to) in [(c2.certificate, s.cert.certificate), (c2.privateKey, s.cert.privateKey)] { #expect(rename(from, to) == 0) }
+        kill(s.d.pid, SIGHUP)
+        try waitUntil("new certificate served", timeout: 10) { try s.sClient([]).contains("CN = relay2.test") }
+        // A broken certificate file: the reload is reported, the current certificate stays.
+        try "not a certificate".write(toFile: s.cert.certificate, atomically: true, encoding: .utf8)
+        kill(s.d.pid, SIGHUP)
+        try waitUntil("reload error logged", timeout: 10) { s.d.log.contains("the front door keeps its certificate") }
+        #expect(try s.sClient([]).contains("CN = relay2.test"))
+        var st2: Int32? = nil
+        try waitUntil("holder done", timeout: 20) { st2 = Spawn.reap(holder, block: false); return st2 != nil }
+        let out = (try? String(contentsOfFile: s.dir + "/hold.log", encoding: .utf8)) ?? ""
+        let last = try #require(out.split(separator: "\n").last.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }, "\(out)")
+        #expect(last["error"] is NSNull && (last["sent"] as? Int ?? 0) >= 20 && last["pongs"] as? Int == last["sent"] as? Int, "the WebSocket node was disturbed: \(last)")
+    }
+
+    @Test("abuse bounds: connections per address capped, a client that sends nothing is closed after header_seconds, an oversized WebSocket message closes its connection with 1009; the relay keeps serving")
+    func abuseBounds() throws {
+        let s = try Setup(extra: "max_connections_per_address = 4\nheader_seconds = 2\nmax_message_bytes = 4096")
+        // Six silent connections: four admitted, two refused at once; the four closed after 2 s.
+        var fds: [Int32] = []
+        defer { for f in fds { close(f) } }
+        for _ in 0..<6 {
+            let f = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var a = sockaddr_in(); a.sin_family = sa_family_t(AF_INET); a.sin_addr.s_addr = inet_addr("127.0.0.1"); a.sin_port = UInt16(s.port).bigEndian
+            _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(f, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            fds.append(f)
+        }
+        try waitUntil("two refused", timeout: 5) { (try s.d.json(StatusResponse.self, "status").frontDoor?.counters.refusedPerAddress ?? 0) >= 2 }
+        try waitUntil("silent ones closed", timeout: 8) { (try s.d.json(StatusResponse.self, "status").frontDoor?.counters.headerTimeouts ?? 0) >= 4 }
+        // Every one of the six reads end of stream now.
+        for f in fds {
+            var tv = timeval(tv_sec: 2, tv_usec: 0)
+            setsockopt(f, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            var b = [UInt8](repeating: 0, count: 16)
+            #expect(recv(f, &b, 16, 0) <= 0)
+        }
+        // An oversized WebSocket message.
+        let script = """
+            import socket, ssl, sys
+            from websockets.sync.client import connect
+            from websockets.exceptions import ConnectionClosed
+            ctx = ssl.create_default_context(cafile=sys.argv[2]); ctx.set_alpn_protocols(["http/1.1"])
+            ws = connect("wss://relay.test:%s/relay" % sys.argv[1], sock=socket.create_connection(("127.0.0.1", int(sys.argv[1]))), ssl=ctx, server_hostname="relay.test", max_size=None).__enter__()
+            ws.send(b"\\xd4" * 5000)
+            try:
+                ws.recv(timeout=3); print("no close")
+            except ConnectionClosed as e:
+                print("closed", e.rcvd.code if e.rcvd else None)
+            """
+        let big = try Command.run(["python3", "-c", script, String(s.port), s.cert.certificate], timeout: 20, check: false)
+        #expect(big.stdout.contains("closed 1009"), "\(big.stdout) \(big.stderr.suffix(800))")
+        // Still serving.
+        #expect(try s.curl(["--http2"], "/").status == "2 200")
+    }
+}
