@@ -18,7 +18,7 @@ public enum ConfigFile {
         "front_door": ["enabled", "listen", "tls", "certificate", "private_key", "public_status", "max_connections_per_address", "header_seconds",
                        "idle_seconds", "max_message_bytes", "max_streams"],
         "relay": ["enabled", "port", "allowed_keys", "tokens", "max_nodes", "node_bytes_per_second", "node_datagrams_per_second", "registrations_per_second", "heartbeat_seconds"],
-        "relays": ["address", "public_key", "token"],
+        "relays": ["address", "public_key", "token", "websocket", "ca_file", "spki_sha256"],
         "reflector": ["enabled", "port", "rate", "burst", "servers", "address", "other_address", "other_port", "rto_ms", "retransmissions", "interval"],
         "sessions": ["tcp_timeout", "udp_timeout", "icmp_timeout", "other_timeout", "max"],
         "node": ["name", "listen_port", "device", "mtu", "offload", "busy_poll", "threads"],
@@ -194,7 +194,8 @@ public enum ConfigFile {
             guard let a = string(r, "address", path) else { err("\(path).address", "missing: the relay's ADDRESS:PORT"); continue }
             guard let ep = Endpoint(a) else { err("\(path).address", "'\(a)' is not ADDRESS:PORT (e.g. 198.51.100.9:51821)"); continue }
             guard let key = string(r, "public_key", path) else { err("\(path).public_key", "missing: the relay's public key (`relayctl identity` on the relay prints it)"); continue }
-            cfg.relays.append(RelayServerConfig(address: ep, publicKey: key, token: string(r, "token", path)))
+            cfg.relays.append(RelayServerConfig(address: ep, publicKey: key, token: string(r, "token", path), webSocket: string(r, "websocket", path),
+                                                caFile: string(r, "ca_file", path), spkiSHA256: string(r, "spki_sha256", path)))
         }
         if let v = root["site"] {
             if let t = v.table { cfg.site = site(t, "site", own: true) } else { err("site", "must be a table: [site] (one own site)") }

@@ -341,9 +341,11 @@ public struct RelayLinkView: Codable, Equatable, Sendable {
     public var observed: String?
     public var registeredSecondsAgo: Double?
     public var lastError: String?
-    public init(address: String, state: String, home: Bool, id: UInt32?, observed: String?, registeredSecondsAgo: Double?, lastError: String?) {
+    /// "udp", or "websocket" (UDP to the relay is blocked: wss to its front door).
+    public var transport: String?
+    public init(address: String, state: String, home: Bool, id: UInt32?, observed: String?, registeredSecondsAgo: Double?, lastError: String?, transport: String? = nil) {
         self.address = address; self.state = state; self.home = home; self.id = id; self.observed = observed
-        self.registeredSecondsAgo = registeredSecondsAgo; self.lastError = lastError
+        self.registeredSecondsAgo = registeredSecondsAgo; self.lastError = lastError; self.transport = transport
     }
 }
 

@@ -289,6 +289,16 @@ extension RelayConfiguration {
         for (i, r) in relays.enumerated() {
             if !isKey(r.publicKey) { err("relays[\(i)].public_key", "'\(r.publicKey.prefix(60))' is not a key: expected 32 bytes in base64 (44 characters), as `relayctl identity` on the relay prints it") }
             if let t = r.token, t.utf8.count < 16 || t.utf8.count > 64 { err("relays[\(i)].token", "a token must have 16 to 64 characters") }
+            if let w = r.webSocket {
+                let ok = URLComponents(string: w).map { $0.scheme == "wss" && !($0.host ?? "").isEmpty } ?? false
+                if !ok { err("relays[\(i)].websocket", "'\(w.prefix(80))' is not a wss:// URL (e.g. wss://relay.example.org/relay)") }
+            }
+            if let p = r.spkiSHA256, Data(base64Encoded: p)?.count != 32 {
+                err("relays[\(i)].spki_sha256", "must be a SHA-256 in base64 (44 characters), as `relayctl relay cert` prints it")
+            }
+            if r.webSocket == nil && (r.caFile != nil || r.spkiSHA256 != nil) {
+                warn("relays[\(i)].websocket", "ca_file/spki_sha256 are set but websocket is not: they are only used for the WebSocket transport")
+            }
         }
         return out
     }
@@ -456,5 +466,14 @@ public struct RelayServerConfig: Codable, Equatable, Sendable {
     public var address: Endpoint
     public var publicKey: String
     public var token: String?
-    public init(address: Endpoint, publicKey: String, token: String? = nil) { self.address = address; self.publicKey = publicKey; self.token = token }
+    /// The relay's front door, `wss://HOST[:PORT]/relay`: used when UDP to `address` is blocked.
+    public var webSocket: String?
+    /// How the front door's certificate is checked: a PEM CA bundle (default: the system's), or
+    /// the SHA-256 of its public key (SPKI, base64, as `relayctl relay cert` prints it).
+    public var caFile: String?
+    public var spkiSHA256: String?
+    public init(address: Endpoint, publicKey: String, token: String? = nil, webSocket: String? = nil, caFile: String? = nil, spkiSHA256: String? = nil) {
+        self.address = address; self.publicKey = publicKey; self.token = token
+        self.webSocket = webSocket; self.caFile = caFile; self.spkiSHA256 = spkiSHA256
+    }
 }

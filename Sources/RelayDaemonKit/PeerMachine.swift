@@ -39,6 +39,11 @@ enum PeerAction {
     case persistStamp(key: [UInt8], name: String, stamp: UInt64)
     /// Remember (peer cache) that the peer was found at this relay.
     case rememberRelay(key: [UInt8], relay: Endpoint)
+    /// UDP to this relay is blocked: open its WebSocket transport (or close it: UDP works again).
+    case openWebSocket(RelayLink)
+    case closeWebSocket(RelayLink)
+    /// Over the WebSocket: a register over UDP to see whether UDP works again (DH unlocked).
+    case probeUDP(RelayLink)
     /// A packet that left for the peer outside the data path (a queued one): for the flow table.
     case flow([UInt8], peer: String)
     case log(Logger.Level, String)

@@ -134,12 +134,15 @@ final class PeerTable {
         var next: [RelayLink] = []
         for r in list {
             guard let key = Data(base64Encoded: r.publicKey).map(Array.init), key.count == 32 else { continue }
-            if let old = relays.first(where: { $0.endpoint == r.address && $0.publicKey == key && $0.token == Array((r.token ?? "").utf8) }) { next.append(old) }
-            else { next.append(RelayLink(endpoint: r.address, publicKey: key, token: r.token)) }
+            let ws = r.webSocket == nil ? nil : r
+            if let old = relays.first(where: { $0.udpEndpoint == r.address && $0.publicKey == key && $0.token == Array((r.token ?? "").utf8) && $0.webSocket == ws }) {
+                next.append(old)
+            } else { next.append(RelayLink(endpoint: r.address, publicKey: key, token: r.token, webSocket: ws)) }
         }
         for old in relays where !next.contains(where: { $0 === old }) {
             for p in peers { p.removeRelayPaths(via: old.endpoint) }
             if let f = old.leave() { actions.append(.send(f, to: .direct(old.endpoint))) }
+            if old.transport != .udp { actions.append(.closeWebSocket(old)) }
         }
         relays = next
         if let h = home, !relays.contains(where: { $0 === h }) { home = nil }
@@ -147,7 +150,7 @@ final class PeerTable {
         if home == nil { homelessSince = now }
     }
 
-    func relay(at e: Endpoint) -> RelayLink? { relays.first { $0.endpoint == e } }
+    func relay(at e: Endpoint) -> RelayLink? { relays.first { $0.isAt(e) } }
 
     /// The relay this node registers at first and stays at: the first that answered, or the one
     /// the peer cache prefers. Others are used on demand (a peer is reached through them, or a
@@ -168,7 +171,7 @@ final class PeerTable {
         if home?.isRegistered != true {
             let registered = relays.filter(\.isRegistered)
             let next = registered.first { $0.endpoint == preferred } ?? registered.min { ($0.registeredAt ?? 0) < ($1.registeredAt ?? 0) }
-            if let next, next !== home { actions.append(.log(.info, "home relay: \(next.endpoint)")) }
+            if let next, next !== home { actions.append(.log(.info, "home relay: \(next.udpEndpoint)\(next.transport == .webSocket ? " (over its WebSocket)" : "")")) }
             if next == nil && home != nil { homelessSince = now }
             home = next
         }
@@ -187,9 +190,21 @@ final class PeerTable {
             if let send { actions.append(.send(send, to: .direct(link.endpoint))) }
             if register { link.working = true; actions.append(.register(link)) }
             if dead {
-                actions.append(.log(.notice, "relay \(link.endpoint) stopped answering: registering again (its paths are gone)"))
+                actions.append(.log(.notice, "relay \(link.udpEndpoint) stopped answering: registering again (its paths are gone)"))
                 for p in peers { p.removeRelayPaths(via: link.endpoint) }
                 if link === home { home = nil; homelessSince = now }
+            }
+            if link.wantsWebSocket {
+                link.openingWebSocket()
+                actions.append(.log(.notice, "relay \(link.udpEndpoint): no answer over UDP twice; trying its WebSocket transport (\(link.webSocket?.webSocket ?? ""))"))
+                actions.append(.openWebSocket(link))
+            }
+            if link.transport == .webSocket && link.isRegistered {
+                if let p = link.probe, now - p.sentAt >= 5 { link.probe = nil }
+                if link.probe == nil && now >= link.nextProbe {
+                    link.nextProbe = now + RelayLink.probeInterval
+                    actions.append(.probeUDP(link))
+                }
             }
             guard link.isRegistered else { continue }
             if !wanted && home != nil && now - (link.registeredAt ?? now) >= 10 {
@@ -219,18 +234,56 @@ final class PeerTable {
         actions.append(.send(wire, to: .direct(link.endpoint)))
     }
 
-    /// A `registered` from `from` for our pending register `receiver`: the link and a copy of its
-    /// initiator (message 2 is read outside the lock).
+    /// A `registered` from `from` for our pending register (or UDP probe) `receiver`: the link and
+    /// a copy of its initiator (message 2 is read outside the lock).
     func beginRegistered(receiver: UInt32, from: Endpoint) -> (RelayLink, Noise.Initiator)? {
-        guard let link = relay(at: from), let p = link.pending, p.index == receiver else { counters.unknownIndex += 1; return nil }
-        return (link, p.initiator)
+        guard let link = relay(at: from) else { counters.unknownIndex += 1; return nil }
+        if let p = link.pending, p.index == receiver { return (link, p.initiator) }
+        if let p = link.probe, p.index == receiver, from == link.udpEndpoint { return (link, p.initiator) }
+        counters.unknownIndex += 1
+        return nil
     }
 
-    func registered(_ link: RelayLink, transport: Noise.Transport, grant: RelayGrant, now: Double) {
+    func registered(_ link: RelayLink, receiver: UInt32, transport: Noise.Transport, grant: RelayGrant, now: Double) {
+        if let p = link.probe, p.index == receiver {
+            // UDP works again: this registration replaces the one over the WebSocket.
+            for peer in peers { peer.removeRelayPaths(via: link.endpoint) }
+            link.backOnUDP()
+            link.pending = p
+            actions.append(.closeWebSocket(link))
+            actions.append(.log(.notice, "relay \(link.udpEndpoint): UDP answers again; leaving the WebSocket transport"))
+        }
         guard let ping = link.registered(transport, grant: grant, now: now) else { return }
-        actions.append(.log(.info, "registered at relay \(link.endpoint) as id \(grant.id)"))
+        actions.append(.log(.info, "registered at relay \(link.udpEndpoint)\(link.transport == .webSocket ? " over its WebSocket" : "") as id \(grant.id)"))
         actions.append(.send(ping, to: .direct(link.endpoint)))
         relayTick(now: now)  // lookups at once
+    }
+
+    /// The WebSocket transport of `link` is up, its stand-in at `local`: paths over UDP go, and
+    /// the link registers over the WebSocket.
+    func webSocketReady(_ link: RelayLink, local: Endpoint, now: Double) {
+        guard relays.contains(where: { $0 === link }), link.transport == .webSocketOpening else { return }
+        for p in peers { p.removeRelayPaths(via: link.endpoint) }
+        link.webSocketUp(local: local, now: now)
+        if link === home { home = nil; homelessSince = now }
+        relayTick(now: now)
+    }
+
+    /// The WebSocket transport of `link` failed or closed: back to UDP.
+    func webSocketClosed(_ link: RelayLink, reason: String, now: Double) {
+        guard relays.contains(where: { $0 === link }), link.transport != .udp else { return }
+        for p in peers { p.removeRelayPaths(via: link.endpoint) }
+        if link === home { home = nil; homelessSince = now }
+        link.webSocketDown(reason, now: now)
+        actions.append(.log(.warning, "relay \(link.udpEndpoint): WebSocket transport down (\(reason)); trying UDP again"))
+    }
+
+    /// The loop made a UDP probe for `link` (DH unlocked): it goes to the relay's UDP address.
+    func probeMade(_ link: RelayLink, _ initiator: Noise.Initiator, _ noise: [UInt8], now: Double) {
+        guard relays.contains(where: { $0 === link }), link.transport == .webSocket else { return }
+        let index = UInt32.random(in: 1...UInt32.max)
+        link.probe = (initiator, index, now)
+        actions.append(.send(RelayMessage.register(sender: index, noise: noise, mac1Key: link.mac1Key), to: .direct(link.udpEndpoint)))
     }
 
     func refused(receiver: UInt32, reason: RelayRefusal, from: Endpoint, now: Double) {

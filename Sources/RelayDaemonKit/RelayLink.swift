@@ -10,10 +10,24 @@ import RelayTunnel
 /// relay and checks what comes back. Which links are wanted (the home relay, relays a peer is
 /// reached through, relays searched for a missing peer) is `PeerTable`'s decision.
 final class RelayLink {
-    let endpoint: Endpoint
+    /// The relay's UDP address (configured).
+    let udpEndpoint: Endpoint
+    /// Where its messages go now: `udpEndpoint`, or the local stand-in of the WebSocket transport.
+    private(set) var endpoint: Endpoint
     let publicKey: [UInt8]
     let mac1Key: SymmetricKey
     let token: [UInt8]
+    /// The relay's front door (`wss://...`), for when UDP to it is blocked.
+    let webSocket: RelayServerConfig?
+
+    enum Transport: Equatable { case udp, webSocketOpening, webSocket }
+    private(set) var transport = Transport.udp
+    /// Registrations over UDP that got no answer in a row (two, with a front door: WebSocket).
+    private(set) var udpSilences = 0
+    /// Over the WebSocket: a register sent over UDP now and then; its answer brings the link back.
+    var probe: (initiator: Noise.Initiator, index: UInt32, sentAt: Double)?
+    var nextProbe: Double = 0
+    static let probeInterval: Double = 30
 
     enum Phase: Equatable { case idle, registering, registered }
     private(set) var phase = Phase.idle
@@ -45,10 +59,46 @@ final class RelayLink {
     /// Left for lack of use after a search found nothing: not searched again before this time.
     var standbyUntil: Double = 0
 
-    init(endpoint: Endpoint, publicKey: [UInt8], token: String?) {
-        self.endpoint = endpoint; self.publicKey = publicKey
+    init(endpoint: Endpoint, publicKey: [UInt8], token: String?, webSocket: RelayServerConfig? = nil) {
+        self.udpEndpoint = endpoint; self.endpoint = endpoint; self.publicKey = publicKey
         mac1Key = HandshakeMAC.key(receiver: publicKey)
         self.token = Array((token ?? "").utf8)
+        self.webSocket = webSocket?.webSocket == nil ? nil : webSocket
+    }
+
+    /// Messages from `e` are this relay's (over UDP, or from the WebSocket's stand-in).
+    func isAt(_ e: Endpoint) -> Bool { e == endpoint || e == udpEndpoint }
+
+    /// UDP to the relay went unanswered twice and it has a front door: time for the WebSocket.
+    var wantsWebSocket: Bool { transport == .udp && webSocket != nil && udpSilences >= 2 }
+
+    func openingWebSocket() { transport = .webSocketOpening }
+
+    /// The WebSocket transport is up at `local`: register over it at once.
+    func webSocketUp(local: Endpoint, now: Double) {
+        transport = .webSocket
+        endpoint = local
+        _ = leave()
+        nextProbe = now + RelayLink.probeInterval
+        lastError = nil
+    }
+
+    /// The WebSocket transport is gone: back to UDP (and to the WebSocket after two silences).
+    func webSocketDown(_ reason: String, now: Double) {
+        transport = .udp
+        endpoint = udpEndpoint
+        udpSilences = 0
+        probe = nil
+        lastError = reason
+        backOff(now: now)
+    }
+
+    /// The probe over UDP was answered: UDP works again; the link continues on it.
+    func backOnUDP() {
+        transport = .udp
+        endpoint = udpEndpoint
+        udpSilences = 0
+        probe = nil
     }
 
     var isRegistered: Bool { phase == .registered }
@@ -78,6 +128,7 @@ final class RelayLink {
         receiveKey = transport.receive.key; window = ReplayWindow()
         heartbeat = Double(max(1, grant.heartbeatSeconds))
         lastHeard = now; registeredAt = now; failures = 0; lastError = nil
+        if self.transport == .udp { udpSilences = 0 }
         lookups = [:]; absent = []
         lastPing = now
         return frame(.ping, [][...])
@@ -146,7 +197,8 @@ final class RelayLink {
         case .registering:
             if let p = pending, now - p.sentAt >= 5 {
                 lastError = "no answer from the relay"
-                backOff(now: now)
+                if transport == .udp { udpSilences += 1 }
+                backOff(now: now, minimum: wantsWebSocket ? 0 : 1)
             }
             return (nil, false, false)
         case .registered:

@@ -276,9 +276,9 @@ final class RelayRegistry {
         }
     }
 
-    func views(now: Double) -> [RelayNodeView] {
+    func views(now: Double, describe: (Endpoint) -> String = { "\($0)" }) -> [RelayNodeView] {
         nodes.values.filter(\.active).sorted { $0.createdAt < $1.createdAt }.map {
-            RelayNodeView(publicKey: Data($0.key).base64EncodedString(), id: $0.id, address: "\($0.address)", registeredSecondsAgo: now - $0.createdAt,
+            RelayNodeView(publicKey: Data($0.key).base64EncodedString(), id: $0.id, address: describe($0.address), registeredSecondsAgo: now - $0.createdAt,
                           lastHeardSecondsAgo: now - $0.lastHeard, forwarded: $0.forwarded, throttled: $0.throttled)
         }
     }

@@ -66,11 +66,7 @@ final class RelayServer: @unchecked Sendable {
     /// Registered nodes; one on a WebSocket shows "websocket from ADDRESS:PORT".
     func nodes() -> [RelayNodeView] {
         lock.lock(); defer { lock.unlock() }
-        return registry.views(now: clock()).map { v in
-            var v = v
-            if let e = Endpoint(v.address), let n = e.streamNumber { v.address = "websocket from \(streamRemotes[n] ?? "?")" }
-            return v
-        }
+        return registry.views(now: clock()) { e in e.streamNumber.map { "websocket from \(streamRemotes[$0] ?? "?")" } ?? "\(e)" }
     }
 
     /// recvmmsg (with UDP GRO: a node's train of frames arrives as one buffer) under one lock per

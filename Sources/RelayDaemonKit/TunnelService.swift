@@ -4,6 +4,8 @@ import Synchronization
 import Logging
 import RelayControlAPI
 import RelayCore
+import RelayFrontDoor
+import NIOConcurrencyHelpers
 import RelayTunnel
 import RelayIPC
 import CRelayShim
@@ -39,6 +41,8 @@ public final class TunnelService: @unchecked Sendable {
     public var initiationStamps = InitiationStamps(directory: nil)
     /// Where peers were last found through relays (the home relay after a restart).
     public var relayPeerCache = RelayPeerCache(directory: nil)
+    /// WebSocket transports to relays whose UDP is blocked, by link.
+    let bridges = NIOLockedValueBox<[ObjectIdentifier: WebSocketUDPBridge]>([:])
     var socketFD: Int32 = -1
     public private(set) var port: UInt16 = 0
     let stoppedFlag = Atomic<Bool>(false)
@@ -172,6 +176,8 @@ public final class TunnelService: @unchecked Sendable {
         let leaves = table.relays.compactMap { l in l.isRegistered ? l.frame(.leave, [][...]).map { ($0, l.endpoint) } : nil }
         lock.unlock()
         if socketFD >= 0 { for (f, e) in leaves { send(f, to: TunnelService.socketAddress(e)) } }
+        usleep(50_000)  // a leave through a WebSocket stand-in reaches the relay before the bridge closes
+        for b in bridges.withLockedValue({ b -> [WebSocketUDPBridge] in defer { b.removeAll() }; return Array(b.values) }) { b.stop() }
         reflectionClient.stop()
         stoppedFlag.store(true, ordering: .relaxed)
         _ = running.wait(timeout: .now() + 2)
@@ -218,7 +224,7 @@ public final class TunnelService: @unchecked Sendable {
             guard let (payload, transport) = try? ini.readMessage2(Array(noise)), let grant = RelayGrant(payload), grant.id == sender else {
                 lock.lock(); counters.authFailed += 1; lock.unlock(); return
             }
-            lock.lock(); table.registered(link, transport: transport, grant: grant, now: now); let actions = table.take(); lock.unlock()
+            lock.lock(); table.registered(link, receiver: receiver, transport: transport, grant: grant, now: now); let actions = table.take(); lock.unlock()
             perform(actions)
         case .refused(let receiver, let reason)?:
             lock.lock(); table.refused(receiver: receiver, reason: reason, from: from, now: now); let actions = table.take(); lock.unlock()
@@ -270,6 +276,20 @@ public final class TunnelService: @unchecked Sendable {
                 do { try initiationStamps.record(key, stamp) } catch {
                     logger.warning("cannot keep the handshake timestamp of \(name) in \(initiationStamps.path ?? "-"): \(error); a replay after a restart would be accepted once")
                 }
+            case .openWebSocket(let link):
+                openWebSocket(link)
+            case .closeWebSocket(let link):
+                if let b = bridges.withLockedValue({ $0.removeValue(forKey: ObjectIdentifier(link)) }) { DispatchQueue.global().async { b.stop() } }
+            case .probeUDP(let link):
+                let now = clock()
+                do {
+                    var ini = try Noise.Initiator(staticKey: identity.privateKey, remoteStatic: link.publicKey)
+                    let msg = try ini.writeMessage1(payload: link.payload(now: now))
+                    lock.lock(); table.probeMade(link, ini, msg, now: now); let more = table.take(); lock.unlock()
+                    perform(more)
+                } catch {
+                    logger.error("cannot probe relay \(link.udpEndpoint) over UDP: \(error)")
+                }
             case .rememberRelay(let key, let relay):
                 do { try relayPeerCache.record(key, relay) } catch {
                     logger.debug("cannot keep the peer cache in \(relayPeerCache.path ?? "-"): \(error)")
@@ -280,6 +300,32 @@ public final class TunnelService: @unchecked Sendable {
                 logger.log(level: level, "\(message)")
             }
         }
+    }
+
+    /// Opens the WebSocket transport of `link` (its bridge: a TLS WebSocket to the relay's front
+    /// door and a local UDP stand-in); the table hears when it is up or gone.
+    func openWebSocket(_ link: RelayLink) {
+        let now = clock()
+        guard let ws = link.webSocket, let url = ws.webSocket,
+              let target = WebSocketUDPBridge.Target(url: url, caFile: ws.caFile, spkiSHA256: ws.spkiSHA256) else {
+            lock.lock(); table.webSocketClosed(link, reason: "no usable websocket URL", now: now); let more = table.take(); lock.unlock()
+            perform(more)
+            return
+        }
+        let bridge = WebSocketUDPBridge(target: target, tunnelPort: port, logger: logger, onReady: { [weak self] local in
+            guard let self else { return }
+            self.lock.lock(); self.table.webSocketReady(link, local: local, now: self.clock()); let more = self.table.take(); self.lock.unlock()
+            self.perform(more)
+        }, onClosed: { [weak self] reason in
+            guard let self else { return }
+            if let b = self.bridges.withLockedValue({ $0.removeValue(forKey: ObjectIdentifier(link)) }) { DispatchQueue.global().async { b.stop() } }
+            self.lock.lock(); self.table.webSocketClosed(link, reason: reason, now: self.clock()); let more = self.table.take(); self.lock.unlock()
+            self.perform(more)
+        })
+        if let old = bridges.withLockedValue({ b -> WebSocketUDPBridge? in defer { b[ObjectIdentifier(link)] = bridge }; return b[ObjectIdentifier(link)] }) {
+            DispatchQueue.global().async { old.stop() }
+        }
+        bridge.start()
     }
 
     /// The kernel's path MTU towards `sa` (from its route cache, via a connected probe socket).
@@ -673,8 +719,14 @@ public final class TunnelService: @unchecked Sendable {
             case .registering: state = "registering"
             case .idle: state = l.lastError.map { "waiting (\($0))" } ?? "standby (used on demand)"
             }
-            return RelayLinkView(address: "\(l.endpoint)", state: state, home: l === home, id: l.isRegistered ? l.id : nil, observed: l.observed.map { "\($0)" },
-                                 registeredSecondsAgo: l.registeredAt.map { now - $0 }, lastError: l.lastError)
+            let transport: String
+            switch l.transport {
+            case .udp: transport = "udp"
+            case .webSocketOpening: transport = "udp (opening websocket)"
+            case .webSocket: transport = "websocket"
+            }
+            return RelayLinkView(address: "\(l.udpEndpoint)", state: state, home: l === home, id: l.isRegistered ? l.id : nil, observed: l.observed.map { "\($0)" },
+                                 registeredSecondsAgo: l.registeredAt.map { now - $0 }, lastError: l.lastError, transport: transport)
         }
     }
 

@@ -23,6 +23,8 @@ public final class SiteToSite {
     /// two NAT routers (no direct path at all), and relay hosts (relay1 at 100.64.9.9, relay2 at
     /// 100.64.8.8) sit on the underlay: the gateways reach each other only through a relay.
     public private(set) var relayHosts: [LabHost] = []
+    /// The NAT routers in front of the gateways (with `relays > 0`).
+    public private(set) var natA: LabHost!, natB: LabHost!
     public private(set) var relayKeys: [String] = []
     public var relayProcesses: [LabProcess] = []
     public static let relayAddresses = ["100.64.9.9", "100.64.8.8"]
@@ -38,6 +40,7 @@ public final class SiteToSite {
         try lab.link(hostB, "eth0", ["192.168.1.20/24"] + extra, gwB, "lan0", ["192.168.1.1/24"])
         if behindNAT {
             let natA = try lab.host("natA"), natB = try lab.host("natB")
+            self.natA = natA; self.natB = natB
             try lab.link(gwA, "wan0", ["10.10.10.10/24"], natA, "lan0", ["10.10.10.1/24"])
             try lab.link(gwB, "wan0", ["10.20.20.20/24"], natB, "lan0", ["10.20.20.1/24"])
             try lab.link(natA, "wan0", ["100.64.1.2/24"], underlay, "a0", ["100.64.1.1/24"])
@@ -122,13 +125,27 @@ public final class SiteToSite {
     /// `nodeExtra`: lines for both relayds' [node] table (e.g. "offload = false").
     /// `extraConfigA`: lines appended to A's configuration only (after its peer B).
     /// `relayExtra`: lines for the relays' [relay] table.
-    public func start(extraConfig: String = "", nodeExtra: String = "", extraConfigA: String = "", relayExtra: String = "") throws {
+    /// `frontDoor`: each relay also serves its WebSocket transport (TLS on port 8443, a certificate
+    /// from `relayctl relay cert`), and the gateways list it (`websocket`, `spki_sha256`).
+    public func start(extraConfig: String = "", nodeExtra: String = "", extraConfigA: String = "", relayExtra: String = "", frontDoor: Bool = false) throws {
         let ka = try SiteToSite.keygen(), kb = try SiteToSite.keygen()
         publicKeyA = ka.pub; publicKeyB = kb.pub
         var relaysConfig = ""
         for (i, h) in relayHosts.enumerated() {
             let k = try SiteToSite.keygen()
             relayKeys.append(k.pub)
+            var door = ""
+            relaysConfig += "\n[[relays]]\naddress = \"\(SiteToSite.relayAddresses[i]):51821\"\npublic_key = \"\(k.pub)\"\n"
+            if frontDoor {
+                let d = dir("R\(i + 1)") + "/tls"
+                try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+                let out = try Command.run([try Binaries.path("relayctl"), "relay", "cert", "--self-signed", SiteToSite.relayAddresses[i], "--out", d, "--json"]).stdout
+                guard let obj = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: String], let cert = obj["certificate"], let key = obj["privateKey"],
+                      let pin = obj["spkiSHA256"] else { throw HarnessError("relayctl relay cert printed \(out)") }
+                for p in [d, cert, key] { chown(p, relaydUID, relaydUID) }
+                door = "[front_door]\nenabled = true\nlisten = \"0.0.0.0:8443\"\ncertificate = \"\(cert)\"\nprivate_key = \"\(key)\"\n"
+                relaysConfig += "websocket = \"wss://\(SiteToSite.relayAddresses[i]):8443/relay\"\nspki_sha256 = \"\(pin)\"\n"
+            }
             let cfg = """
             [node]
             name = "relay\(i + 1)"
@@ -138,9 +155,9 @@ public final class SiteToSite {
             enabled = true
             allowed_keys = ["\(ka.pub)", "\(kb.pub)"]
             \(relayExtra)
+            \(door)
             """
             relayProcesses.append(try startRelayd(h, site: "R\(i + 1)", key: k.priv, config: cfg, helper: nil))
-            relaysConfig += "\n[[relays]]\naddress = \"\(SiteToSite.relayAddresses[i]):51821\"\npublic_key = \"\(k.pub)\"\n"
         }
         for (i, h) in relayHosts.enumerated() {
             try waitUntil("relay \(h.name) listening", timeout: 20) {

@@ -62,6 +62,58 @@ struct RelayedSitesTests {
         }
     }
 
+    @Test("UDP blocked by both NAT routers: the gateways reach the relay over its TLS WebSocket (pinned key), ping, TCP and UDP both ways with the usual addresses; UDP allowed again: both return to UDP and keep talking")
+    func overWebSocket() throws {
+        try KernelGate.check()
+        try Lab.with("relayws") { lab in
+            let s = try SiteToSite(lab, relays: 1)
+            // The NAT routers forward no UDP at all (hotel or corporate networks).
+            for nat in [s.natA!, s.natB!] {
+                try nat.loadNftables("table inet block {\n chain blockudp {\n  type filter hook forward priority -10; policy accept;\n  meta l4proto udp counter drop\n }\n}\n")
+            }
+            try s.start(frontDoor: true)
+            let relay = s.relayHosts[0]
+            try SiteToSite.startWhoami(s.hostB)
+            try SiteToSite.startWhoami(s.hostA)
+            let t0 = Date()
+            try waitUntil("the gateways reach each other over the relay's WebSocket", timeout: 60) {
+                try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
+            }
+            print("relay over WebSocket: first ping through after \(String(format: "%.1f", Date().timeIntervalSince(t0))) s")
+            func transports() throws -> [String] {
+                try [(s.gwA, s.socketA), (s.gwB, s.socketB)].map { gw, sock in
+                    let links = try ControlJSON.decoder().decode([RelayLinkView].self, from: Data(s.relayctl(gw, sock, ["relay", "links", "--json"]).stdout.utf8))
+                    return links.first?.transport ?? "?"
+                }
+            }
+            #expect(try transports() == ["websocket", "websocket"])
+            #expect(try s.hostA.run(["ping", "-c3", "-i0.2", "-W2", "240.2.2.20"], check: false).succeeded)
+            let tcp = try s.hostA.run(["socat", "-T", "3", "-", "TCP:240.2.2.20:9001,bind=192.168.1.21"], stdin: "").stdout
+            #expect(tcp.trimmingCharacters(in: .whitespacesAndNewlines) == "240.1.1.21 192.168.1.20")
+            let udp = try s.hostA.run(["socat", "-T", "2", "-", "UDP:240.2.2.20:9000"], stdin: "x\n").stdout
+            #expect(udp.trimmingCharacters(in: .whitespacesAndNewlines) == "240.1.1.20")
+            #expect(try s.hostB.run(["ping", "-c2", "-i0.2", "-W2", "240.1.1.20"], check: false).succeeded)
+            let back = try s.hostB.run(["socat", "-T", "3", "-", "TCP:240.1.1.20:9001"], stdin: "").stdout
+            #expect(back.trimmingCharacters(in: .whitespacesAndNewlines) == "240.2.2.20 192.168.1.20")
+            let st = try ControlJSON.decoder().decode(RelayStatusResponse.self, from: Data(s.relayctl(relay, s.relaySocket(0), ["relay", "status", "--json"]).stdout.utf8))
+            #expect(st.nodes.count == 2 && st.nodes.allSatisfy { $0.address.hasPrefix("websocket from 100.64.") }, "\(st.nodes)")
+            #expect((st.frontDoor?.counters.webSocketsOpened ?? 0) >= 2 && st.relay.counters.forwarded > 10, "\(st)")
+            // The NAT routers dropped the gateways' UDP (the relay's UDP port saw none of it).
+            let dropped = try s.natA.run(["nft", "list", "chain", "inet", "block", "blockudp"]).stdout
+            #expect(!dropped.contains("packets 0 "), "natA dropped no UDP: \(dropped)")
+
+            // UDP allowed again: each gateway's probe (every 30 s) finds it; both go back to UDP.
+            for nat in [s.natA!, s.natB!] { try nat.run(["nft", "delete", "table", "inet", "block"]) }
+            try waitUntil("both gateways back on UDP", timeout: 50) { try transports() == ["udp", "udp"] }
+            try waitUntil("the gateways reach each other over UDP again", timeout: 20) {
+                try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
+            }
+            #expect(try s.hostB.run(["ping", "-c2", "-i0.2", "-W2", "240.1.1.20"], check: false).succeeded)
+            let st2 = try ControlJSON.decoder().decode(RelayStatusResponse.self, from: Data(s.relayctl(relay, s.relaySocket(0), ["relay", "status", "--json"]).stdout.utf8))
+            #expect(st2.nodes.count == 2 && st2.nodes.allSatisfy { $0.address.hasPrefix("100.64.") }, "\(st2.nodes)")
+        }
+    }
+
     @Test("failover: kill -9 of the home relay during a transfer; the session resumes through the second relay within 10 s and the transfer completes")
     func failover() throws {
         try KernelGate.check()

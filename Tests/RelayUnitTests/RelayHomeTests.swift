@@ -71,7 +71,7 @@ struct RelayHomeTests {
                 guard let (link, ini0) = t.beginRegistered(receiver: receiver, from: relayAt[r]) else { return }
                 var ini = ini0
                 guard let (payload, transport) = try? ini.readMessage2(Array(noise)), let grant = RelayGrant(payload), grant.id == sender else { return }
-                t.registered(link, transport: transport, grant: grant, now: now)
+                t.registered(link, receiver: receiver, transport: transport, grant: grant, now: now)
             case .frame(let kind, let session, let counter, let body)?:
                 guard let (link, key) = t.relayKey(session: session, from: relayAt[r]), RelayMessage.verify(b[...], key: key) else { return }
                 if let (_, route) = t.relayFrame(link, kind: kind, counter: counter, body: body, now: now) { peers[n].proved(route, now: now) }

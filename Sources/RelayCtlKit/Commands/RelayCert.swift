@@ -41,7 +41,9 @@ struct RelayCert: ParsableCommand {
         if let ip = IPAddress(name) { san = .ipAddress(ASN1OctetString(contentBytes: ArraySlice(ip.bytes))) } else { san = .dnsName(name) }
         let extensions = try Certificate.Extensions {
             Critical(BasicConstraints.notCertificateAuthority)
-            Critical(KeyUsage(digitalSignature: true))
+            // keyCertSign: the certificate is also its own trust anchor (a CA bundle of one), and
+            // BoringSSL checks it on the issuer of a chain.
+            Critical(KeyUsage(digitalSignature: true, keyCertSign: true))
             try ExtendedKeyUsage([.serverAuth])
             SubjectAlternativeNames([san])
         }
