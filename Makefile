@@ -5,8 +5,8 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 CONFIGURATION ?= debug
 # Debian packages the build, the tests, the demo and the benchmarks use.
-# PyPI packages the tests use as independent peers (Noise IK).
-PIP_PACKAGES := noiseprotocol==0.3.1
+# PyPI packages the tests use as independent peers (Noise IK; WebSocket over HTTP/1.1 and HTTP/2).
+PIP_PACKAGES := noiseprotocol==0.3.1 websockets==17.4 h2==4.4.1
 DEB_PACKAGES := libc6-dev-arm64-cross libmnl-dev libnftnl-dev libssl-dev nftables iproute2 ethtool iputils-ping conntrack socat iperf3 util-linux coreutils procps pkg-config curl tcpdump coturn stun-client stunnel4 openssl traceroute iputils-tracepath tayga python3-scapy
 BIN_DIR = $(shell $(SWIFT) build -c $(CONFIGURATION) --show-bin-path 2>/dev/null)
 TEST_ENV = RELAY_BIN_DIR=$(BIN_DIR)
@@ -24,7 +24,7 @@ deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@python3 -c 'import noise' 2>/dev/null || { echo "installing PyPI: $(PIP_PACKAGES)"; python3 -m pip install -q --disable-pip-version-check $(PIP_PACKAGES); }
+	@python3 -c 'import noise, websockets, h2' 2>/dev/null || { echo "installing PyPI: $(PIP_PACKAGES)"; python3 -m pip install -q --disable-pip-version-check $(PIP_PACKAGES); }
 
 build: deps
 	$(SWIFT) build -c $(CONFIGURATION)

@@ -106,7 +106,10 @@ public final class Daemon: @unchecked Sendable {
     /// relay role is on, and the status page.
     func startFrontDoor() throws {
         let cfg = currentConfig
-        guard cfg.frontDoor.enabled else { return }
+        guard cfg.frontDoor.enabled else {
+            if SocketActivation.passed { logger.warning("systemd passed a listening socket (relayd.socket) but the front door is off: set [front_door] enabled = true, or disable relayd.socket") }
+            return
+        }
         var routes = FrontDoorRoutes()
         if let r = relayServer { routes.webSockets["/relay"] = RelayWebSocketEndpoint(server: r) }
         if cfg.frontDoor.publicStatus {

@@ -70,6 +70,9 @@ public final class FrontDoor: @unchecked Sendable {
 
     /// Binds (or adopts systemd's socket: LISTEN_FDS, fd 3) and starts accepting.
     public func start() throws {
+        if config.listen.port != 443 && SocketActivation.passed {
+            logger.notice("front door: systemd passed a listening socket (relayd.socket); front_door.listen \(config.listen) is not used")
+        }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)

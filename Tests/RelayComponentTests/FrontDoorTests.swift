@@ -184,4 +184,40 @@ struct FrontDoorTests {
         // Still serving.
         #expect(try s.curl(["--http2"], "/").status == "2 200")
     }
+
+    @Test("systemd socket activation (systemd-socket-activate): relayd serves the front door on the socket it is handed, and says so")
+    func socketActivation() throws {
+        let dir = NSTemporaryDirectory() + "frontdoor-sa-\(getpid())-\(UUID().uuidString.prefix(6))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let c = try Self.cert("relay.test", dir)
+        let port = Self.freeTCPPort()
+        // front_door.listen names another port: the passed socket wins.
+        try """
+            [node]
+            name = "relay"
+            listen_port = 0
+            [reflector]
+            enabled = false
+            [front_door]
+            enabled = true
+            listen = "127.0.0.1:1"
+            certificate = "\(c.certificate)"
+            private_key = "\(c.privateKey)"
+            """.write(toFile: dir + "/relayd.toml", atomically: true, encoding: .utf8)
+        let pid = try Spawn.start(["systemd-socket-activate", "-l", "127.0.0.1:\(port)", try Binaries.path("relayd"), "--config", dir + "/relayd.toml",
+                                   "--state-dir", dir + "/state", "--socket", dir + "/relayd.sock", "--helper-socket", dir + "/none.sock"],
+                                  stdoutPath: dir + "/log", stderrPath: dir + "/log")
+        defer { kill(pid, SIGTERM); _ = Spawn.reap(pid, block: true) }
+        try waitUntil("systemd-socket-activate listening", timeout: 10) { try Command.run(["ss", "-ltnH"]).stdout.contains("127.0.0.1:\(port)") }
+        // The first connection starts relayd, which accepts it on the passed socket.
+        let r = try Command.run(["curl", "-s", "--retry", "5", "--retry-connrefused", "--max-time", "15", "--cacert", c.certificate, "--resolve", "relay.test:\(port):127.0.0.1",
+                                 "https://relay.test:\(port)/"], timeout: 30, check: false)
+        #expect(r.stdout.contains("\"service\" : \"relayd\""), "\(r.stdout) \(r.stderr) \((try? String(contentsOfFile: dir + "/log", encoding: .utf8)) ?? "")")
+        let st = try Command.run([try Binaries.path("relayctl"), "status", "--json", "--socket", dir + "/relayd.sock"], check: false)
+        let status = try ControlJSON.decoder().decode(StatusResponse.self, from: Data(st.stdout.utf8))
+        #expect(status.frontDoor?.listen == "socket activation (fd 3)" && status.frontDoor?.port == port, "\(String(describing: status.frontDoor))")
+        let log = (try? String(contentsOfFile: dir + "/log", encoding: .utf8)) ?? ""
+        #expect(log.contains("systemd passed a listening socket"), "\(log.suffix(1500))")
+    }
 }
