@@ -7,7 +7,7 @@ CONFIGURATION ?= debug
 # Debian packages the build, the tests, the demo and the benchmarks use.
 # PyPI packages the tests use as independent peers (Noise IK; WebSocket over HTTP/1.1 and HTTP/2).
 PIP_PACKAGES := noiseprotocol==0.3.1 websockets==17.4 h2==4.4.1
-DEB_PACKAGES := libc6-dev-arm64-cross libmnl-dev libnftnl-dev libssl-dev nftables iproute2 ethtool iputils-ping conntrack socat iperf3 util-linux coreutils procps pkg-config curl tcpdump coturn stun-client stunnel4 openssl traceroute iputils-tracepath tayga python3-scapy
+DEB_PACKAGES := libc6-dev-arm64-cross libmnl-dev libnftnl-dev libssl-dev libsqlite3-dev nftables iproute2 ethtool iputils-ping conntrack socat iperf3 util-linux coreutils procps pkg-config curl tcpdump coturn stun-client stunnel4 openssl traceroute iputils-tracepath tayga python3-scapy
 BIN_DIR = $(shell $(SWIFT) build -c $(CONFIGURATION) --show-bin-path 2>/dev/null)
 TEST_ENV = RELAY_BIN_DIR=$(BIN_DIR)
 

@@ -27,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-http2", from: "1.46.0"),
         .package(url: "https://github.com/apple/swift-certificates", from: "1.21.0"),
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // C
@@ -78,8 +79,10 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
+        // A relay's durable state (SQLite through GRDB): callsigns, device admission.
+        .target(name: "RelayStore", dependencies: ["RelayCore", .product(name: "GRDB", package: "GRDB.swift")]),
         .target(name: "RelayDaemonKit", dependencies: [
-            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayControlAPI", "RelayConfig", "RelayIPC", "CRelayShim", "RelayTunnel", "RelayFrontDoor",
+            "RelayCore", "RelayWire", "RelayHelperAPI", "RelayControlAPI", "RelayConfig", "RelayIPC", "CRelayShim", "RelayTunnel", "RelayFrontDoor", "RelayStore",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -128,7 +131,7 @@ let package = Package(
         // Three tiers: unit (no root), component (real sockets, no root), kernel (root, netns).
         .testTarget(name: "RelayUnitTests", dependencies: [
             "RelayCore", "RelayWire", "RelayHelperAPI", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayCtlKit",
-            "RelayConfig", "RelayControlAPI", "RelayDaemonKit", "RelayTunnel", "CRelayCrypto", "RelayFuzzTargets",
+            "RelayConfig", "RelayControlAPI", "RelayDaemonKit", "RelayTunnel", "CRelayCrypto", "RelayFuzzTargets", "RelayStore",
             .product(name: "Crypto", package: "swift-crypto"),
         ], exclude: ["Golden"],  // read by path (#filePath), not bundled
         swiftSettings: [.swiftLanguageMode(.v5)]),

@@ -17,11 +17,12 @@ public enum ConfigFile {
         "": ["node", "site", "peer", "sessions", "reflector", "relay", "relays", "front_door"],
         "front_door": ["enabled", "listen", "tls", "certificate", "private_key", "public_status", "max_connections_per_address", "header_seconds",
                        "idle_seconds", "max_message_bytes", "max_streams"],
-        "relay": ["enabled", "port", "allowed_keys", "tokens", "max_nodes", "node_bytes_per_second", "node_datagrams_per_second", "registrations_per_second", "heartbeat_seconds"],
+        "relay": ["enabled", "port", "allowed_keys", "tokens", "max_nodes", "node_bytes_per_second", "node_datagrams_per_second", "registrations_per_second", "heartbeat_seconds",
+                  "callsign_quota", "callsign_release_days"],
         "relays": ["address", "public_key", "token", "websocket", "ca_file", "spki_sha256"],
         "reflector": ["enabled", "port", "rate", "burst", "servers", "address", "other_address", "other_port", "rto_ms", "retransmissions", "interval"],
         "sessions": ["tcp_timeout", "udp_timeout", "icmp_timeout", "other_timeout", "max"],
-        "node": ["name", "listen_port", "device", "mtu", "offload", "busy_poll", "threads"],
+        "node": ["name", "listen_port", "device", "mtu", "offload", "busy_poll", "threads", "callsign", "callsign_listed"],
         "site": ["name", "lan4", "virtual4", "virtual6", "lan6", "virtual6_lan", "map"],
         "site.map": ["ipv4", "ipv6"],
         "peer": ["name", "public_key", "endpoint", "site"],
@@ -105,6 +106,8 @@ public enum ConfigFile {
                     else if let i = t.int, i == 1 || i == 2 { cfg.node.threads = i }
                     else { err("node.threads", "must be 1, 2 or \"auto\"") }
                 }
+                if let c = string(n, "callsign", "node") { cfg.node.callsign = c }
+                if let e = n["callsign_listed"] { if let b = e.bool { cfg.node.callsignListed = b } else { err("node.callsign_listed", "must be true or false") } }
             } else { err("node", "must be a table: [node]") }
         }
         if let v = root["sessions"] {
@@ -163,6 +166,8 @@ public enum ConfigFile {
                 if let x = int(t, "node_datagrams_per_second", "relay", 1...10_000_000) { cfg.relay.nodeDatagramsPerSecond = x }
                 if let x = int(t, "registrations_per_second", "relay", 1...10_000) { cfg.relay.registrationsPerSecond = x }
                 if let x = int(t, "heartbeat_seconds", "relay", 1...60) { cfg.relay.heartbeatSeconds = x }
+                if let x = int(t, "callsign_quota", "relay", 0...1000) { cfg.relay.callsignQuota = x }
+                if let x = int(t, "callsign_release_days", "relay", 1...3650) { cfg.relay.callsignReleaseDays = x }
             } else { err("relay", "must be a table: [relay]") }
         }
         if let v = root["front_door"] {

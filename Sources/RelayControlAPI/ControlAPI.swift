@@ -26,9 +26,14 @@ public enum ControlRoute: String, CaseIterable, Sendable {
     case sessions = "/v1/sessions"
     case reflect = "/v1/reflect"
     case relay = "/v1/relay"
+    case relayDevices = "/v1/relay/devices"
+    /// POST ?callsign=NAME
+    case relayRelease = "/v1/relay/release"
+    /// POST ?list=allow|block&subject=KEY-OR-CALLSIGN&on=true|false
+    case relayAdmission = "/v1/relay/admission"
 
-    public var method: String { self == .reload ? "POST" : "GET" }
-    public var needsWrite: Bool { self == .reload }
+    public var method: String { [.reload, .relayRelease, .relayAdmission].contains(self) ? "POST" : "GET" }
+    public var needsWrite: Bool { method == "POST" }
 }
 
 public struct ConfigStatus: Codable, Equatable, Sendable {
@@ -292,6 +297,8 @@ public struct RelayServerCounters: Codable, Equatable, Sendable {
     /// because the socket's buffer was full.
     public var forwarded = 0, forwardedBytes: UInt64 = 0, notHere = 0, throttled = 0, sendDropped = 0
     public var lookups = 0, pings = 0, expired = 0, left = 0
+    /// Callsign claims received; registrations refused or ended because the store blocks the key.
+    public var claims = 0, blocked = 0
     public init() {}
 }
 
@@ -396,5 +403,50 @@ public struct PublicStatus: Codable, Equatable, Sendable {
     public var relay: Relay?
     public init(service: String, version: String, uptimeSeconds: Int, relay: Relay?) {
         self.service = service; self.version = version; self.uptimeSeconds = uptimeSeconds; self.relay = relay
+    }
+}
+
+/// A callsign at this relay (`relayctl relay devices`).
+public struct DeviceView: Codable, Equatable, Sendable {
+    public var callsign: String
+    public var publicKey: String
+    public var connected: Bool
+    /// Seconds since it registered (when connected) and since it was last heard.
+    public var connectedSecondsAgo: Double?
+    public var lastActivitySecondsAgo: Double?
+    public var claimedAt: Date
+    public var listed: Bool
+    public init(callsign: String, publicKey: String, connected: Bool, connectedSecondsAgo: Double?, lastActivitySecondsAgo: Double?, claimedAt: Date, listed: Bool) {
+        self.callsign = callsign; self.publicKey = publicKey; self.connected = connected; self.connectedSecondsAgo = connectedSecondsAgo
+        self.lastActivitySecondsAgo = lastActivitySecondsAgo; self.claimedAt = claimedAt; self.listed = listed
+    }
+}
+
+public struct AdmissionView: Codable, Equatable, Sendable {
+    /// "allow" or "block".
+    public var list: String
+    public var subject: String
+    public var addedAt: Date
+    public init(list: String, subject: String, addedAt: Date) { self.list = list; self.subject = subject; self.addedAt = addedAt }
+}
+
+public struct DevicesResponse: Codable, Equatable, Sendable {
+    public var devices: [DeviceView]
+    public var admission: [AdmissionView]
+    /// Where a corrupt store was moved, and why (nil when it opened cleanly).
+    public var storeProblem: String?
+    public init(devices: [DeviceView], admission: [AdmissionView], storeProblem: String?) { self.devices = devices; self.admission = admission; self.storeProblem = storeProblem }
+}
+
+/// `GET /devices/CALLSIGN` on the front door.
+public struct PublicDevice: Codable, Equatable, Sendable {
+    public var callsign: String
+    public var connected: Bool
+    public var connectedSince: Date?
+    public var lastActivity: Date?
+    /// Services the device publishes through the relay (none yet).
+    public var services: [String]
+    public init(callsign: String, connected: Bool, connectedSince: Date?, lastActivity: Date?, services: [String]) {
+        self.callsign = callsign; self.connected = connected; self.connectedSince = connectedSince; self.lastActivity = lastActivity; self.services = services
     }
 }

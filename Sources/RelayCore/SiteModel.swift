@@ -101,6 +101,10 @@ public struct NodeConfig: Codable, Equatable, Sendable {
     /// direction a thread each, 0 ("auto") is 1 on machines with two CPUs or fewer, else 2.
     /// busy_poll implies 1.
     public var threads: Int
+    /// The callsign this node claims at its home relay (node.callsign), and whether anyone may see
+    /// its status there (node.callsign_listed).
+    public var callsign: String?
+    public var callsignListed = false
     public init(name: String = "relay", listenPort: UInt16 = 51820, device: String = "relay0", mtu: Int = 1408, offload: Bool = true, busyPoll: Int = 0,
                 threads: Int = 0) {
         self.name = name; self.listenPort = listenPort; self.device = device; self.mtu = mtu; self.offload = offload; self.busyPoll = busyPoll
@@ -111,7 +115,7 @@ public struct NodeConfig: Codable, Equatable, Sendable {
         if busyPoll > 0 { return 1 }
         return threads == 0 ? (cpus <= 2 ? 1 : 2) : threads
     }
-    enum CodingKeys: String, CodingKey { case name, listenPort, device, mtu, offload, busyPoll, threads }
+    enum CodingKeys: String, CodingKey { case name, listenPort, device, mtu, offload, busyPoll, threads, callsign, callsignListed }
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         name = try c.decode(String.self, forKey: .name)
@@ -121,6 +125,8 @@ public struct NodeConfig: Codable, Equatable, Sendable {
         offload = try c.decodeIfPresent(Bool.self, forKey: .offload) ?? true
         busyPoll = try c.decodeIfPresent(Int.self, forKey: .busyPoll) ?? 0
         threads = try c.decodeIfPresent(Int.self, forKey: .threads) ?? 0
+        callsign = try c.decodeIfPresent(String.self, forKey: .callsign)
+        callsignListed = try c.decodeIfPresent(Bool.self, forKey: .callsignListed) ?? false
     }
 }
 
@@ -282,6 +288,7 @@ extension RelayConfiguration {
         for (i, t) in relay.tokens.enumerated() where t.utf8.count < 16 || t.utf8.count > 64 {
             err("relay.tokens[\(i)]", "a token must have 16 to 64 characters (e.g. `openssl rand -base64 24`)")
         }
+        if let c = node.callsign, case .failure(let p) = Callsign.normalize(c) { err("node.callsign", "\(p)") }
         if frontDoor.enabled && frontDoor.tls && (frontDoor.certificate.isEmpty || frontDoor.privateKey.isEmpty) {
             err(frontDoor.certificate.isEmpty ? "front_door.certificate" : "front_door.private_key",
                 "the front door uses TLS: set front_door.certificate and front_door.private_key to PEM files (`relayctl relay cert --self-signed NAME` makes a pair), or front_door.tls = false on a trusted LAN")
@@ -421,6 +428,9 @@ public struct RelayRoleConfig: Codable, Equatable, Sendable {
     public var registrationsPerSecond = 5
     /// Seconds between a node's heartbeats (the relay tells the node at registration).
     public var heartbeatSeconds = 2
+    /// Callsigns one key may hold, and the days after which an unused one is released.
+    public var callsignQuota = 3
+    public var callsignReleaseDays = 90
     public init() {}
 }
 

@@ -25,7 +25,7 @@ struct CtlFailure: Error, CustomStringConvertible {
 struct ControlClient {
     let socketPath: String
 
-    func request(_ route: ControlRoute) throws -> Data {
+    func request(_ route: ControlRoute, query: String = "") throws -> Data {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw CtlFailure(code: RelayCtlExit.failure, description: "cannot create a socket: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -48,7 +48,7 @@ struct ControlClient {
         }
         var tv = timeval(tv_sec: 30, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        let req = Array("\(route.method) \(route.rawValue) HTTP/1.1\r\nHost: relayd\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".utf8)
+        let req = Array("\(route.method) \(route.rawValue)\(query.isEmpty ? "" : "?" + query) HTTP/1.1\r\nHost: relayd\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".utf8)
         guard send(fd, req, req.count, Int32(MSG_NOSIGNAL)) == req.count else {
             throw CtlFailure(code: RelayCtlExit.notRunning, description: "relayd closed the connection")
         }
@@ -79,8 +79,8 @@ struct ControlClient {
         }
     }
 
-    func get<T: Decodable>(_ route: ControlRoute, as: T.Type) throws -> T {
-        let data = try request(route)
+    func get<T: Decodable>(_ route: ControlRoute, query: String = "", as: T.Type) throws -> T {
+        let data = try request(route, query: query)
         do { return try ControlJSON.decoder().decode(T.self, from: data) } catch {
             throw CtlFailure(code: RelayCtlExit.failure, description: "cannot read relayd's answer to \(route.rawValue) (version mismatch?): \(error)")
         }

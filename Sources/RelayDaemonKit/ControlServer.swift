@@ -4,6 +4,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import RelayControlAPI
+import RelayStore
 import RelayCore
 import RelayIPC
 import RelayWire
@@ -128,6 +129,19 @@ public final class ControlServer: @unchecked Sendable {
         return line.dropFirst(7).split(separator: " ").compactMap { UInt32($0.trimmingCharacters(in: .whitespaces)) }
     }
 
+    /// The query of a request URI as a dictionary (percent-decoded, '+' kept as is: base64 keys;
+    /// the last value of a name wins).
+    static func query(_ uri: String) -> [String: String] {
+        guard let q = uri.split(separator: "?", maxSplits: 1).dropFirst().first else { return [:] }
+        var out: [String: String] = [:]
+        for pair in q.split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1)
+            guard let k = kv.first?.removingPercentEncoding else { continue }
+            out[k] = kv.count > 1 ? (String(kv[1]).removingPercentEncoding ?? "") : ""
+        }
+        return out
+    }
+
     /// Routes one request; runs off the event loop (some requests wait for the helper).
     func handle(method: HTTPMethod, uri: String, peer: ControlPeer?) -> (HTTPResponseStatus, Data) {
         let enc = ControlJSON.encoder()
@@ -162,6 +176,37 @@ public final class ControlServer: @unchecked Sendable {
                 return fail(.serviceUnavailable, WireError("relay.off", "this node is not a relay: set [relay] enabled = true (with allowed_keys or tokens) in its configuration"))
             }
             return ok(r)
+        case .relayDevices, .relayRelease, .relayAdmission:
+            guard let r = daemon.relayServer else {
+                return fail(.serviceUnavailable, WireError("relay.off", "this node is not a relay: set [relay] enabled = true (with allowed_keys or tokens) in its configuration"))
+            }
+            let q = ControlServer.query(uri)
+            switch route {
+            case .relayRelease:
+                guard let name = q["callsign"], !name.isEmpty else { return fail(.badRequest, WireError("relay.usage", "release needs ?callsign=NAME")) }
+                guard let store = r.store else { return fail(.serviceUnavailable, WireError("relay.store", r.storeProblem ?? "no relay store")) }
+                do {
+                    guard try store.release(name) else { return fail(.notFound, WireError("relay.no_callsign", "nobody holds the callsign \(name.uppercased())")) }
+                } catch { return fail(.internalServerError, WireError("relay.store", "\(error)")) }
+                logger.notice("relay event=callsign_released callsign=\(name.uppercased()) by=uid_\(peer.uid)")
+                return ok(r.devices())
+            case .relayAdmission:
+                guard let list = q["list"].flatMap(RelayStore.Admission.init(rawValue:)), let subject = q["subject"], !subject.isEmpty else {
+                    return fail(.badRequest, WireError("relay.usage", "admission needs ?list=allow|block&subject=KEY-OR-CALLSIGN[&on=false]"))
+                }
+                let isKey = Data(base64Encoded: subject)?.count == 32
+                if !isKey, case .failure(let p) = Callsign.normalize(subject) {
+                    return fail(.badRequest, WireError("relay.usage", "\(subject.prefix(60)) is neither a node key (44 characters of base64) nor a callsign: \(p)"))
+                }
+                guard let store = r.store else { return fail(.serviceUnavailable, WireError("relay.store", r.storeProblem ?? "no relay store")) }
+                let on = q["on"] != "false"
+                do { try store.setAdmission(list, subject, on: on, now: Date().timeIntervalSince1970) } catch { return fail(.internalServerError, WireError("relay.store", "\(error)")) }
+                r.refreshAdmission()
+                logger.notice("relay event=admission list=\(list.rawValue) subject=\(subject) \(on ? "added" : "removed") by=uid_\(peer.uid)")
+                return ok(r.devices())
+            default:
+                return ok(r.devices())
+            }
         case .kernel:
             do { return ok(try daemon.helper.observe()) } catch let e as WireError {
                 return fail(.serviceUnavailable, e)

@@ -3,6 +3,7 @@ import Logging
 import RelayConfig
 import RelayControlAPI
 import RelayFrontDoor
+import RelayStore
 import RelayCore
 import RelayIPC
 import RelayTunnel
@@ -97,7 +98,16 @@ public final class Daemon: @unchecked Sendable {
     func startRelay() throws {
         let cfg = currentConfig
         guard cfg.relay.enabled else { return }
-        let r = RelayServer(identity: identity, config: cfg.relay, logger: logger)
+        var store: RelayStore?
+        do {
+            store = try RelayStore(directory: options.stateDirectory)
+            if let aside = store?.setAside {
+                logger.error("relay store \(options.stateDirectory)/relay.sqlite was corrupt (\(aside.reason)): kept aside as \(aside.path) and a new one started; callsigns and admission lists are empty until you restore them")
+            }
+        } catch {
+            logger.error("relay store \(options.stateDirectory)/relay.sqlite cannot be opened (\(error)): callsigns and admission lists are unavailable; claims are answered 'unavailable'")
+        }
+        let r = RelayServer(identity: identity, config: cfg.relay, logger: logger, store: store)
         try r.start(port: cfg.relay.port)
         relayServer = r
     }
@@ -111,7 +121,17 @@ public final class Daemon: @unchecked Sendable {
             return
         }
         var routes = FrontDoorRoutes()
-        if let r = relayServer { routes.webSockets["/relay"] = RelayWebSocketEndpoint(server: r) }
+        if let r = relayServer {
+            routes.webSockets["/relay"] = RelayWebSocketEndpoint(server: r)
+            routes.plain["/devices/"] = { [weak r] req in
+                let name = String(req.path.dropFirst("/devices/".count).split(separator: "?").first ?? "")
+                let auth = req.headers.first { $0.0.lowercased() == "authorization" }?.1
+                guard let r, let d = r.publicDevice(name.removingPercentEncoding ?? name, authorization: auth) else {
+                    return .error(404, "not_found", "no listed device \(name.prefix(40)) (a device that is not listed is shown only with one of the relay's tokens: Authorization: Bearer TOKEN)")
+                }
+                return .json(d)
+            }
+        }
         if cfg.frontDoor.publicStatus {
             routes.plain["/"] = { [weak self] _ in
                 guard let self else { return .error(503, "stopping", "relayd is stopping") }

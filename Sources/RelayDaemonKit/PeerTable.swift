@@ -157,6 +157,8 @@ final class PeerTable {
     /// missing peer is searched for there) and left when no longer needed.
     private(set) var home: RelayLink?
     private var preferred: Endpoint?
+    /// node.callsign (upper case) and whether the device is listed.
+    var callsign: (String, Bool)?
     private var homelessSince: Double = 0
 
     /// How long a direct path counts as working after data came on it; how long a relay other than
@@ -176,6 +178,11 @@ final class PeerTable {
             home = next
         }
         for p in peers { p.prefer(home: home?.endpoint) }
+        // The callsign is claimed at the home relay (again when home changes or after 10 s unanswered).
+        if let (name, listed) = callsign, let h = home, h.isRegistered, h.claim == nil, now - h.claimAskedAt >= 10 {
+            h.claimAskedAt = now
+            if let f = h.frame(.claim, ([listed ? 1 : 0] + Array(name.utf8))[...]) { actions.append(.send(f, to: .direct(h.endpoint))) }
+        }
         let recent = now - Self.relayIdle
         let missing = peers.filter { $0.missing(since: recent) }
         for link in relays {
@@ -322,7 +329,13 @@ final class PeerTable {
             guard body.count > 4 else { counters.malformed += 1; return nil }
             let id = body.prefix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }.littleEndian
             return (body.dropFirst(4), .relay(link.endpoint, id: id))
-        case .forward, .ping, .lookup, .leave: counters.malformed += 1
+        case .claimed:
+            guard let code = body.first.flatMap(RelayClaimResult.init(rawValue:)) else { counters.malformed += 1; return nil }
+            let name = String(decoding: body.dropFirst(), as: UTF8.self)
+            link.claim = (code, name)
+            let ok = code == .claimed || code == .alreadyYours
+            actions.append(.log(ok ? .info : .error, "relay \(link.udpEndpoint): callsign \(name) \(code)\(ok ? "" : ": choose another node.callsign")"))
+        case .forward, .ping, .lookup, .leave, .claim: counters.malformed += 1
         }
         return nil
     }

@@ -54,6 +54,9 @@ final class RelayLink {
     private(set) var observed: Endpoint?
     /// Lookups in flight or answered recently: key -> when asked.
     var lookups: [[UInt8]: Double] = [:]
+    /// The relay's answer to our callsign claim (since we registered), and when we asked.
+    var claim: (RelayClaimResult, String)?
+    var claimAskedAt: Double = -100
     /// Peers this relay said are not here (since we registered).
     var absent: Set<[UInt8]> = []
     /// Left for lack of use after a search found nothing: not searched again before this time.
@@ -129,7 +132,7 @@ final class RelayLink {
         heartbeat = Double(max(1, grant.heartbeatSeconds))
         lastHeard = now; registeredAt = now; failures = 0; lastError = nil
         if self.transport == .udp { udpSilences = 0 }
-        lookups = [:]; absent = []
+        lookups = [:]; absent = []; claim = nil; claimAskedAt = -100
         lastPing = now
         return frame(.ping, [][...])
     }

@@ -48,6 +48,9 @@ final class RelayRegistry {
         var heartbeat = 2
         /// Register messages that get a Diffie-Hellman, per second in all.
         var handshakesPerSecond = 4000.0
+        /// From the store: keys allowed (besides `allowedKeys`) and blocked (directly or by callsign).
+        var storeAllowedKeys: Set<[UInt8]> = []
+        var blockedKeys: Set<[UInt8]> = []
 
         init() {}
         init(_ c: RelayRoleConfig) {
@@ -75,6 +78,11 @@ final class RelayRegistry {
     var counters = RelayServerCounters()
     /// Datagrams to send, in order.
     var out: [([UInt8], Endpoint)] = []
+    /// What happened to registrations, for the server's structured log lines (and the store).
+    struct Event { var kind: String; var key: [UInt8]; var id: UInt32; var address: Endpoint; var detail: String = "" }
+    var events: [Event] = []
+    /// Callsign claims for the store (the server answers them with `answerClaim`).
+    var claims: [(id: UInt32, key: [UInt8], listed: Bool, callsign: String)] = []
 
     init(staticKey: Curve25519.KeyAgreement.PrivateKey, policy: Policy) {
         self.staticKey = staticKey
@@ -134,6 +142,7 @@ final class RelayRegistry {
         let token = Array(payload.dropFirst(8))
         guard admitted(key, token: token) else {
             counters.notAdmitted += 1; failed(from, now: now)
+            events.append(Event(kind: "refused", key: key, id: 0, address: from, detail: policy.blockedKeys.contains(key) ? "reason=blocked" : "reason=not_admitted"))
             out.append((RelayMessage.refused(receiver: sender, reason: .notAdmitted), from))
             return
         }
@@ -158,7 +167,8 @@ final class RelayRegistry {
 
     /// The key is listed, or the token matches one of the relay's (compared in constant time).
     private func admitted(_ key: [UInt8], token: [UInt8]) -> Bool {
-        if policy.allowedKeys.contains(key) { return true }
+        if policy.blockedKeys.contains(key) { counters.blocked += 1; return false }
+        if policy.allowedKeys.contains(key) || policy.storeAllowedKeys.contains(key) { return true }
         var ok = false
         for t in policy.tokens {
             var diff = UInt8(t.count == token.count ? 0 : 1)
@@ -191,10 +201,16 @@ final class RelayRegistry {
             }
         case .leave:
             counters.left += 1
+            events.append(Event(kind: "left", key: n.key, id: n.id, address: n.address))
             nodes[n.id] = nil
             if byKey[n.key] == n.id { byKey[n.key] = nil }
             return
-        case .pong, .found, .notHere, .deliver:
+        case .claim:
+            // Any name of up to 64 bytes gets a typed answer (the store says what is wrong with it).
+            guard body.count >= 1, body.count <= 65 else { counters.malformed += 1; break }
+            counters.claims += 1
+            claims.append((n.id, n.key, body.first! & 1 == 1, String(decoding: body.dropFirst(), as: UTF8.self)))
+        case .pong, .found, .notHere, .deliver, .claimed:
             counters.malformed += 1
         case .forward:
             break  // forwardInPlace's (receive sends forward frames there)
@@ -248,6 +264,7 @@ final class RelayRegistry {
         byKey[n.key] = n.id
         n.active = true
         counters.registrations += 1
+        events.append(Event(kind: "registered", key: n.key, id: n.id, address: n.address))
     }
 
     private func send(_ n: Node, _ kind: RelayFrameKind, _ body: ArraySlice<UInt8>) {
@@ -256,12 +273,29 @@ final class RelayRegistry {
         out.append((f, n.address))
     }
 
+    /// The store's answer to a claim of node `id` (gone meanwhile: nothing is sent).
+    func answerClaim(id: UInt32, _ result: RelayClaimResult, callsign: String) {
+        guard let n = nodes[id] else { return }
+        send(n, .claimed, ([result.rawValue] + Array(callsign.utf8.prefix(32)))[...])
+    }
+
+    /// Keys the store blocks: a blocked node's registrations end now.
+    func blockRegistered(_ blocked: Set<[UInt8]>) {
+        for (id, n) in nodes where blocked.contains(n.key) {
+            nodes[id] = nil
+            if byKey[n.key] == id { byKey[n.key] = nil }
+            counters.blocked += 1
+            events.append(Event(kind: "blocked", key: n.key, id: id, address: n.address))
+        }
+    }
+
     /// The connection a node registered over (a WebSocket) is gone: its registration ends now.
     func disconnected(_ address: Endpoint) {
         for (id, n) in nodes where n.address == address {
             nodes[id] = nil
             if byKey[n.key] == id { byKey[n.key] = nil }
             counters.left += 1
+            if n.active { events.append(Event(kind: "disconnected", key: n.key, id: id, address: address)) }
         }
     }
 
@@ -273,6 +307,7 @@ final class RelayRegistry {
             nodes[id] = nil
             if byKey[n.key] == id { byKey[n.key] = nil }
             counters.expired += 1
+            if n.active { events.append(Event(kind: "expired", key: n.key, id: id, address: n.address, detail: "silent_seconds=\(Int(now - n.lastHeard))")) }
         }
     }
 

@@ -4,6 +4,7 @@ import Logging
 import RelayControlAPI
 import RelayCore
 import RelayFrontDoor
+import RelayStore
 import RelayTunnel
 import Synchronization
 import CRelayShim
@@ -31,10 +32,20 @@ final class RelayServer: @unchecked Sendable {
     private var streamRemotes: [UInt64: String] = [:]
     private var nextStream: UInt64 = 1
 
-    init(identity: NodeIdentity, config: RelayRoleConfig, logger: Logger, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }) {
+    /// Callsigns and admission lists (nil: no state directory, or it could not be opened).
+    let store: RelayStore?
+    /// Store work (SQLite) happens here, off the packet loop.
+    private let storeQueue = DispatchQueue(label: "relay-store")
+    private var config: RelayRoleConfig
+    private var lastExpiry: Double = 0
+
+    init(identity: NodeIdentity, config: RelayRoleConfig, logger: Logger, store: RelayStore? = nil, clock: @escaping () -> Double = { Date().timeIntervalSince1970 }) {
         self.logger = logger
         self.clock = clock
+        self.store = store
+        self.config = config
         registry = RelayRegistry(staticKey: identity.privateKey, policy: RelayRegistry.Policy(config))
+        refreshAdmission()
     }
 
     func start(port: UInt16, address: IPAddress? = nil) throws {
@@ -55,7 +66,126 @@ final class RelayServer: @unchecked Sendable {
         if fd >= 0 { close(fd); fd = -1 }
     }
 
-    func configure(_ c: RelayRoleConfig) { lock.lock(); registry.policy = RelayRegistry.Policy(c); lock.unlock() }
+    func configure(_ c: RelayRoleConfig) {
+        lock.withLock {
+            let (allowed, blocked) = (registry.policy.storeAllowedKeys, registry.policy.blockedKeys)
+            registry.policy = RelayRegistry.Policy(c)
+            registry.policy.storeAllowedKeys = allowed; registry.policy.blockedKeys = blocked
+            config = c
+        }
+    }
+
+    // MARK: the store (callsigns, admission)
+
+    /// Reads the allow and block lists into the registry; blocked nodes' registrations end.
+    func refreshAdmission() {
+        guard let store else { return }
+        do {
+            let (allowed, blocked) = try store.admissionKeys()
+            let decode = { (s: Set<String>) in Set(s.compactMap { Data(base64Encoded: $0).map(Array.init) }) }
+            lock.withLock {
+                registry.policy.storeAllowedKeys = decode(allowed)
+                registry.policy.blockedKeys = decode(blocked)
+                registry.blockRegistered(registry.policy.blockedKeys)
+            }
+        } catch { logger.error("relay store: cannot read the admission lists: \(error)") }
+    }
+
+    /// Claims and events the registry produced (under `lock`): handled on the store's queue.
+    private func takeStoreWork() -> ([(id: UInt32, key: [UInt8], listed: Bool, callsign: String)], [RelayRegistry.Event]) {
+        let c = registry.claims, e = registry.events
+        if !c.isEmpty { registry.claims = [] }
+        if !e.isEmpty { registry.events = [] }
+        return (c, e)
+    }
+
+    private func storeWork(_ claims: [(id: UInt32, key: [UInt8], listed: Bool, callsign: String)], _ events: [RelayRegistry.Event]) {
+        guard !claims.isEmpty || !events.isEmpty else { return }
+        let quota = lock.withLock { config.callsignQuota }
+        storeQueue.async { [self] in
+            let now = clock()
+            for e in events {
+                logger.info("relay event=\(e.kind) key=\(Data(e.key).base64EncodedString()) id=\(e.id) from=\(describe(e.address))\(e.detail.isEmpty ? "" : " " + e.detail)")
+                if e.kind == "registered" { try? store?.touch(key: Data(e.key).base64EncodedString(), now: now) }
+            }
+            for c in claims {
+                let key = Data(c.key).base64EncodedString()
+                var result = RelayClaimResult.unavailable, name = String(c.callsign.uppercased().prefix(32).map { $0.isASCII && !$0.isWhitespace ? $0 : "?" })
+                if let store {
+                    do {
+                        switch try store.claim(c.callsign, key: key, listed: c.listed, quota: quota, now: now) {
+                        case .claimed(let n): result = .claimed; name = n
+                        case .alreadyYours(let n): result = .alreadyYours; name = n
+                        case .taken(let n): result = .taken; name = n
+                        case .invalid: result = .invalid
+                        case .quota: result = .quota
+                        case .blocked(let n): result = .blocked; name = n
+                        }
+                    } catch { logger.error("relay store: claim of \(name) failed: \(error)") }
+                }
+                logger.info("relay event=claim key=\(key) callsign=\(name) result=\(result.code)")
+                let out: [([UInt8], Endpoint)] = lock.withLock { registry.answerClaim(id: c.id, result, callsign: name); return registry.take() }
+                flush(out)
+            }
+        }
+    }
+
+    /// Once an hour: callsigns unused for callsign_release_days are released.
+    private func expireCallsigns(now: Double) {
+        guard let store, now - lastExpiry >= 3600 else { return }
+        lastExpiry = now
+        let days = lock.withLock { config.callsignReleaseDays }
+        storeQueue.async { [self] in
+            if let gone = try? store.expire(unusedFor: Double(days) * 86400, now: now), !gone.isEmpty {
+                logger.notice("relay event=callsigns_released callsigns=\(gone.joined(separator: ",")) reason=unused_\(days)_days")
+            }
+        }
+    }
+
+    func describe(_ e: Endpoint) -> String {
+        guard let n = e.streamNumber else { return "\(e)" }
+        let remote = lock.withLock { streamRemotes[n] }
+        return "websocket:\(remote ?? "?")"
+    }
+
+    /// Callsigns with their nodes' state, and the admission lists.
+    func devices() -> DevicesResponse {
+        let now = clock()
+        let records = (try? store?.callsigns()) ?? []
+        let admission = ((try? store?.admission()) ?? []).map { AdmissionView(list: $0.kind, subject: $0.subject, addedAt: Date(timeIntervalSince1970: $0.addedAt)) }
+        let views = lock.withLock { Dictionary(registry.views(now: now).map { ($0.publicKey, $0) }, uniquingKeysWith: { a, _ in a }) }
+        let devices = records.map { r in
+            let v = views[r.key]
+            return DeviceView(callsign: r.callsign, publicKey: r.key, connected: v != nil, connectedSecondsAgo: v?.registeredSecondsAgo,
+                              lastActivitySecondsAgo: v?.lastHeardSecondsAgo ?? now - r.lastSeen, claimedAt: Date(timeIntervalSince1970: r.claimedAt), listed: r.listed)
+        }
+        return DevicesResponse(devices: devices, admission: admission, storeProblem: storeProblem)
+    }
+
+    var storeProblem: String? {
+        if store == nil { return "no relay store (relayd has no state directory it can write)" }
+        return store?.setAside.map { "the relay store was corrupt (\($0.reason)): kept aside as \($0.path); callsigns and admission lists start empty" }
+    }
+
+    /// `GET /devices/CALLSIGN`: shown when the device is listed, or to a caller with one of the
+    /// relay's tokens (Authorization: Bearer); otherwise not found (its existence is not told).
+    func publicDevice(_ callsign: String, authorization: String?) -> PublicDevice? {
+        guard let r = try? store?.record(callsign) else { return nil }
+        let tokens = lock.withLock { config.tokens }
+        let bearer = authorization.flatMap { $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : nil }
+        guard r.listed || (bearer.map { b in tokens.contains { constantTimeEqual($0, b) } } ?? false) else { return nil }
+        let now = clock()
+        let v = lock.withLock { registry.views(now: now).first { $0.publicKey == r.key } }
+        return PublicDevice(callsign: r.callsign, connected: v != nil, connectedSince: v.map { Date(timeIntervalSince1970: now - $0.registeredSecondsAgo) },
+                            lastActivity: Date(timeIntervalSince1970: v.map { now - $0.lastHeardSecondsAgo } ?? r.lastSeen), services: [])
+    }
+
+    func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+        let x = Array(a.utf8), y = Array(b.utf8)
+        var d = UInt8(x.count == y.count ? 0 : 1)
+        for i in 0..<x.count { d |= x[i] ^ (i < y.count ? y[i] : 0) }
+        return d == 0
+    }
 
     var status: RelayServerStatus {
         lock.lock(); defer { lock.unlock() }
@@ -113,7 +243,9 @@ final class RelayServer: @unchecked Sendable {
                     }
                     let extra = registry.take()
                     let senders = toStreams.map { streams[$0.0] }
+                    let (claims, events) = takeStoreWork()
                     lock.unlock()
+                    storeWork(claims, events)
                     let dropped = out.send(fd, rx) + zip(senders, toStreams).filter { !($0.0?.send($0.1.1) ?? false) }.count
                     toStreams.removeAll(keepingCapacity: true)
                     if dropped > 0 { lock.lock(); registry.counters.sendDropped += dropped; lock.unlock() }
@@ -122,7 +254,12 @@ final class RelayServer: @unchecked Sendable {
                 }
             }
             let now = clock()
-            if now - lastTick >= 1 { lastTick = now; lock.lock(); registry.tick(now: now); lock.unlock() }
+            if now - lastTick >= 1 {
+                lastTick = now
+                lock.lock(); registry.tick(now: now); let (claims, events) = takeStoreWork(); lock.unlock()
+                storeWork(claims, events)
+                expireCallsigns(now: now)
+            }
         }
     }
 
@@ -212,8 +349,10 @@ final class RelayServer: @unchecked Sendable {
         if bytes.count > RelayServer.maxDatagram { registry.counters.oversized += 1; lock.unlock(); return }
         registry.receive(bytes[...], from: .stream(n), now: now)
         let out = registry.take()
+        let (claims, events) = takeStoreWork()
         lock.unlock()
         flush(out)
+        storeWork(claims, events)
     }
 
     /// The WebSocket closed: its registration ends at once.

@@ -130,6 +130,7 @@ public final class TunnelService: @unchecked Sendable {
         lock.lock()
         table.configure(list, exported: exported, stamp: { stamps.stamp(for: $0) })
         table.configureRelays(cfg.relays, cache: relayPeerCache.snapshot(), now: clock())
+        table.callsign = cfg.node.callsign.flatMap { try? Callsign.normalize($0).get() }.map { ($0, cfg.node.callsignListed) }
         let endpoints = table.knownRoutes
         translator = TranslatorRef(SiteTranslator(cfg))
         let actions = table.take()

@@ -41,7 +41,7 @@ public struct FrontDoorResponse: Sendable {
         self.status = status; self.contentType = contentType; self.body = body
     }
     public static func json<T: Encodable>(_ value: T, status: Int = 200) -> FrontDoorResponse {
-        let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let e = JSONEncoder(); e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]; e.dateEncodingStrategy = .iso8601
         return FrontDoorResponse(status: status, body: Array((try? e.encode(value)) ?? Data("{}".utf8)) + [0x0a])
     }
     /// An error as JSON: `{"error": {"code": ..., "message": ...}}`.

@@ -134,6 +134,27 @@ public enum RelayFrameKind: UInt8, Sendable {
     case notHere = 7
     /// Node to relay: end this registration.
     case leave = 8
+    /// Node to relay: claim a callsign (body: flags, bit 0 = listed, then the callsign in ASCII).
+    /// Relay to node: the answer (body: a `RelayClaimResult` byte, then the callsign).
+    case claim = 9, claimed = 10
+}
+
+/// The relay's answer to a callsign claim.
+public enum RelayClaimResult: UInt8, Sendable, CustomStringConvertible {
+    case claimed = 0, alreadyYours = 1, taken = 2, invalid = 3, quota = 4, blocked = 5, unavailable = 6
+    /// A short name for log lines.
+    public var code: String { ["claimed", "already_yours", "taken", "invalid", "quota", "blocked", "unavailable"][Int(rawValue)] }
+    public var description: String {
+        switch self {
+        case .claimed: return "claimed"
+        case .alreadyYours: return "already yours"
+        case .taken: return "taken by another key"
+        case .invalid: return "not a valid callsign (3-32 of A-Z 0-9 -) or reserved"
+        case .quota: return "this key holds as many callsigns as the relay allows"
+        case .blocked: return "blocked by the relay's operator"
+        case .unavailable: return "the relay's store is unavailable"
+        }
+    }
 }
 
 public enum RelayRefusal: UInt8, Sendable, CustomStringConvertible {

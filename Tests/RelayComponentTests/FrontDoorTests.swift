@@ -220,4 +220,61 @@ struct FrontDoorTests {
         let log = (try? String(contentsOfFile: dir + "/log", encoding: .utf8)) ?? ""
         #expect(log.contains("systemd passed a listening socket"), "\(log.suffix(1500))")
     }
+
+    @Test("callsigns in the relay store: claims over the relay protocol (taken, reserved, malformed, over quota answered as such), relayctl relay devices, GET /devices/NAME only when listed or with a token, claims survive a restart, release, a blocked key is refused, a corrupt store is kept aside and reported")
+    func callsignsAndStore() throws {
+        let s = try Setup()
+        let st = try s.d.json(StatusResponse.self, "status")
+        let udp = String(try #require(st.relay?.port))
+        let r = try Command.run(["python3", Self.client, "--claims", "127.0.0.1", udp, st.publicKey, Self.token], timeout: 30, check: false)
+        #expect(r.status == 0, "\(r.stderr.suffix(1200))")
+        let out = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        func result(_ k: String) -> Int { ((out[k] as? [Any])?.first as? Int) ?? -1 }
+        #expect(result("a_first") == 0 && result("a_again") == 1 && result("b_taken") == 2, "\(out)")
+        #expect(result("b_reserved") == 3 && result("b_short") == 3 && result("b_bad_char") == 3, "\(out)")
+        #expect(result("a_second") == 0 && result("a_third") == 0 && result("a_over_quota") == 4 && result("c_listed") == 0, "\(out)")
+        let keys = try #require(out["keys"] as? [String: String])
+        let dev = try s.d.json(DevicesResponse.self, "relay", "devices")
+        #expect(Set(dev.devices.map(\.callsign)) == ["N0CALL", "A-TWO", "A-THREE", "LISTED1"], "\(dev)")
+        #expect(dev.devices.first { $0.callsign == "N0CALL" }?.publicKey == keys["a"] && dev.storeProblem == nil)
+        // GET /devices/NAME: a listed device for anyone; another only with a token.
+        let listed = try s.curl(["--http2"], "/devices/listed1")
+        #expect(listed.status == "2 200" && listed.body.contains("\"callsign\" : \"LISTED1\"") && listed.body.contains("\"services\""), "\(listed)")
+        #expect(try s.curl(["--http2"], "/devices/N0CALL").status == "2 404")
+        let withToken = try s.curl(["--http2", "-H", "Authorization: Bearer \(Self.token)"], "/devices/N0CALL")
+        #expect(withToken.status == "2 200" && withToken.body.contains("N0CALL"), "\(withToken)")
+        #expect(try s.curl(["--http2", "-H", "Authorization: Bearer wrong-token-0123456789"], "/devices/N0CALL").status == "2 404")
+        // Claims survive a restart.
+        _ = s.d.stop()
+        try s.d.start()
+        #expect(Set(try s.d.json(DevicesResponse.self, "relay", "devices").devices.map(\.callsign)).contains("N0CALL"))
+        // Release; unknown names are an error.
+        #expect(try s.d.ctl("relay", "release", "n0call").status == 0)
+        #expect(!(try s.d.json(DevicesResponse.self, "relay", "devices").devices.map(\.callsign).contains("N0CALL")))
+        let again = try s.d.ctl("relay", "release", "N0CALL")
+        #expect(again.status != 0 && again.stderr.contains("nobody holds"), "\(again.stderr)")
+        // Block C by its callsign: its key may not register any more.
+        #expect(try s.d.ctl("relay", "admit", "block", "LISTED1").status == 0)
+        let st2 = try s.d.json(StatusResponse.self, "status")
+        let blocked = try Command.run(["python3", Self.client, "--register-priv", "127.0.0.1", String(st2.relay!.port), st2.publicKey, Self.token, keys["c_priv"]!], timeout: 30, check: false)
+        #expect(blocked.stdout.contains("\"refused\": 1"), "\(blocked.stdout) \(blocked.stderr.suffix(600))")
+        #expect(try s.d.json(RelayStatusResponse.self, "relay", "status").relay.counters.blocked >= 1)
+        #expect(s.d.log.contains("relay event=refused") && s.d.log.contains("reason=blocked") && s.d.log.contains("relay event=claim"), "structured event lines")
+        #expect(try s.d.ctl("relay", "admit", "block", "LISTED1", "--remove").status == 0)
+        let ok = try Command.run(["python3", Self.client, "--register-priv", "127.0.0.1", String(st2.relay!.port), st2.publicKey, Self.token, keys["c_priv"]!], timeout: 30, check: false)
+        #expect(ok.stdout.contains("\"id\""), "\(ok.stdout)")
+        // A corrupt store: kept aside, reported, a new one in its place; the relay serves.
+        _ = s.d.stop()
+        let db = s.d.dir + "/state/relay.sqlite"
+        for suffix in ["-wal", "-shm"] { try? FileManager.default.removeItem(atPath: db + suffix) }
+        try Data(repeating: 0x41, count: 8192).write(to: URL(fileURLWithPath: db))
+        try s.d.start()
+        let dev2 = try s.d.json(DevicesResponse.self, "relay", "devices")
+        #expect(dev2.storeProblem?.contains("kept aside") == true && dev2.devices.isEmpty, "\(dev2)")
+        let aside = try FileManager.default.contentsOfDirectory(atPath: s.d.dir + "/state").filter { $0.hasPrefix("relay.sqlite.corrupt-") }
+        #expect(!aside.isEmpty, "the corrupt file was kept")
+        #expect(s.d.log.contains("was corrupt"))
+        let human = try s.d.ctl("relay", "devices")
+        #expect(human.stdout.contains("store: the relay store was corrupt"), "\(human.stdout)")
+    }
 }

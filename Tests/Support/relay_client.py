@@ -10,16 +10,26 @@ Prints one JSON object with what happened.
 usage: relay_client.py HOST PORT RELAY_PUBLIC_KEY_B64 TOKEN
        relay_client.py --front-door HOST UDP_PORT TLS_PORT RELAY_PUBLIC_KEY_B64 TOKEN CAFILE SERVER_NAME
        relay_client.py --hold HOST UDP_PORT TLS_PORT RELAY_PUBLIC_KEY_B64 TOKEN CAFILE SERVER_NAME SECONDS
+       relay_client.py --claims HOST PORT RELAY_PUBLIC_KEY_B64 TOKEN
+       relay_client.py --register-priv HOST PORT RELAY_PUBLIC_KEY_B64 TOKEN PRIVATE_KEY_HEX
 """
 import base64, hashlib, hmac, json, os, socket, ssl, struct, sys, time
 from noise.connection import NoiseConnection, Keypair
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+if sys.argv[1] in ("--claims", "--register-priv"):
+    mode = sys.argv[1]
+    host, port, relay_pub, token = sys.argv[2], int(sys.argv[3]), base64.b64decode(sys.argv[4]), sys.argv[5].encode()
+    sys.argv = sys.argv[:1] + ["-"] + sys.argv[6:]
+else:
+    mode = None
 front_door = sys.argv[1] in ("--front-door", "--hold")
 hold = sys.argv[1] == "--hold"
 if hold:
     hold_seconds = float(sys.argv[9])
-if front_door:
+if mode:
+    pass
+elif front_door:
     host, port, tls_port, relay_pub, token, cafile, server_name = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), base64.b64decode(sys.argv[5]), sys.argv[6].encode(), sys.argv[7], sys.argv[8]
 else:
     host, port, relay_pub, token = sys.argv[1], int(sys.argv[2]), base64.b64decode(sys.argv[3]), sys.argv[4].encode()
@@ -264,6 +274,45 @@ def hold_websocket():
     print(json.dumps({"sent": sent, "pongs": pongs, "error": error}))
 
 
+def claims():
+    """Callsign claims (frame kind 9, answered by kind 10: a result byte, then the callsign)."""
+    out = {}
+    a, b, c = Node(token), Node(token), Node(token)
+    for n in (a, b, c):
+        n.register(); n.send(3, b""); n.recv()
+    def claim(n, name, listed=False):
+        n.send(9, bytes([1 if listed else 0]) + name.encode())
+        kind, body = n.recv()
+        assert kind == 10, kind
+        return [body[0], body[1:].decode()]
+    out["a_first"] = claim(a, "n0call")
+    out["a_again"] = claim(a, "N0CALL")
+    out["b_taken"] = claim(b, "N0Call")
+    out["b_reserved"] = claim(b, "admin")
+    out["b_short"] = claim(b, "ab")
+    out["b_bad_char"] = claim(b, "no_call")
+    out["a_second"] = claim(a, "A-TWO")
+    out["a_third"] = claim(a, "A-THREE")
+    out["a_over_quota"] = claim(a, "A-FOUR")
+    out["c_listed"] = claim(c, "LISTED1", listed=True)
+    out["keys"] = {"a": base64.b64encode(public_of(a.priv)).decode(), "b": base64.b64encode(public_of(b.priv)).decode(),
+                   "c": base64.b64encode(public_of(c.priv)).decode(), "c_priv": c.priv.hex()}
+    print(json.dumps(out))
+
+
+def register_priv(priv_hex):
+    n = Node(token)
+    n.priv = bytes.fromhex(priv_hex)
+    r = n.register()
+    print(json.dumps(r))
+
+
+if mode == "--claims":
+    claims()
+    sys.exit(0)
+if mode == "--register-priv":
+    register_priv(sys.argv[2])
+    sys.exit(0)
 if hold:
     hold_websocket()
     sys.exit(0)

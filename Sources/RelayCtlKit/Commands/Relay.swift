@@ -4,8 +4,8 @@ import RelayControlAPI
 
 struct Relay: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "The relay role: registered nodes, forwarded traffic, limits hit (relay status); this node's relays (relay links); a certificate for the front door (relay cert).",
-        subcommands: [RelayStatus.self, RelayLinks.self, RelayCert.self], defaultSubcommand: RelayStatus.self)
+        abstract: "The relay role: registered nodes, forwarded traffic, limits hit (relay status); callsigns and admission (relay devices, release, admit); this node's relays (relay links); a certificate for the front door (relay cert).",
+        subcommands: [RelayStatus.self, RelayLinks.self, RelayDevices.self, RelayRelease.self, RelayAdmit.self, RelayCert.self], defaultSubcommand: RelayStatus.self)
 }
 
 struct RelayStatus: ParsableCommand {
@@ -50,6 +50,64 @@ struct RelayLinks: ParsableCommand {
             print(table(["RELAY", "STATE", "HOME", "ID", "SEES US AS", "SINCE"], links.map {
                 [$0.address, $0.state, $0.home ? "yes" : "", $0.id.map(String.init) ?? "-", $0.observed ?? "-", $0.registeredSecondsAgo.map { "\(Int($0))s" } ?? "-"]
             }))
+        }
+    }
+}
+
+struct RelayDevices: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "devices", abstract: "On a relay: callsigns, their keys, whether their devices are connected; the allow and block lists.")
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() throws {
+        try runCtl {
+            let r = try connection.client.get(.relayDevices, as: DevicesResponse.self)
+            if connection.json { printJSON(r); return }
+            printDevices(r)
+        }
+    }
+}
+
+func printDevices(_ r: DevicesResponse) {
+    if let p = r.storeProblem { print("store: \(p)") }
+    if r.devices.isEmpty { print("no callsigns claimed") } else {
+        print(table(["CALLSIGN", "KEY", "CONNECTED", "LAST ACTIVITY", "LISTED"], r.devices.map {
+            [$0.callsign, $0.publicKey, $0.connected ? "yes, \(Int($0.connectedSecondsAgo ?? 0))s" : "no", $0.lastActivitySecondsAgo.map { "\(Int($0))s ago" } ?? "-", $0.listed ? "yes" : "no"]
+        }))
+    }
+    for a in r.admission { print("\(a.list) \(a.subject)") }
+}
+
+struct RelayRelease: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "release", abstract: "On a relay: free a callsign (its key may claim it again, or another key).")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "The callsign.") var callsign: String
+
+    func run() throws {
+        try runCtl {
+            let q = "callsign=" + (callsign.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? callsign)
+            let r = try connection.client.get(.relayRelease, query: q, as: DevicesResponse.self)
+            if connection.json { printJSON(r); return }
+            print("released \(callsign.uppercased())")
+        }
+    }
+}
+
+/// `relay allow` / `relay block`: the relay's device admission lists, by key or callsign.
+struct RelayAdmit: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "admit",
+        abstract: "On a relay: put a node key or callsign on the allow list (admitted without a token) or the block list (refused; its registrations end).")
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "allow or block.") var list: String
+    @Argument(help: "A node key (44 characters of base64) or a callsign.") var subject: String
+    @Flag(help: "Take it off the list instead.") var remove = false
+
+    func run() throws {
+        try runCtl {
+            guard list == "allow" || list == "block" else { throw CtlFailure(code: RelayCtlExit.failure, description: "the list is 'allow' or 'block', not '\(list)'") }
+            let q = "list=\(list)&subject=\(subject.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? subject)\(remove ? "&on=false" : "")"
+            let r = try connection.client.get(.relayAdmission, query: q, as: DevicesResponse.self)
+            if connection.json { printJSON(r); return }
+            print("\(remove ? "removed from" : "added to") the \(list) list: \(subject)")
         }
     }
 }
