@@ -350,9 +350,12 @@ public struct RelayLinkView: Codable, Equatable, Sendable {
     public var lastError: String?
     /// "udp", or "websocket" (UDP to the relay is blocked: wss to its front door).
     public var transport: String?
-    public init(address: String, state: String, home: Bool, id: UInt32?, observed: String?, registeredSecondsAgo: Double?, lastError: String?, transport: String? = nil) {
+    /// node.callsign at this relay and the relay's answer ("GW-A: claimed", "GW-A: taken by another key").
+    public var callsign: String?
+    public init(address: String, state: String, home: Bool, id: UInt32?, observed: String?, registeredSecondsAgo: Double?, lastError: String?, transport: String? = nil,
+                callsign: String? = nil) {
         self.address = address; self.state = state; self.home = home; self.id = id; self.observed = observed
-        self.registeredSecondsAgo = registeredSecondsAgo; self.lastError = lastError; self.transport = transport
+        self.registeredSecondsAgo = registeredSecondsAgo; self.lastError = lastError; self.transport = transport; self.callsign = callsign
     }
 }
 

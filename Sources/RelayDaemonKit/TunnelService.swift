@@ -727,7 +727,8 @@ public final class TunnelService: @unchecked Sendable {
             case .webSocket: transport = "websocket"
             }
             return RelayLinkView(address: "\(l.udpEndpoint)", state: state, home: l === home, id: l.isRegistered ? l.id : nil, observed: l.observed.map { "\($0)" },
-                                 registeredSecondsAgo: l.registeredAt.map { now - $0 }, lastError: l.lastError, transport: transport)
+                                 registeredSecondsAgo: l.registeredAt.map { now - $0 }, lastError: l.lastError, transport: transport,
+                                 callsign: l.claim.map { "\($0.1): \($0.0)" })
         }
     }
 

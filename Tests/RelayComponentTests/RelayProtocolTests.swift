@@ -124,4 +124,23 @@ struct RelayProtocolTests {
         #expect(turned.received > 1000 && turned.received <= turned.sent, "\(turned)")
         print("relay-blast on loopback, 1 s: relayd \(relayed), coturn \(turned)")
     }
+
+    @Test("node.callsign: a node claims its callsign at its home relay (relayctl relay links shows the answer, the relay's devices list it connected); a second node asking for the same callsign is told it is taken")
+    func nodeCallsign() throws {
+        let token = "a-token-of-twenty-chars"
+        let relay = try RelaydProcess(config: "[node]\nname = \"relay\"\nlisten_port = 0\n[reflector]\nenabled = false\n[relay]\nenabled = true\nport = 0\ntokens = [\"\(token)\"]\n")
+        let st = try relay.json(StatusResponse.self, "status")
+        let port = try #require(st.relay?.port)
+        func node(_ name: String) throws -> RelaydProcess {
+            try RelaydProcess(config: "[node]\nname = \"\(name)\"\nlisten_port = 0\ncallsign = \"gw-test\"\n[reflector]\nenabled = false\n[[relays]]\naddress = \"127.0.0.1:\(port)\"\npublic_key = \"\(st.publicKey)\"\ntoken = \"\(token)\"\n")
+        }
+        let a = try node("a")
+        try waitUntil("A's claim answered", timeout: 15) { (try a.json([RelayLinkView].self, "relay", "links")).first?.callsign == "GW-TEST: claimed" }
+        let devices = try relay.json(DevicesResponse.self, "relay", "devices")
+        let keyA = try a.json(StatusResponse.self, "status").publicKey
+        #expect(devices.devices.count == 1 && devices.devices[0].callsign == "GW-TEST" && devices.devices[0].connected && devices.devices[0].publicKey == keyA, "\(devices)")
+        let b = try node("b")
+        try waitUntil("B's claim answered", timeout: 15) { (try b.json([RelayLinkView].self, "relay", "links")).first?.callsign?.hasPrefix("GW-TEST: taken") == true }
+        #expect(b.log.contains("choose another node.callsign"))
+    }
 }
