@@ -297,8 +297,9 @@ public struct RelayServerCounters: Codable, Equatable, Sendable {
     /// because the socket's buffer was full.
     public var forwarded = 0, forwardedBytes: UInt64 = 0, notHere = 0, throttled = 0, sendDropped = 0
     public var lookups = 0, pings = 0, expired = 0, left = 0
-    /// Callsign claims received; registrations refused or ended because the store blocks the key.
-    public var claims = 0, blocked = 0
+    /// Callsign claims received; registrations refused or ended because the store blocks the key;
+    /// cookies sent to registers under load (they must come back with it before any DH).
+    public var claims = 0, blocked = 0, cookiesSent = 0
     public init() {}
 }
 

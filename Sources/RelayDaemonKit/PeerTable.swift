@@ -266,6 +266,13 @@ final class PeerTable {
         relayTick(now: now)  // lookups at once
     }
 
+    /// A cookie from a relay under load for our pending register: the register again, with mac2.
+    func relayCookie(receiver: UInt32, nonce: ArraySlice<UInt8>, sealed: ArraySlice<UInt8>, from: Endpoint, now: Double) {
+        guard let link = relay(at: from), let wire = link.cookieReceived(receiver: receiver, nonce: nonce, sealed: sealed, now: now) else { counters.unknownIndex += 1; return }
+        counters.cookiesReceived += 1
+        actions.append(.send(wire, to: .direct(link.endpoint)))
+    }
+
     /// The WebSocket transport of `link` is up, its stand-in at `local`: paths over UDP go, and
     /// the link registers over the WebSocket.
     func webSocketReady(_ link: RelayLink, local: Endpoint, now: Double) {

@@ -117,7 +117,23 @@ final class RelayLink {
         working = false
         phase = .registering
         pending = (initiator, index, now)
-        return RelayMessage.register(sender: index, noise: noise, mac1Key: mac1Key)
+        lastRegister = (noise, RelayMessage.register(sender: index, noise: noise, mac1Key: mac1Key, cookie: cookie.flatMap { now - $0.at < 120 ? $0.value : nil }))
+        return lastRegister!.wire
+    }
+
+    /// The last register sent (its Noise message, and the whole datagram for its mac1).
+    private(set) var lastRegister: (noise: [UInt8], wire: [UInt8])?
+    /// A cookie from the relay under load (valid two minutes).
+    private var cookie: (value: [UInt8], at: Double)?
+
+    /// The relay answered our pending register with a cookie: the same register again, with mac2.
+    func cookieReceived(receiver: UInt32, nonce: ArraySlice<UInt8>, sealed: ArraySlice<UInt8>, now: Double) -> [UInt8]? {
+        guard let p = pending, p.index == receiver, let last = lastRegister,
+              let c = HandshakeMAC.openCookie(nonce: nonce, sealed: sealed, mac1: Array(HandshakeMAC.mac1(of: last.wire[...])), key: HandshakeMAC.cookieKey(sender: publicKey)) else { return nil }
+        cookie = (c, now)
+        let wire = RelayMessage.register(sender: p.index, noise: last.noise, mac1Key: mac1Key, cookie: c)
+        lastRegister = (last.noise, wire)
+        return wire
     }
 
     /// The relay answered (DH done by the caller): registered, first ping at once (it proves our

@@ -66,6 +66,9 @@ final class RelayRegistry {
 
     let staticKey: Curve25519.KeyAgreement.PrivateKey
     let mac1Key: SymmetricKey
+    /// Cookie replies are sealed with this (nodes derive it from the relay's public key).
+    let cookieKey: SymmetricKey
+    private var cookieSecret = SymmetricKey(size: .bits256), cookieSecretAt = -Double.infinity
     var policy: Policy {
         didSet { if policy.registrationsPerSecond != oldValue.registrationsPerSecond { perAddress = RateLimiter(rate: policy.registrationsPerSecond, burst: policy.registrationsPerSecond * 2, capacity: 65536) } }
     }
@@ -87,6 +90,7 @@ final class RelayRegistry {
     init(staticKey: Curve25519.KeyAgreement.PrivateKey, policy: Policy) {
         self.staticKey = staticKey
         mac1Key = HandshakeMAC.key(receiver: Array(staticKey.publicKey.rawRepresentation))
+        cookieKey = HandshakeMAC.cookieKey(sender: Array(staticKey.publicKey.rawRepresentation))
         self.policy = policy
         perAddress = RateLimiter(rate: policy.registrationsPerSecond, burst: policy.registrationsPerSecond * 2, capacity: 65536)
         handshakeTokens = policy.handshakesPerSecond
@@ -131,8 +135,23 @@ final class RelayRegistry {
             return
         }
         handshakeTokens = min(policy.handshakesPerSecond, handshakeTokens + (now - handshakesAt) * policy.handshakesPerSecond); handshakesAt = now
-        guard handshakeTokens >= 1 else { counters.rateLimited += 1; return }
-        handshakeTokens -= 1
+        // Under load (half the handshake budget spent), a register costs a round trip first: one
+        // without a valid mac2 gets a cookie for its address (smaller than the register, no DH) and
+        // must come back with it; a spoofed source never sees its cookie.
+        // A register that came back with its cookie proved its address: the per-address limit
+        // (above) bounds it, not the global budget.
+        if handshakeTokens < policy.handshakesPerSecond / 2 {
+            let cookie = self.cookie(for: from, now: now)
+            guard HandshakeMAC.validMac2(b, cookie: cookie) else {
+                counters.cookiesSent += 1
+                let reply = RelayMessage.cookie(receiver: sender, cookie: cookie, registerMac1: HandshakeMAC.mac1(of: b), key: cookieKey)
+                if !reply.isEmpty { out.append((reply, from)) }
+                return
+            }
+        } else {
+            guard handshakeTokens >= 1 else { counters.rateLimited += 1; return }
+            handshakeTokens -= 1
+        }
         var r = Noise.Responder(staticKey: staticKey)
         guard let payload = try? r.readMessage1(Array(noise)), payload.count >= 8, payload.count <= 8 + RelayMessage.maxToken else {
             counters.authFailed += 1; failed(from, now: now); return
@@ -160,6 +179,14 @@ final class RelayRegistry {
         nodes[id] = Node(id: id, key: key, remoteIndex: sender, address: from, sendKey: transport.send.key, receiveKey: transport.receive.key,
                          createdAt: now, lastHeard: now, bytesTokens: policy.bytesPerSecond, datagramTokens: policy.datagramsPerSecond, tokensAt: now)
         out.append((RelayMessage.registered(sender: id, receiver: sender, noise: m2), from))
+    }
+
+    /// The cookie for a source address and port, from a secret replaced every two minutes.
+    private func cookie(for source: Endpoint, now: Double) -> [UInt8] {
+        if now - cookieSecretAt >= 120 { cookieSecret = SymmetricKey(size: .bits256); cookieSecretAt = now }
+        var bytes = source.address.bytes
+        bytes.append(UInt8(source.port >> 8)); bytes.append(UInt8(source.port & 0xff))
+        return HandshakeMAC.cookie(secret: cookieSecret, source: bytes)
     }
 
     /// A failed attempt costs an address five registrations' worth of its budget.

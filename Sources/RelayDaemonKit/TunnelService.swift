@@ -230,6 +230,9 @@ public final class TunnelService: @unchecked Sendable {
         case .refused(let receiver, let reason)?:
             lock.lock(); table.refused(receiver: receiver, reason: reason, from: from, now: now); let actions = table.take(); lock.unlock()
             perform(actions)
+        case .cookie(let receiver, let nonce, let sealed)?:
+            lock.lock(); table.relayCookie(receiver: receiver, nonce: nonce, sealed: sealed, from: from, now: now); let actions = table.take(); lock.unlock()
+            perform(actions)
         case .frame(let kind, let session, let counter, let body)?:
             lock.lock(); let keyed = table.relayKey(session: session, from: from); lock.unlock()
             guard let (link, key) = keyed else { return }

@@ -128,6 +128,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             return .accepted
         case .frame:
             return RelayMessage.verify(bytes[...], key: frameKey) ? .accepted : .refused
+        case .cookie(_, let nonce, let sealed):
+            return HandshakeMAC.openCookie(nonce: nonce, sealed: sealed, mac1: [UInt8](repeating: 0, count: 16), key: cookieKey) == nil ? .refused : .accepted
         }
     }
     static let frameKey = SymmetricKey(data: [UInt8](repeating: 7, count: 32))

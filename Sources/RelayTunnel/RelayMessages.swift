@@ -17,11 +17,16 @@ public enum RelayMessage: Equatable {
     case refused(receiver: UInt32, reason: RelayRefusal)
     /// Either way after registration: `session` is the receiver's index of the registration.
     case frame(kind: RelayFrameKind, session: UInt32, counter: UInt64, body: ArraySlice<UInt8>)
+    /// Relay to node under load: a cookie for the node's address (sealed, bound to the register's
+    /// mac1); the node sends its register again with mac2 under it. Smaller than a register.
+    case cookie(receiver: UInt32, nonce: ArraySlice<UInt8>, sealed: ArraySlice<UInt8>)
 
-    public static let registerType: UInt8 = 0xD1, registeredType: UInt8 = 0xD2, refusedType: UInt8 = 0xD3, frameType: UInt8 = 0xD4
+    public static let registerType: UInt8 = 0xD1, registeredType: UInt8 = 0xD2, refusedType: UInt8 = 0xD3, frameType: UInt8 = 0xD4, cookieType: UInt8 = 0xD5
 
     /// True for the first byte of a relay message (the tunnel's own types are 0xC1-0xC4, STUN's 0x00/0x01).
-    @inline(__always) public static func isRelay(_ first: UInt8) -> Bool { first >= 0xD1 && first <= 0xD4 }
+    @inline(__always) public static func isRelay(_ first: UInt8) -> Bool { first >= 0xD1 && first <= 0xD5 }
+    /// Type, receiver, a 12-byte nonce, the sealed 16-byte cookie and its tag.
+    public static let cookieSize = 8 + 12 + 32
 
     public static let registerSize = 8 + 32 + 48 + 8 + 16 + HandshakeMAC.size   // without a token: 144
     public static let maxToken = 64
@@ -47,6 +52,9 @@ public enum RelayMessage: Equatable {
         case refusedType:
             guard b.count == refusedSize, let r = RelayRefusal(rawValue: b[s + 8]) else { return nil }
             return .refused(receiver: le32(b, 4), reason: r)
+        case cookieType:
+            guard b[s + 1] == 0, b[s + 2] == 0, b[s + 3] == 0, b.count == cookieSize else { return nil }
+            return .cookie(receiver: le32(b, 4), nonce: b[(s + 8)..<(s + 20)], sealed: b[(s + 20)...])
         default:
             guard b.count >= frameOverhead, let k = RelayFrameKind(rawValue: b[s + 1]), b[s + 2] == 0, b[s + 3] == 0 else { return nil }
             return .frame(kind: k, session: le32(b, 4), counter: le64(b, 8), body: b.dropFirst(frameHeader).dropLast(tagSize))
@@ -54,6 +62,14 @@ public enum RelayMessage: Equatable {
     }
 
     // MARK: building
+
+    /// The cookie reply to a register (its sender index and mac1), sealed for the node with the
+    /// relay's cookie key.
+    public static func cookie(receiver: UInt32, cookie: [UInt8], registerMac1: ArraySlice<UInt8>, key: SymmetricKey) -> [UInt8] {
+        var r = HandshakeMAC.cookieReply(receiver: receiver, cookie: cookie, mac1: registerMac1, key: key)
+        if !r.isEmpty { r[0] = cookieType }
+        return r
+    }
 
     public static func register(sender: UInt32, noise: [UInt8], mac1Key: SymmetricKey, cookie: [UInt8]? = nil) -> [UInt8] {
         var out: [UInt8] = [registerType, 0, 0, 0]

@@ -180,6 +180,7 @@ struct RelayBlast: ParsableCommand {
             var ping: [UInt8]?
             _ = awaitDatagram(n, timeout: 1) {
                 if case .registered(let s, let r, let noise)? = RelayMessage.parse($0) { ping = n.registered(sender: s, receiver: r, noise: noise) }
+                if case .cookie(let r, let nonce, let sealed)? = RelayMessage.parse($0), let again = n.cookie(receiver: r, nonce: nonce, sealed: sealed) { _ = n.send(again, to: &to) }
                 if case .refused(_, let why)? = RelayMessage.parse($0) { print("relay-blast: the relay refused a node: \(why)", to: &standardError) }
                 return ping != nil
             }

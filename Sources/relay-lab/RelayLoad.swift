@@ -26,7 +26,7 @@ struct RelayLoad: ParsableCommand {
 
     struct Summary: Codable {
         var nodes: Int, registered: Int, refused: Int, registerSeconds: Double, registrationsPerSecond: Double
-        var sent: Int, received: Int, notHere: Int, badFrames: Int, seconds: Double, forwardedPerSecond: Double
+        var sent: Int, received: Int, notHere: Int, badFrames: Int, seconds: Double, forwardedPerSecond: Double, cookies: Int
     }
 
     func run() throws {
@@ -52,7 +52,7 @@ struct RelayLoad: ParsableCommand {
             _ = epoll_ctl(epfd, EPOLL_CTL_ADD, n.fd, &ev)
         }
         var events = [epoll_event](repeating: epoll_event(), count: 512)
-        var registered = 0, refused = 0, received = 0, notHere = 0, bad = 0
+        var registered = 0, refused = 0, received = 0, notHere = 0, bad = 0, cookies = 0
         /// Drains every socket that has something (one epoll_wait).
         func drain(_ timeoutMs: Int32, _ handle: (SimulatedNode, ArraySlice<UInt8>) -> Void) {
             let k = epoll_wait(epfd, &events, Int32(events.count), timeoutMs)
@@ -72,6 +72,9 @@ struct RelayLoad: ParsableCommand {
                 guard let ping = node.registered(sender: sender, receiver: receiver, noise: noise) else { bad += 1; return }
                 _ = sendTo(node, ping)
             case .refused?: refused += 1
+            case .cookie(let receiver, let nonce, let sealed)?:
+                // The relay is under load: our register again, with mac2 under its cookie.
+                if let again = node.cookie(receiver: receiver, nonce: nonce, sealed: sealed) { cookies += 1; _ = sendTo(node, again) } else { bad += 1 }
             case .frame(let kind, _, let counter, let body)?:
                 guard let k = node.receive, RelayMessage.verify(b, key: k), node.window.accept(counter) else { bad += 1; return }
                 switch kind {
@@ -119,7 +122,8 @@ struct RelayLoad: ParsableCommand {
         let elapsed = Date().timeIntervalSince(start)
         for n in active { _ = sendTo(n, n.frame(.leave, [][...])) }
         let s = Summary(nodes: nodes, registered: registered, refused: refused, registerSeconds: registerSeconds, registrationsPerSecond: Double(registered) / registerSeconds,
-                        sent: sent, received: received, notHere: notHere, badFrames: bad, seconds: elapsed, forwardedPerSecond: Double(received) / max(0.001, elapsed - 1))
+                        sent: sent, received: received, notHere: notHere, badFrames: bad, seconds: elapsed, forwardedPerSecond: Double(received) / max(0.001, elapsed - 1),
+                        cookies: cookies)
         let data = try JSONEncoder().encode(s)
         print(String(decoding: data, as: UTF8.self))
     }

@@ -39,7 +39,19 @@ final class SimulatedNode {
         for s in (0..<8).reversed() { stamp.append(UInt8(truncatingIfNeeded: ns >> (UInt64(s) * 8))) }
         let m1 = try ini.writeMessage1(payload: stamp + Array(token.utf8))
         initiator = ini
-        return RelayMessage.register(sender: index, noise: m1, mac1Key: HandshakeMAC.key(receiver: pub))
+        let wire = RelayMessage.register(sender: index, noise: m1, mac1Key: HandshakeMAC.key(receiver: pub))
+        lastRegister = (m1, wire, pub)
+        return wire
+    }
+
+    private var lastRegister: (noise: [UInt8], wire: [UInt8], relay: [UInt8])?
+
+    /// The relay is under load and sent a cookie: the same register again with mac2 (nil when the
+    /// cookie is not for our register).
+    func cookie(receiver: UInt32, nonce: ArraySlice<UInt8>, sealed: ArraySlice<UInt8>) -> [UInt8]? {
+        guard receiver == index, let last = lastRegister,
+              let c = HandshakeMAC.openCookie(nonce: nonce, sealed: sealed, mac1: Array(HandshakeMAC.mac1(of: last.wire[...])), key: HandshakeMAC.cookieKey(sender: last.relay)) else { return nil }
+        return RelayMessage.register(sender: index, noise: last.noise, mac1Key: HandshakeMAC.key(receiver: last.relay), cookie: c)
     }
 
     /// The relay's `registered`: the grant taken, the activating ping returned (nil when it does

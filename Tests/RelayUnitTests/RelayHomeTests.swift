@@ -24,9 +24,10 @@ struct RelayHomeTests {
         var held: [([UInt8], Int, Int)] = []   // (datagram, relay, node)
         var now = 1000.0
 
-        init() {
+        init(handshakesPerSecond: Double = 4000) {
             registries = relayKeys.map { k in
                 var p = RelayRegistry.Policy(); p.tokens = [Array("token-0123456789".utf8)]
+                p.handshakesPerSecond = handshakesPerSecond
                 return RelayRegistry(staticKey: k, policy: p)
             }
             tables = keys.map { PeerTable(staticKey: $0) }
@@ -72,6 +73,8 @@ struct RelayHomeTests {
                 var ini = ini0
                 guard let (payload, transport) = try? ini.readMessage2(Array(noise)), let grant = RelayGrant(payload), grant.id == sender else { return }
                 t.registered(link, receiver: receiver, transport: transport, grant: grant, now: now)
+            case .cookie(let receiver, let nonce, let sealed)?:
+                t.relayCookie(receiver: receiver, nonce: nonce, sealed: sealed, from: relayAt[r], now: now)
             case .frame(let kind, let session, let counter, let body)?:
                 guard let (link, key) = t.relayKey(session: session, from: relayAt[r]), RelayMessage.verify(b[...], key: key) else { return }
                 if let (_, route) = t.relayFrame(link, kind: kind, counter: counter, body: body, now: now) { peers[n].proved(route, now: now) }
@@ -143,6 +146,16 @@ struct RelayHomeTests {
         m.prefer(home: nil)
         m.removeRelayPaths(via: r1)
         #expect(m.route == .direct(direct))
+    }
+
+    @Test("under load a relay answers registers with cookies (no Diffie-Hellman, smaller than the register); the nodes come back with mac2 and register")
+    func cookiesUnderLoad() {
+        let w = World(handshakesPerSecond: 1)
+        w.run(2)
+        #expect(w.registries[0].counters.cookiesSent + w.registries[1].counters.cookiesSent > 0, "no cookie was needed")
+        #expect(w.home(0) != nil && w.home(1) != nil, "both registered")
+        #expect(w.tables[0].counters.cookiesReceived > 0 || w.tables[1].counters.cookiesReceived > 0)
+        #expect(RelayMessage.cookieSize < RelayMessage.registerSize)
     }
 
     @Test("failover: the home relay is cut off; both nodes re-home at the other relay within 8 s and reach each other through it; the old relay, back, is not used")

@@ -20,7 +20,7 @@ struct RelayStatus: ParsableCommand {
             print("relay on UDP port \(s.port), key \(s.publicKey)")
             print("nodes \(s.nodes) registered, \(s.pending) pending, at most \(s.maxNodes)")
             print("forwarded \(c.forwarded) datagrams (\(bytes(c.forwardedBytes))); not here \(c.notHere); throttled \(c.throttled); send buffer full \(c.sendDropped)")
-            print("registrations \(c.registrations); refused: not admitted \(c.notAdmitted), rate limited \(c.rateLimited), full \(c.full); replayed \(c.replayed)")
+            print("registrations \(c.registrations); refused: not admitted \(c.notAdmitted), blocked \(c.blocked), rate limited \(c.rateLimited), full \(c.full); replayed \(c.replayed); cookies sent under load \(c.cookiesSent); callsign claims \(c.claims)")
             print("dropped: bad mac1 \(c.badMAC), failed handshakes \(c.authFailed), bad frames \(c.badFrames), wrong source \(c.wrongSource), unknown session \(c.unknownSession), malformed \(c.malformed), oversized \(c.oversized); expired \(c.expired), left \(c.left)")
             if let f = r.frontDoor {
                 let k = f.counters
