@@ -19,6 +19,7 @@ struct Bench: ParsableCommand {
     @Flag(help: "Skip the handshake-flood benchmark.") var noFlood = false
     @Flag(help: "Skip the relay benchmarks (relayed path against the direct one; 10,000 nodes at one relay).") var noRelay = false
     @Flag(help: "Skip the relay forwarding benchmark (relayd's relay against coturn's TURN relay).") var noRelayForwarding = false
+    @Flag(help: "Skip the WebSocket relay benchmark (the relayed path over TLS against a chain of stunnel processes).") var noWebSocket = false
     @Option(help: "Simulated nodes for the relay scale row.") var relayNodes = 10_000
     @Option(help: "Flow counts for relayd's memory figures.") var memoryFlows: [Int] = [10_000, 100_000]
 
@@ -76,6 +77,7 @@ struct Bench: ParsableCommand {
         if !noFlood { try flood() }
         if !noRelay { try relayed() }
         if !noRelayForwarding { try forwarding() }
+        if !noWebSocket { try webSocket() }
         if !noSiit { try translation() }
         if !noStun {
             let (r, c) = try Lab.with("bench-stun") { try StunBench.run($0) }
@@ -260,6 +262,22 @@ struct Bench: ParsableCommand {
             print(pad("lost at the relay, %", 30) + pad(String(format: "%.1f", r.loss), 12) + pad(String(format: "%.1f", t.loss), 12))
             print("(unpaced senders: both relays run over their capacity; Relay also checks a Poly1305 tag on every datagram and adds one, TURN checks nothing)")
         }
+    }
+
+    /// TCP inside the tunnel, relayed over the relay's TLS WebSocket (UDP blocked at both NATs),
+    /// against a chain of stunnel processes that makes the same two TLS hops.
+    func webSocket() throws {
+        print("")
+        print("Through a relay over TLS/WebSocket (both NAT routers drop UDP), host A to host B (iperf3 TCP 3 s, TCP 1-byte request/response 2 s), against a chain of stunnel processes with the same two TLS hops:")
+        let ws = try Lab.with("bench-ws") { try PathBench.webSocketPath($0) }
+        let chain = try Lab.with("bench-chain") { try PathBench.stunnelChain($0) }
+        func v(_ x: Double?, _ fmt: String) -> String { x.map { String(format: fmt, $0) } ?? "-" }
+        func ratio(_ a: Double?, _ b: Double?) -> String { (a != nil && b != nil && b! > 0) ? String(format: "%.2fx", a! / b!) : "-" }
+        print(pad("metric", 30) + pad("Relay (wss)", 14) + pad("stunnel x3", 12) + "Relay/stunnel")
+        print(pad("TCP Gbit/s", 30) + pad(v(ws.tcpGbps, "%.2f"), 14) + pad(v(chain?.tcpGbps, "%.2f"), 12) + ratio(ws.tcpGbps, chain?.tcpGbps) + " (goal >= 1)")
+        print(pad("TCP request/response per s", 30) + pad(v(ws.rrPerSec, "%.0f"), 14) + pad(v(chain?.rrPerSec, "%.0f"), 12) + ratio(ws.rrPerSec, chain?.rrPerSec))
+        print(pad("ping RTT ms (Relay only)", 30) + pad(v(ws.rttMs, "%.3f"), 14))
+        print("(Relay also encrypts end to end inside: Noise between the gateways, TLS to the relay on each side; stunnel's relay sees the plaintext)")
     }
 
     func translation() throws {

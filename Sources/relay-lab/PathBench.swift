@@ -123,6 +123,49 @@ struct PathBench {
         return f
     }
 
+    /// The anchor for the relay's WebSocket path: the same two NATed sites and relay host, and a
+    /// chain of stunnel processes making the same two TLS hops (gateway A's stunnel client to a
+    /// stunnel on the relay, which terminates that TLS and opens another to gateway B's stunnel
+    /// server, port-forwarded by B's NAT router as a server would be), to host B. TCP only.
+    static func stunnelChain(_ lab: Lab) throws -> Figures? {
+        guard (try? Command.run(["which", "stunnel4"]))?.succeeded == true else { return nil }
+        let s = try SiteToSite(lab, extraHostNumbers: [], relays: 1)
+        let relay = s.relayHosts[0], dir = lab.logDirectory.path
+        try Command.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                         "-subj", "/CN=relay-bench", "-keyout", dir + "/st.key", "-out", dir + "/st.crt"])
+        try s.natB.loadNftables("table ip benchfwd {\n chain pre {\n  type nat hook prerouting priority -100;\n  tcp dport { 7201, 7301 } dnat to 10.20.20.20\n }\n}\n")
+        for port in [5201, 5301] {
+            let conf: [(LabHost, String, String)] = [
+                (s.gwB, "b", "[b]\naccept = 10.20.20.20:\(port + 2000)\nconnect = 192.168.1.20:\(port)\ncert = \(dir)/st.crt\nkey = \(dir)/st.key\nsslVersionMin = TLSv1.3\n"),
+                (relay, "r", "[in]\naccept = 100.64.9.9:\(port + 1000)\nconnect = 127.0.0.1:\(port + 3000)\ncert = \(dir)/st.crt\nkey = \(dir)/st.key\nsslVersionMin = TLSv1.3\n"
+                    + "[out]\nclient = yes\naccept = 127.0.0.1:\(port + 3000)\nconnect = 100.64.2.2:\(port + 2000)\nsslVersionMin = TLSv1.3\n"),
+                (s.gwA, "a", "[a]\nclient = yes\naccept = 192.168.1.1:\(port)\nconnect = 100.64.9.9:\(port + 1000)\nsslVersionMin = TLSv1.3\n"),
+            ]
+            for (host, name, body) in conf {
+                try ("foreground = yes\npid =\n" + body).write(toFile: dir + "/chain-\(name)-\(port).conf", atomically: true, encoding: .utf8)
+                try host.spawn(["stunnel4", dir + "/chain-\(name)-\(port).conf"], label: "stunnel-\(name)-\(port)")
+            }
+        }
+        try waitUntil("stunnel chain") { try s.gwA.run(["ss", "-lntH"]).stdout.contains("192.168.1.1:5301") && relay.run(["ss", "-lntH"]).stdout.contains("127.0.0.1:8301") }
+        var f = try measure(client: s.hostA, server: s.hostB, address: "192.168.1.1", udp: false)
+        f.rttMs = nil; f.rttMedianMs = nil
+        return f
+    }
+
+    /// Relay through its WebSocket: the two NATed sites with all UDP dropped by their NAT routers,
+    /// the gateways on the relay's TLS front door.
+    static func webSocketPath(_ lab: Lab) throws -> Figures {
+        let s = try SiteToSite(lab, extraHostNumbers: [], relays: 1)
+        for nat in [s.natA!, s.natB!] {
+            try nat.loadNftables("table inet block {\n chain blockudp {\n  type filter hook forward priority -10; policy accept;\n  meta l4proto udp drop\n }\n}\n")
+        }
+        try s.start(extraConfig: "[sessions]\nmax = 200000\n", relayExtra: "node_bytes_per_second = 10000000000\nnode_datagrams_per_second = 10000000", frontDoor: true)
+        try waitUntil("the gateways reach each other over the relay's WebSocket", timeout: 60) {
+            try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
+        }
+        return try measure(client: s.hostA, server: s.hostB, address: "240.2.2.20", udp: false)
+    }
+
     /// Relay: the real scenario.
     /// `busyPoll`: node.busy_poll (microseconds) on both relayds.
     static func relayPath(_ lab: Lab, busyPoll: Int = 0) throws -> (Figures, SiteToSite) {
