@@ -77,6 +77,8 @@ public final class FrontDoor: @unchecked Sendable {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+            // Room for a burst of relayed datagrams written before one flush.
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: 1 << 20, high: 4 << 20))
             .childChannelInitializer { [self] channel in initialize(channel) }
         let ch: Channel
         if let fd = SocketActivation.listeningSocket() {

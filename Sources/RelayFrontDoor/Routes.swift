@@ -70,7 +70,6 @@ public protocol WebSocketSession: AnyObject, Sendable {
 public final class WebSocketSender: @unchecked Sendable {
     let channel: Channel
     let limit: Int
-    private let queued = NIOLockedValueBox(0)
     private let droppedBox = NIOLockedValueBox(0)
 
     init(channel: Channel, limit: Int = 512) { self.channel = channel; self.limit = limit }
@@ -79,22 +78,36 @@ public final class WebSocketSender: @unchecked Sendable {
     public var dropped: Int { droppedBox.withLockedValue { $0 } }
 
     /// Queues one binary message; false when it was dropped.
+    /// Messages waiting for the event loop; one task drains them all and flushes once (a burst
+    /// becomes one TLS write, not one per message).
+    private let pending = NIOLockedValueBox<(messages: [[UInt8]], scheduled: Bool)>(([], false))
+
     @discardableResult
     public func send(_ message: [UInt8]) -> Bool {
-        let ok = queued.withLockedValue { q -> Bool in
-            guard q < limit else { return false }
-            q += 1
-            return true
+        let (ok, schedule) = pending.withLockedValue { p -> (Bool, Bool) in
+            guard p.messages.count < limit else { return (false, false) }
+            p.messages.append(message)
+            defer { p.scheduled = true }
+            return (true, !p.scheduled)
         }
         guard ok else { droppedBox.withLockedValue { $0 += 1 }; return false }
-        let channel = self.channel, queued = self.queued, droppedBox = self.droppedBox
+        guard schedule else { return true }
+        let channel = self.channel, pending = self.pending, droppedBox = self.droppedBox
         channel.eventLoop.execute {
-            queued.withLockedValue { $0 -= 1 }
+            let batch = pending.withLockedValue { p -> [[UInt8]] in
+                defer { p.messages.removeAll(keepingCapacity: true); p.scheduled = false }
+                return p.messages
+            }
             guard channel.isActive else { return }
-            guard channel.isWritable else { droppedBox.withLockedValue { $0 += 1 }; return }
-            var buf = channel.allocator.buffer(capacity: message.count)
-            buf.writeBytes(message)
-            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: buf), promise: nil)
+            var wrote = 0
+            for m in batch {
+                guard channel.isWritable else { droppedBox.withLockedValue { $0 += batch.count - wrote }; break }
+                var buf = channel.allocator.buffer(capacity: m.count)
+                buf.writeBytes(m)
+                channel.write(WebSocketFrame(fin: true, opcode: .binary, data: buf), promise: nil)
+                wrote += 1
+            }
+            channel.flush()
         }
         return true
     }

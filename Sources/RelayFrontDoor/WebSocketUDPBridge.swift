@@ -71,6 +71,7 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(.seconds(10))
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelOption(.writeBufferWaterMark, value: .init(low: 1 << 20, high: 4 << 20))
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sslHandler: NIOSSLClientHandler
@@ -102,6 +103,11 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
         upgraded.futureResult.flatMap { [self] ws -> EventLoopFuture<(Channel, Channel)> in
             // The local stand-in for the relay.
             DatagramBootstrap(group: ws.eventLoop)
+                .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
+                .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
+                // 64 datagrams per read, each with room for 2 KiB (the allocator is split among them).
+                .channelOption(.datagramVectorReadMessageCount, value: 64)
+                .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 64 * 2048))
                 .channelInitializer { udp in udp.eventLoop.makeCompletedFuture { try udp.pipeline.syncOperations.addHandler(BridgeUDPHandler(bridge: self)) } }
                 .bind(host: "127.0.0.1", port: 0).map { (ws, $0) }
         }.whenComplete { [self] result in
@@ -149,16 +155,29 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
 
     // MARK: the two directions (on the bridge's event loop)
 
+    // Both channels run on the bridge's one event loop: each direction writes what one read brought
+    // and flushes once when the read is complete (one TLS write, one sendmmsg per burst).
+    private lazy var tunnelAddress = try? SocketAddress(ipAddress: "127.0.0.1", port: Int(tunnelPort))
+
     func fromRelay(_ message: ByteBuffer) {
-        guard let udp = state.withLockedValue({ $0.udp }) else { return }
-        guard let to = try? SocketAddress(ipAddress: "127.0.0.1", port: Int(tunnelPort)) else { return }
-        udp.writeAndFlush(AddressedEnvelope(remoteAddress: to, data: message), promise: nil)
+        guard let udp = state.withLockedValue({ $0.udp }), let to = tunnelAddress else { return }
+        udp.write(AddressedEnvelope(remoteAddress: to, data: message), promise: nil)
     }
+
+    func fromRelayDone() { state.withLockedValue { $0.udp }?.flush() }
 
     func fromTunnel(_ datagram: AddressedEnvelope<ByteBuffer>) {
         guard datagram.remoteAddress.port == Int(tunnelPort), let ws = state.withLockedValue({ $0.ws }), ws.isWritable else { return }
-        ws.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(), data: datagram.data), promise: nil)
+        // A copy with room for the frame header: the encoder masks in place and prepends the
+        // header, and a vector read's datagrams share one buffer (in place, it would write over
+        // the previous datagram before the flush).
+        var buf = ws.allocator.buffer(capacity: datagram.data.readableBytes + 14)
+        buf.moveWriterIndex(forwardBy: 14); buf.moveReaderIndex(forwardBy: 14)
+        buf.writeImmutableBuffer(datagram.data)
+        ws.write(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(), data: buf), promise: nil)
     }
+
+    func fromTunnelDone() { state.withLockedValue { $0.ws }?.flush() }
 }
 
 /// Sends the upgrade request once the connection is up (the upgrade handler adds its headers).
@@ -203,13 +222,15 @@ final class BridgeWebSocketHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         switch frame.opcode {
-        case .binary: bridge.fromRelay(frame.unmaskedData)
+        case .binary: bridge.fromRelay(frame.data)  // frames from a server are not masked
         case .ping:
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)), promise: nil)
         case .connectionClose: context.close(promise: nil)
         default: break
         }
     }
+
+    func channelReadComplete(context: ChannelHandlerContext) { bridge.fromRelayDone(); context.fireChannelReadComplete() }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
 }
@@ -219,4 +240,5 @@ final class BridgeUDPHandler: ChannelInboundHandler {
     let bridge: WebSocketUDPBridge
     init(bridge: WebSocketUDPBridge) { self.bridge = bridge }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) { bridge.fromTunnel(unwrapInboundIn(data)) }
+    func channelReadComplete(context: ChannelHandlerContext) { bridge.fromTunnelDone(); context.fireChannelReadComplete() }
 }
