@@ -278,6 +278,47 @@ struct Bench: ParsableCommand {
         print(pad("TCP request/response per s", 30) + pad(v(ws.rrPerSec, "%.0f"), 14) + pad(v(chain?.rrPerSec, "%.0f"), 12) + ratio(ws.rrPerSec, chain?.rrPerSec))
         print(pad("ping RTT ms (Relay only)", 30) + pad(v(ws.rttMs, "%.3f"), 14))
         print("(Relay also encrypts end to end inside: Noise between the gateways, TLS to the relay on each side; stunnel's relay sees the plaintext)")
+        try webSocketScale()
+    }
+
+    /// WebSocket nodes at one relay: registrations per second and relayd's memory per connected
+    /// node (Tests/Support/ws_load.py, Python websockets over TLS, 128 handshakes at a time).
+    func webSocketScale() throws {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Tests/Support/ws_load.py").standardized.path
+        print("")
+        print("One relay, \(relayNodes) WebSocket nodes over TLS (\(URL(fileURLWithPath: script).lastPathComponent): each registers, pings every 2 s, holds 5 s):")
+        try Lab.with("bench-ws-scale") { lab in
+            let relay = try lab.host("relay"), clients = try lab.host("clients")
+            try lab.link(relay, "eth0", ["10.79.0.1/24"], clients, "eth0", ["10.79.0.2/24"])
+            let tls = lab.logDirectory.appendingPathComponent("tls").path
+            try FileManager.default.createDirectory(atPath: tls, withIntermediateDirectories: true)
+            let out = try Command.run([try Binaries.path("relayctl"), "relay", "cert", "--self-signed", "10.79.0.1", "--out", tls, "--json"]).stdout
+            guard let obj = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: String], let cert = obj["certificate"], let key = obj["privateKey"] else { return }
+            for p in [tls, cert, key] { chown(p, 65534, 65534) }
+            let (d, pub, token) = try startRelay(lab, in: relay, name: "relay-ws-scale",
+                extra: "max_nodes = \(relayNodes + 100)\nregistrations_per_second = 10000\n[front_door]\nenabled = true\nlisten = \"10.79.0.1:8443\"\ncertificate = \"\(cert)\"\nprivate_key = \"\(key)\"\nmax_connections_per_address = \(relayNodes + 100)\nidle_seconds = 300\n")
+            try waitUntil("front door", timeout: 20) { try relay.run(["ss", "-lntH"]).stdout.contains("10.79.0.1:8443") }
+            func rss(_ field: String) -> Int {
+                let s = (try? String(contentsOfFile: "/proc/\(d.pid)/status", encoding: .utf8)) ?? ""
+                return Int(s.split(separator: "\n").first { $0.hasPrefix(field + ":") }?.split(separator: " ").dropFirst().first ?? "0") ?? 0
+            }
+            let before = rss("VmRSS")
+            let load = try clients.spawn(["python3", script, "wss://10.79.0.1:8443/relay", cert, "10.79.0.1", pub, token, String(relayNodes), "5", "128"], label: "ws-load")
+            var line = ""
+            try waitUntil("WebSocket nodes registered", timeout: 400) {
+                line = load.log().split(separator: "\n").first { $0.contains("\"registered\"") }.map(String.init) ?? ""
+                if !load.isRunning && line.isEmpty { throw HarnessError("ws_load.py exited: \(load.log().suffix(600))") }
+                return !line.isEmpty
+            }
+            let during = rss("VmRSS")
+            _ = try? load.waitForExit(timeout: 120)
+            guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { print("ws_load.py: \(line)"); return }
+            let reg = o["registered"] as? Int ?? 0
+            print(pad("nodes registered", 40) + "\(reg) of \(relayNodes)" + ((o["failed"] as? Int ?? 0) > 0 ? " (\(o["failed"]!) failed: \(o["error"] ?? ""))" : ""))
+            print(pad("registrations/s", 40) + String(format: "%.0f (the Python client's TLS and Noise handshakes share the two cores)", o["registrationsPerSecond"] as? Double ?? 0))
+            print(pad("relayd RSS", 40) + String(format: "%.1f MiB with them connected, %.1f KiB per WebSocket node (%.1f MiB before)",
+                                                     Double(during) / 1024, Double(during - before) / Double(max(reg, 1)), Double(before) / 1024))
+        }
     }
 
     func translation() throws {
