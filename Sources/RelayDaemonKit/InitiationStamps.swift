@@ -29,12 +29,18 @@ public final class InitiationStamps: @unchecked Sendable {
         stamps[key] = stamp
         guard let path else { return }
         let text = stamps.map { "\(Data($0.key).base64EncodedString()) \($0.value)\n" }.sorted().joined()
-        let tmp = path + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        let bytes = Array(text.utf8)
-        let ok = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count && fsync(fd) == 0
-        close(fd)
-        guard ok, rename(tmp, path) == 0 else { unlink(tmp); throw POSIXError(.EIO) }
+        try replaceFile(path, with: text, durable: true)
     }
+}
+
+/// Replaces `path` with `text` (mode 0600) through a temporary file and a rename, so a reader sees
+/// the old contents or the new, never half; `durable` also syncs it to disk before the rename.
+func replaceFile(_ path: String, with text: String, durable: Bool) throws {
+    let tmp = path + ".tmp"
+    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+    let bytes = Array(text.utf8)
+    let ok = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count && (!durable || fsync(fd) == 0)
+    close(fd)
+    guard ok, rename(tmp, path) == 0 else { unlink(tmp); throw POSIXError(.EIO) }
 }

@@ -33,13 +33,7 @@ public final class RelayPeerCache: @unchecked Sendable {
             return relays.map { "\(Data($0.key).base64EncodedString()) \($0.value)\n" }.sorted().joined()
         }
         guard let text, let path else { return }
-        let tmp = path + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        let bytes = Array(text.utf8)
-        let ok = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count
-        close(fd)
-        guard ok, rename(tmp, path) == 0 else { unlink(tmp); throw POSIXError(.EIO) }
+        try replaceFile(path, with: text, durable: false)
     }
 
     /// The relay, among `candidates`, that most of `peers` were last found at (nil when none was).

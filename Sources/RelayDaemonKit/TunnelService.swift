@@ -256,8 +256,7 @@ public final class TunnelService: @unchecked Sendable {
             case .register(let link):
                 let now = clock()
                 do {
-                    var ini = try Noise.Initiator(staticKey: identity.privateKey, remoteStatic: link.publicKey)
-                    let msg = try ini.writeMessage1(payload: link.payload(now: now))
+                    let (ini, msg) = try makeRegister(link, now: now)
                     lock.lock(); table.registerMade(link, ini, msg, now: now); let more = table.take(); lock.unlock()
                     perform(more)
                 } catch {
@@ -287,8 +286,7 @@ public final class TunnelService: @unchecked Sendable {
             case .probeUDP(let link):
                 let now = clock()
                 do {
-                    var ini = try Noise.Initiator(staticKey: identity.privateKey, remoteStatic: link.publicKey)
-                    let msg = try ini.writeMessage1(payload: link.payload(now: now))
+                    let (ini, msg) = try makeRegister(link, now: now)
                     lock.lock(); table.probeMade(link, ini, msg, now: now); let more = table.take(); lock.unlock()
                     perform(more)
                 } catch {
@@ -304,6 +302,13 @@ public final class TunnelService: @unchecked Sendable {
                 logger.log(level: level, "\(message)")
             }
         }
+    }
+
+    /// Message 1 of a register at `link`'s relay (key generation and DH: outside the lock).
+    func makeRegister(_ link: RelayLink, now: Double) throws -> (Noise.Initiator, [UInt8]) {
+        var ini = try Noise.Initiator(staticKey: identity.privateKey, remoteStatic: link.publicKey)
+        let msg = try ini.writeMessage1(payload: link.payload(now: now))
+        return (ini, msg)
     }
 
     /// Opens the WebSocket transport of `link` (its bridge: a TLS WebSocket to the relay's front

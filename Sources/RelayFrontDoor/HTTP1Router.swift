@@ -48,8 +48,8 @@ final class HTTP1Router: ChannelInboundHandler, RemovableChannelHandler {
                 buf.writeBytes(response.body)
                 context.write(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
             }
-            let keep = h.isKeepAlive
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in if !keep { context.close(promise: nil) } }
+            let keep = h.isKeepAlive, channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in if !keep { channel.close(promise: nil) } }
         }
     }
 }

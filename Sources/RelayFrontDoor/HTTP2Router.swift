@@ -42,7 +42,7 @@ final class HTTP2Router: ChannelInboundHandler, RemovableChannelHandler {
                                       WebSocketFrameEncoder(),
                                       NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 1, maxAccumulatedFrameCount: 64, maxAccumulatedFrameSize: maxMessage),
                                       WebSocketBridge(endpoint: endpoint, remote: remote, counters: stats)])
-                context.pipeline.removeHandler(self, promise: nil)
+                sync.removeHandler(context: context, promise: nil)
             } catch {
                 context.close(promise: nil)
             }

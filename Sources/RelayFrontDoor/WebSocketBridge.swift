@@ -62,7 +62,8 @@ final class WebSocketBridge: ChannelInboundHandler, RemovableChannelHandler {
             let code = data.readWebSocketErrorCode() ?? .normalClosure
             var buf = context.channel.allocator.buffer(capacity: 2)
             buf.write(webSocketErrorCode: code)
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: buf))).whenComplete { _ in context.close(promise: nil) }
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: buf))).whenComplete { _ in channel.close(promise: nil) }
         case .text:
             counters.bump(\.webSocketProtocolErrors)
             close(context, .unacceptableData)
@@ -94,6 +95,7 @@ final class WebSocketBridge: ChannelInboundHandler, RemovableChannelHandler {
         closing = true
         var buf = context.channel.allocator.buffer(capacity: 2)
         buf.write(webSocketErrorCode: code)
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: buf))).whenComplete { _ in context.close(promise: nil) }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: buf))).whenComplete { _ in channel.close(promise: nil) }
     }
 }

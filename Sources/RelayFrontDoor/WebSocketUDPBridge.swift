@@ -97,7 +97,7 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(UpgradeRequester(target: target, failed: upgraded), name: UpgradeRequester.name)
                 }
             }
-        bootstrap.connect(host: target.host, port: target.port).whenFailure { [self] e in
+        bootstrap.connect(host: target.host, port: target.port).whenFailure { e in
             upgraded.fail(e)
         }
         upgraded.futureResult.flatMap { [self] ws -> EventLoopFuture<(Channel, Channel)> in

@@ -186,10 +186,7 @@ struct Bench: ParsableCommand {
             let relay = try lab.host("relay"), nodes = try lab.host("nodes")
             try lab.link(relay, "eth0", ["10.77.0.1/24"], nodes, "eth0", ["10.77.0.2/24"])
             let (d, pub, token) = try startRelay(lab, in: relay, name: "relay-scale", extra: "max_nodes = \(relayNodes + 100)\nregistrations_per_second = 10000\n")
-            func rss(_ field: String) -> Int {
-                let s = (try? String(contentsOfFile: "/proc/\(d.pid)/status", encoding: .utf8)) ?? ""
-                return Int(s.split(separator: "\n").first { $0.hasPrefix(field + ":") }?.split(separator: " ").dropFirst().first ?? "0") ?? 0
-            }
+            func rss(_ field: String) -> Int { Bench.memory(d.pid, field) }
             let before = rss("VmRSS")
             let r = try nodes.run([try Binaries.path("relay-lab"), "relay-load", "--relay", "10.77.0.1:51821", "--key", pub, "--token", token, "--bind", "10.77.0.2",
                                    "--nodes", String(relayNodes), "--rate", "20000", "--seconds", "10", "--registration-rate", "5000"], timeout: 180, check: false)
@@ -298,10 +295,7 @@ struct Bench: ParsableCommand {
             let (d, pub, token) = try startRelay(lab, in: relay, name: "relay-ws-scale",
                 extra: "max_nodes = \(relayNodes + 100)\nregistrations_per_second = 10000\n[front_door]\nenabled = true\nlisten = \"10.79.0.1:8443\"\ncertificate = \"\(cert)\"\nprivate_key = \"\(key)\"\nmax_connections_per_address = \(relayNodes + 100)\nidle_seconds = 300\n")
             try waitUntil("front door", timeout: 20) { try relay.run(["ss", "-lntH"]).stdout.contains("10.79.0.1:8443") }
-            func rss(_ field: String) -> Int {
-                let s = (try? String(contentsOfFile: "/proc/\(d.pid)/status", encoding: .utf8)) ?? ""
-                return Int(s.split(separator: "\n").first { $0.hasPrefix(field + ":") }?.split(separator: " ").dropFirst().first ?? "0") ?? 0
-            }
+            func rss(_ field: String) -> Int { Bench.memory(d.pid, field) }
             let before = rss("VmRSS")
             let load = try clients.spawn(["python3", script, "wss://10.79.0.1:8443/relay", cert, "10.79.0.1", pub, token, String(relayNodes), "5", "128"], label: "ws-load")
             var line = ""
@@ -334,6 +328,12 @@ struct Bench: ParsableCommand {
         print(pad("ping RTT ms, median", 30) + pad(v(relay.rttMedianMs, "%.3f"), 12) + pad(v(tayga?.rttMedianMs, "%.3f"), 12) + ratio(relay.rttMedianMs, tayga?.rttMedianMs))
         print(pad("TCP request/response per s", 30) + pad(v(relay.rrPerSec, "%.0f"), 12) + pad(v(tayga?.rrPerSec, "%.0f"), 12) + ratio(relay.rrPerSec, tayga?.rrPerSec))
         print("goal: TCP above tayga (Relay/tayga > 1) while also encrypting; tayga does not encrypt")
+    }
+
+    /// A field of /proc/PID/status in kB (VmRSS, VmHWM).
+    static func memory(_ pid: pid_t, _ field: String) -> Int {
+        let s = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        return Int(s.split(separator: "\n").first { $0.hasPrefix(field + ":") }?.split(separator: " ").dropFirst().first ?? "0") ?? 0
     }
 
     func median(_ v: [Double]) -> Double { let s = v.sorted(); return s[s.count / 2] }

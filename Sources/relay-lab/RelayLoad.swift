@@ -75,7 +75,7 @@ struct RelayLoad: ParsableCommand {
             case .cookie(let receiver, let nonce, let sealed)?:
                 // The relay is under load: our register again, with mac2 under its cookie.
                 if let again = node.cookie(receiver: receiver, nonce: nonce, sealed: sealed) { cookies += 1; _ = sendTo(node, again) } else { bad += 1 }
-            case .frame(let kind, _, let counter, let body)?:
+            case .frame(let kind, _, let counter, _)?:
                 guard let k = node.receive, RelayMessage.verify(b, key: k), node.window.accept(counter) else { bad += 1; return }
                 switch kind {
                 case .pong: if !node.active { node.active = true; registered += 1 }
