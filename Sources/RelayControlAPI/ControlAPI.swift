@@ -367,6 +367,8 @@ public struct FrontDoorCounters: Codable, Equatable, Sendable {
     public var connections = 0, refusedPerAddress = 0, headerTimeouts = 0, idleTimeouts = 0, tlsFailures = 0
     /// Plain requests answered (by HTTP version), not found.
     public var requestsHTTP1 = 0, requestsHTTP2 = 0, notFound = 0
+    /// HTTP/2 connections ended for a protocol or abuse error (GOAWAY sent: reset floods, ...).
+    public var http2ConnectionErrors = 0
     /// WebSockets opened, refused by their route, ended for a protocol error (unmasked, text,
     /// oversized, malformed); binary messages taken in.
     public var webSocketsOpened = 0, webSocketsRefused = 0, webSocketProtocolErrors = 0, webSocketMessagesIn = 0

@@ -102,10 +102,11 @@ final class RelayServer: @unchecked Sendable {
     private func storeWork(_ claims: [(id: UInt32, key: [UInt8], listed: Bool, callsign: String)], _ events: [RelayRegistry.Event]) {
         guard !claims.isEmpty || !events.isEmpty else { return }
         let quota = lock.withLock { config.callsignQuota }
+        let sources = events.map { describe($0.address) }
         storeQueue.async { [self] in
             let now = clock()
-            for e in events {
-                logger.info("relay event=\(e.kind) key=\(Data(e.key).base64EncodedString()) id=\(e.id) from=\(describe(e.address))\(e.detail.isEmpty ? "" : " " + e.detail)")
+            for (e, source) in zip(events, sources) {
+                logger.info("relay event=\(e.kind) key=\(Data(e.key).base64EncodedString()) id=\(e.id) from=\(source)\(e.detail.isEmpty ? "" : " " + e.detail)")
                 if e.kind == "registered" { try? store?.touch(key: Data(e.key).base64EncodedString(), now: now) }
             }
             for c in claims {
@@ -357,11 +358,13 @@ final class RelayServer: @unchecked Sendable {
 
     /// The WebSocket closed: its registration ends at once.
     func closeStream(_ n: UInt64) {
-        lock.withLock {
+        let (claims, events) = lock.withLock { () -> ([(id: UInt32, key: [UInt8], listed: Bool, callsign: String)], [RelayRegistry.Event]) in
             streams[n] = nil
-            streamRemotes[n] = nil
             registry.disconnected(.stream(n))
+            return takeStoreWork()
         }
+        storeWork(claims, events)  // names the connection by its address: before that is forgotten
+        lock.withLock { streamRemotes[n] = nil }
     }
 
     var streamCount: Int { lock.withLock { streams.count } }

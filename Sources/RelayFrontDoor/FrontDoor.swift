@@ -184,7 +184,11 @@ public final class FrontDoor: @unchecked Sendable {
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandler(HTTP2Router(routes: routes, connection: connection, maxMessage: maxMessage))
             }
-        }.map { _ in () }
+        }.flatMapThrowing { _ in
+            // A connection error (the HTTP/2 handler has written its GOAWAY, e.g. ENHANCE_YOUR_CALM
+            // for a reset flood) ends the connection.
+            try channel.pipeline.syncOperations.addHandler(CloseOnError(stats: connection.stats))
+        }
     }
 }
 
@@ -241,6 +245,22 @@ final class ConnectionGuard: ChannelDuplexHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if error is NIOSSLError || error is BoringSSLError { connection.stats.bump(\.tlsFailures) }
+        context.close(promise: nil)
+    }
+}
+
+/// Last in an HTTP/2 connection's pipeline: an error that reaches it (the HTTP/2 handler's
+/// connection errors, after its GOAWAY) flushes what is written and closes the connection.
+final class CloseOnError: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+    let stats: FrontDoorStats
+    private var closing = false
+    init(stats: FrontDoorStats) { self.stats = stats }
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard !closing else { return }
+        closing = true
+        stats.bump(\.http2ConnectionErrors)
+        context.flush()
         context.close(promise: nil)
     }
 }

@@ -145,7 +145,7 @@ struct FrontDoorTests {
         #expect(last["error"] is NSNull && (last["sent"] as? Int ?? 0) >= 20 && last["pongs"] as? Int == last["sent"] as? Int, "the WebSocket node was disturbed: \(last)")
     }
 
-    @Test("abuse bounds: connections per address capped, a client that sends nothing is closed after header_seconds, an oversized WebSocket message closes its connection with 1009; the relay keeps serving")
+    @Test("abuse bounds: connections per address capped, a client that sends nothing is closed after header_seconds, an oversized WebSocket message closes its connection with 1009, HTTP/2 rapid reset ends with GOAWAY; the relay keeps serving")
     func abuseBounds() throws {
         let s = try Setup(extra: "max_connections_per_address = 4\nheader_seconds = 2\nmax_message_bytes = 4096")
         // Six silent connections: four admitted, two refused at once; the four closed after 2 s.
@@ -181,6 +181,39 @@ struct FrontDoorTests {
             """
         let big = try Command.run(["python3", "-c", script, String(s.port), s.cert.certificate], timeout: 20, check: false)
         #expect(big.stdout.contains("closed 1009"), "\(big.stdout) \(big.stderr.suffix(800))")
+        // HTTP/2 rapid reset (CVE-2023-44487): streams opened and reset at once are cut off by
+        // swift-nio-http2's reset heuristics with GOAWAY ENHANCE_YOUR_CALM.
+        let rapid = """
+            import socket, ssl, sys, h2.connection, h2.config, h2.events
+            ctx = ssl.create_default_context(cafile=sys.argv[2]); ctx.set_alpn_protocols(["h2"])
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="relay.test")
+            c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+            c.initiate_connection(); s.sendall(c.data_to_send())
+            goaway, sent = None, 0
+            s.settimeout(0.05)
+            try:
+                for i in range(3000):
+                    sid = c.get_next_available_stream_id()
+                    c.send_headers(sid, [(":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "relay.test")])
+                    c.reset_stream(sid)
+                    sent += 1
+                    if i % 50 == 49:
+                        s.sendall(c.data_to_send())
+                        try:
+                            data = s.recv(65536)
+                            if not data: break
+                            for e in c.receive_data(data):
+                                if isinstance(e, h2.events.ConnectionTerminated): goaway = int(e.error_code)
+                        except socket.timeout: pass
+                        if goaway is not None: break
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError): pass
+            print("goaway", goaway, "sent", sent)
+            """
+        let rr = try Command.run(["python3", "-c", rapid, String(s.port), s.cert.certificate], timeout: 30, check: false)
+        // Cut off long before the 3,000th reset (GOAWAY 11 when the client reads it before the close).
+        let words = rr.stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        #expect(words.count >= 4 && (words[1] == "11" || words[1] == "None") && (Int(words[3]) ?? 3000) < 3000, "\(rr.stdout) \(rr.stderr.suffix(600))")
+        #expect((try s.d.json(StatusResponse.self, "status").frontDoor?.counters.http2ConnectionErrors ?? 0) >= 1)
         // Still serving.
         #expect(try s.curl(["--http2"], "/").status == "2 200")
     }

@@ -26,7 +26,7 @@ struct RelayStatus: ParsableCommand {
                 let k = f.counters
                 print("front door on \(f.listen) (port \(f.port)), \(f.tls ? "TLS 1.3, \(f.certificateSubject ?? "certificate") until \(f.certificateNotAfter ?? "?")" : "no TLS"); \(f.connectionsOpen) connections open")
                 print("  connections \(k.connections), refused per address \(k.refusedPerAddress), no request in time \(k.headerTimeouts), idle \(k.idleTimeouts), TLS failures \(k.tlsFailures)")
-                print("  requests HTTP/1.1 \(k.requestsHTTP1), HTTP/2 \(k.requestsHTTP2), not found \(k.notFound); WebSockets \(k.webSocketsOpened) opened, \(k.webSocketsRefused) refused, \(k.webSocketProtocolErrors) protocol errors, \(k.webSocketMessagesIn) messages in")
+                print("  requests HTTP/1.1 \(k.requestsHTTP1), HTTP/2 \(k.requestsHTTP2), not found \(k.notFound), HTTP/2 connection errors \(k.http2ConnectionErrors); WebSockets \(k.webSocketsOpened) opened, \(k.webSocketsRefused) refused, \(k.webSocketProtocolErrors) protocol errors, \(k.webSocketMessagesIn) messages in")
             }
             if !r.nodes.isEmpty {
                 print(table(["NODE KEY", "ID", "ADDRESS", "REGISTERED", "LAST HEARD", "FORWARDED", "THROTTLED"], r.nodes.map {
