@@ -146,7 +146,8 @@ final class PeerTable {
         }
         relays = next
         if let h = home, !relays.contains(where: { $0 === h }) { home = nil }
-        preferred = RelayPeerCache.preferred(cache, peers: peers.map(\.publicKey), candidates: relays.map(\.endpoint))
+        preferred = RelayPeerCache.preferred(cache, peers: peers.map(\.publicKey), candidates: relays.map(\.udpEndpoint))
+        remembered = cache
         if home == nil { homelessSince = now }
     }
 
@@ -157,6 +158,8 @@ final class PeerTable {
     /// missing peer is searched for there) and left when no longer needed.
     private(set) var home: RelayLink?
     private var preferred: Endpoint?
+    /// The peer cache as last written: the relay each peer is reached through.
+    private var remembered: [[UInt8]: Endpoint] = [:]
     /// node.callsign (upper case) and whether the device is listed.
     var callsign: (String, Bool)?
     private var homelessSince: Double = 0
@@ -177,7 +180,14 @@ final class PeerTable {
             if next == nil && home != nil { homelessSince = now }
             home = next
         }
-        for p in peers { p.prefer(home: home?.endpoint) }
+        for p in peers {
+            p.prefer(home: home?.endpoint)
+            // The peer cache follows the relay each peer is reached through now.
+            if case .relay(let r, _)? = p.route, let link = relay(at: r), remembered[p.publicKey] != link.udpEndpoint {
+                remembered[p.publicKey] = link.udpEndpoint
+                actions.append(.rememberRelay(key: p.publicKey, relay: link.udpEndpoint))
+            }
+        }
         // The callsign is claimed at the home relay (again when home changes or after 10 s unanswered).
         if let (name, listed) = callsign, let h = home, h.isRegistered, h.claim == nil, now - h.claimAskedAt >= 10 {
             h.claimAskedAt = now
@@ -322,10 +332,7 @@ final class PeerTable {
             guard body.count == 36 else { counters.malformed += 1; return nil }
             let key = Array(body.prefix(32)), id = body.suffix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }.littleEndian
             link.absent.remove(key)
-            if let p = peer(key: key) {
-                if !p.hasRelayPath(via: link.endpoint) { actions.append(.rememberRelay(key: key, relay: link.endpoint)) }
-                p.addRelayPath(link.endpoint, id: id)
-            }
+            peer(key: key)?.addRelayPath(link.endpoint, id: id)
         case .notHere:
             if body.count == 32 { link.absent.insert(Array(body)); peer(key: Array(body))?.removeRelayPaths(via: link.endpoint) }
             else if body.count == 4 {

@@ -4,9 +4,9 @@ import RelayCore
 import Glibc
 #endif
 
-/// Where each peer was last found through a relay (`relay-peers` in the state directory: one
+/// The relay each peer was last reached through (`relay-peers` in the state directory: one
 /// "KEY RELAY" line per peer). After a restart the node makes the relay most of its peers were
-/// found at its home relay, so it registers where they are instead of wherever answers first.
+/// reached through its home relay, so it registers where they are instead of wherever answers first.
 /// Losing the file costs nothing but that preference.
 public final class RelayPeerCache: @unchecked Sendable {
     public let path: String?
