@@ -36,7 +36,7 @@ public final class RelayPeerCache: @unchecked Sendable {
         try replaceFile(path, with: text, durable: false)
     }
 
-    /// The relay, among `candidates`, that most of `peers` were last found at (nil when none was).
+    /// The relay, among `candidates`, that most of `peers` were last reached through (nil when none was).
     public static func preferred(_ cache: [[UInt8]: Endpoint], peers: [[UInt8]], candidates: [Endpoint]) -> Endpoint? {
         var votes: [Endpoint: Int] = [:]
         for k in peers { if let e = cache[k], candidates.contains(e) { votes[e, default: 0] += 1 } }
