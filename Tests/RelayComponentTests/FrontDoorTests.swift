@@ -310,4 +310,45 @@ struct FrontDoorTests {
         let human = try s.d.ctl("relay", "devices")
         #expect(human.stdout.contains("store: the relay store was corrupt"), "\(human.stdout)")
     }
+
+    @Test("a node whose relay's UDP does not answer registers over the front door's WebSocket, checking the certificate against a CA bundle (ca_file); a wrong bundle is refused")
+    func nodeWithCABundle() throws {
+        let dir = NSTemporaryDirectory() + "frontdoor-ca-\(getpid())-\(UUID().uuidString.prefix(6))"
+        try FileManager.default.createDirectory(atPath: dir + "/other", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let c = try Self.cert("localhost", dir)
+        let wrong = try Self.cert("localhost", dir + "/other")
+        let port = Self.freeTCPPort()
+        let relay = try RelaydProcess(config: """
+            [node]
+            name = "relay"
+            listen_port = 0
+            [reflector]
+            enabled = false
+            [relay]
+            enabled = true
+            port = 0
+            tokens = ["\(Self.token)"]
+            [front_door]
+            enabled = true
+            listen = "127.0.0.1:\(port)"
+            certificate = "\(c.certificate)"
+            private_key = "\(c.privateKey)"
+            """)
+        let key = try relay.json(StatusResponse.self, "status").publicKey
+        // UDP to the relay goes to port 9 (discard: nothing answers there).
+        func node(_ ca: String) throws -> RelaydProcess {
+            try RelaydProcess(config: "[node]\nname = \"n\"\nlisten_port = 0\n[reflector]\nenabled = false\n[[relays]]\naddress = \"127.0.0.1:9\"\npublic_key = \"\(key)\"\ntoken = \"\(Self.token)\"\nwebsocket = \"wss://localhost:\(port)/relay\"\nca_file = \"\(ca)\"\n")
+        }
+        let good = try node(c.certificate)
+        try waitUntil("registered over the WebSocket", timeout: 30) {
+            let l = try good.json([RelayLinkView].self, "relay", "links").first
+            return l?.transport == "websocket" && l?.state == "registered"
+        }
+        #expect(try relay.json(RelayStatusResponse.self, "relay", "status").nodes.first?.address.hasPrefix("websocket from 127.0.0.1:") == true)
+        let bad = try node(wrong.certificate)
+        try waitUntil("the wrong bundle refused", timeout: 30) { bad.log.contains("WebSocket transport down") }
+        #expect(bad.log.contains("CERTIFICATE_VERIFY_FAILED") || bad.log.contains("handshakeFailed"), "\(bad.log.suffix(800))")
+        #expect(try bad.json([RelayLinkView].self, "relay", "links").first?.state != "registered")
+    }
 }
