@@ -32,10 +32,11 @@ struct FrontDoorTests {
 
     final class Setup {
         let dir: String, port: Int, cert: Cert, d: RelaydProcess
-        init(extra: String = "") throws {
+        /// A relay with its front door on 127.0.0.1, its certificate made for `name`.
+        init(extra: String = "", name: String = "relay.test") throws {
             dir = NSTemporaryDirectory() + "frontdoor-\(getpid())-\(UUID().uuidString.prefix(6))"
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            cert = try FrontDoorTests.cert("relay.test", dir)
+            cert = try FrontDoorTests.cert(name, dir)
             port = FrontDoorTests.freeTCPPort()
             d = try RelaydProcess(config: """
                 [node]
@@ -313,28 +314,10 @@ struct FrontDoorTests {
 
     @Test("a node whose relay's UDP does not answer registers over the front door's WebSocket, checking the certificate against a CA bundle (ca_file); a wrong bundle is refused")
     func nodeWithCABundle() throws {
-        let dir = NSTemporaryDirectory() + "frontdoor-ca-\(getpid())-\(UUID().uuidString.prefix(6))"
-        try FileManager.default.createDirectory(atPath: dir + "/other", withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let c = try Self.cert("localhost", dir)
-        let wrong = try Self.cert("localhost", dir + "/other")
-        let port = Self.freeTCPPort()
-        let relay = try RelaydProcess(config: """
-            [node]
-            name = "relay"
-            listen_port = 0
-            [reflector]
-            enabled = false
-            [relay]
-            enabled = true
-            port = 0
-            tokens = ["\(Self.token)"]
-            [front_door]
-            enabled = true
-            listen = "127.0.0.1:\(port)"
-            certificate = "\(c.certificate)"
-            private_key = "\(c.privateKey)"
-            """)
+        let s = try Setup(name: "localhost")
+        try FileManager.default.createDirectory(atPath: s.dir + "/other", withIntermediateDirectories: true)
+        let c = s.cert, port = s.port, relay = s.d
+        let wrong = try Self.cert("localhost", s.dir + "/other")
         let key = try relay.json(StatusResponse.self, "status").publicKey
         // UDP to the relay goes to port 9 (discard: nothing answers there).
         func node(_ ca: String) throws -> RelaydProcess {
