@@ -73,7 +73,7 @@ struct TxBatch {
         (start + RelayMessage.frameHeader).storeBytes(of: r.id.littleEndian, as: UInt32.self)
         let body = RelayMessage.frameHeader + 4
         let n = body + TunnelSession.seal(inner, key: s.key, counter: s.counter, remoteIndex: s.remote, into: start + body)
-        RelayMessage.tag(key: r.key, counter: r.counter, UnsafeRawBufferPointer(start: UnsafeRawPointer(start), count: n), into: start + n)
+        RelayMessage.tag(key: r.key, UnsafeRawBufferPointer(start: UnsafeRawPointer(start), count: n), into: start + n)
         place(n + RelayMessage.tagSize, to: s.ep, inner: inner)
     }
 

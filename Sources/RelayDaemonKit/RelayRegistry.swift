@@ -278,7 +278,7 @@ final class RelayRegistry {
         RelayMessage.writeHeader(.deliver, session: d.remoteIndex, counter: c, into: base)
         base.storeBytes(of: n.id.littleEndian, toByteOffset: RelayMessage.frameHeader, as: UInt32.self)
         let end = p.count - RelayMessage.tagSize
-        RelayMessage.tag(key: d.sendKey, counter: c, UnsafeRawBufferPointer(start: base, count: end), into: base + end)
+        RelayMessage.tag(key: d.sendKey, UnsafeRawBufferPointer(start: base, count: end), into: base + end)
         n.forwarded += 1
         counters.forwarded += 1; counters.forwardedBytes += UInt64(size)
         return .forwarded(d.address)

@@ -3,8 +3,8 @@ import CRelayCrypto
 
 /// The relay protocol's datagrams (docs/relay-protocol.md): a node registers with a relay by a Noise
 /// IK handshake against the relay's pinned static key, then every datagram between them is a frame
-/// authenticated under the keys of that handshake (a Poly1305 tag over the whole frame, a counter
-/// in a replay window). A relay forwards node-to-node datagrams that are already sealed end to end:
+/// authenticated under the keys of that handshake (a SipHash-2-4-128 tag over the frame's header
+/// and covered bytes, a counter in a replay window). A relay forwards node-to-node datagrams that are already sealed end to end:
 /// it never holds the session keys of the tunnels it carries.
 public enum RelayMessage: Equatable {
     /// Node to relay: Noise IK message 1 (payload: 8-byte timestamp, then an optional token),
@@ -95,7 +95,7 @@ public enum RelayMessage: Equatable {
         out.withUnsafeMutableBytes { o in
             writeHeader(kind, session: session, counter: counter, into: o.baseAddress!)
             body.withUnsafeBytes { if $0.count > 0 { (o.baseAddress! + frameHeader).copyMemory(from: $0.baseAddress!, byteCount: $0.count) } }
-            tag(key: key, counter: counter, UnsafeRawBufferPointer(rebasing: o[0..<(frameHeader + body.count)]), into: o.baseAddress! + frameHeader + body.count)
+            tag(key: key, UnsafeRawBufferPointer(rebasing: o[0..<(frameHeader + body.count)]), into: o.baseAddress! + frameHeader + body.count)
         }
         return out
     }
@@ -110,13 +110,15 @@ public enum RelayMessage: Equatable {
         out.storeBytes(of: counter.littleEndian, toByteOffset: 8, as: UInt64.self)
     }
 
-    /// The 16-byte tag over `authenticated` (ChaCha20-Poly1305 with nothing to encrypt: the frame is
-    /// the associated data), written at `out`.
+    /// The 16-byte tag of the frame `authenticated` (header and body, without the tag), written at
+    /// `out`: SipHash-2-4-128 under the first 16 bytes of `key` over the frame's covered bytes and its
+    /// length (docs/relay-protocol.md, "frame"; `CRelayCrypto_relay_tag`). The counter is in the
+    /// header, so it is covered.
     @inline(__always)
-    public static func tag(key: SymmetricKey, counter: UInt64, _ authenticated: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) {
+    public static func tag(key: SymmetricKey, _ authenticated: UnsafeRawBufferPointer, into out: UnsafeMutableRawPointer) {
         key.withUnsafeBytes { k in
-            _ = CRelayCrypto_seal(k.baseAddress!.assumingMemoryBound(to: UInt8.self), counter, authenticated.baseAddress?.assumingMemoryBound(to: UInt8.self), authenticated.count,
-                                  UnsafePointer(out.assumingMemoryBound(to: UInt8.self)), 0, out.assumingMemoryBound(to: UInt8.self))
+            CRelayCrypto_relay_tag(k.baseAddress!.assumingMemoryBound(to: UInt8.self), authenticated.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                   authenticated.count, out.assumingMemoryBound(to: UInt8.self))
         }
     }
 
@@ -128,9 +130,8 @@ public enum RelayMessage: Equatable {
     /// The same over raw bytes, without allocating; compared in constant time.
     public static func verify(_ f: UnsafeRawBufferPointer, key: SymmetricKey) -> Bool {
         guard f.count >= frameOverhead else { return false }
-        let counter = f.loadUnaligned(fromByteOffset: 8, as: UInt64.self).littleEndian
         var want = (UInt64(0), UInt64(0))
-        withUnsafeMutableBytes(of: &want) { tag(key: key, counter: counter, UnsafeRawBufferPointer(rebasing: f[0..<(f.count - tagSize)]), into: $0.baseAddress!) }
+        withUnsafeMutableBytes(of: &want) { tag(key: key, UnsafeRawBufferPointer(rebasing: f[0..<(f.count - tagSize)]), into: $0.baseAddress!) }
         let got0 = f.loadUnaligned(fromByteOffset: f.count - 16, as: UInt64.self), got1 = f.loadUnaligned(fromByteOffset: f.count - 8, as: UInt64.self)
         return (want.0 ^ got0) | (want.1 ^ got1) == 0
     }

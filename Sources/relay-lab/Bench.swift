@@ -169,6 +169,18 @@ struct Bench: ParsableCommand {
             try waitUntil("the gateways reach each other through the relay", timeout: 30) {
                 try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
             }
+            if let out = ProcessInfo.processInfo.environment["RELAY_BENCH_PERF"] {
+                // Profile the whole machine (three relayds, iperf3, the kernel) during a relayed TCP run, for development.
+                let p = Process(); p.executableURL = URL(fileURLWithPath: "/usr/bin/perf")
+                p.arguments = ["record", "-a", "-g", "-o", out + "-relayed.data", "--", "sleep", "4"]
+                let srv = try s.hostB.spawn(["iperf3", "-s", "-p", "5999"], label: "iperf3-perf")
+                try waitUntil("iperf3 server") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":5999 ") }
+                try p.run()
+                print(try s.hostA.run(["iperf3", "-c", "240.2.2.20", "-p", "5999", "-t", "5"], timeout: 20, check: false).stdout.split(separator: "\n").suffix(4).joined(separator: "\n"))
+                srv.stop()
+                p.waitUntilExit()
+                print("relayd pids: relay \(s.relayProcesses.map { String($0.pid) }), A \(s.relaydA.pid), B \(s.relaydB.pid)")
+            }
             return try PathBench.measure(client: s.hostA, server: s.hostB, address: "240.2.2.20")
         }
         func v(_ x: Double?, _ fmt: String) -> String { x.map { String(format: fmt, $0) } ?? "-" }
@@ -257,7 +269,7 @@ struct Bench: ParsableCommand {
             print(pad("payload Gbit/s delivered", 30) + pad(String(format: "%.2f", r.gbps), 12) + pad(String(format: "%.2f", t.gbps), 12)
                   + String(format: "%.2fx", r.gbps / max(t.gbps, 1e-9)) + " (goal > 1)")
             print(pad("lost at the relay, %", 30) + pad(String(format: "%.1f", r.loss), 12) + pad(String(format: "%.1f", t.loss), 12))
-            print("(unpaced senders: both relays run over their capacity; Relay also checks a Poly1305 tag on every datagram and adds one, TURN checks nothing)")
+            print("(unpaced senders: both relays run over their capacity; Relay also checks a SipHash tag on every datagram and adds one, TURN checks nothing)")
         }
     }
 

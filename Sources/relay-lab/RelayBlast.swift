@@ -110,7 +110,7 @@ struct RelayBlast: ParsableCommand {
                     case .relay:
                         RelayMessage.writeHeader(.forward, session: c.node.id, counter: c.node.counter, into: p)
                         p.storeBytes(of: c.peerID.littleEndian, toByteOffset: RelayMessage.frameHeader, as: UInt32.self)
-                        RelayMessage.tag(key: c.node.send!, counter: c.node.counter, UnsafeRawBufferPointer(start: p, count: frameSize - RelayMessage.tagSize),
+                        RelayMessage.tag(key: c.node.send!, UnsafeRawBufferPointer(start: p, count: frameSize - RelayMessage.tagSize),
                                          into: p + frameSize - RelayMessage.tagSize)
                         c.node.counter += 1
                     case .turn:

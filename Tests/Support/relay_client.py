@@ -15,7 +15,7 @@ usage: relay_client.py HOST PORT RELAY_PUBLIC_KEY_B64 TOKEN
 """
 import base64, hashlib, hmac, json, os, socket, ssl, struct, sys, time
 from noise.connection import NoiseConnection, Keypair
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from relay_tag import relay_tag
 
 if sys.argv[1] in ("--claims", "--register-priv"):
     mode = sys.argv[1]
@@ -158,10 +158,6 @@ class H2WebSocket:
         return self.messages.pop(0)
 
 
-def aead_tag(key, counter, data):
-    return ChaCha20Poly1305(key).encrypt(b"\0" * 4 + struct.pack("<Q", counter), b"", data)
-
-
 class Node:
     def __init__(self, token, transport=None):
         self.t = transport or UDP()
@@ -196,7 +192,7 @@ class Node:
 
     def frame(self, kind, body):
         hdr = bytes([0xD4, kind, 0, 0]) + struct.pack("<IQ", self.id, self.counter)
-        f = hdr + body + aead_tag(self.send_key, self.counter, hdr + body)
+        f = hdr + body + relay_tag(self.send_key, hdr + body)
         self.counter += 1
         return f
 
@@ -212,7 +208,7 @@ class Node:
         session, counter = struct.unpack("<IQ", data[4:16])
         assert session == self.index
         body, tag = data[16:-16], data[-16:]
-        assert aead_tag(self.recv_key, counter, data[:-16]) == tag, "bad tag from the relay"
+        assert relay_tag(self.recv_key, data[:-16]) == tag, "bad tag from the relay"
         assert counter not in self.window, "replayed by the relay"
         self.window.add(counter)
         return kind, body

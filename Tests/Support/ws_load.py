@@ -9,6 +9,7 @@ usage: ws_load.py URL CAFILE SERVER_NAME RELAY_PUBLIC_KEY_B64 TOKEN NODES HOLD C
 import asyncio, base64, hashlib, hmac, json, os, resource, ssl, struct, sys, time
 from noise.connection import NoiseConnection, Keypair
 from websockets.asyncio.client import connect
+from relay_tag import relay_tag
 
 url, cafile, server_name, relay_pub, token = sys.argv[1], sys.argv[2], sys.argv[3], base64.b64decode(sys.argv[4]), sys.argv[5].encode()
 nodes, hold, concurrency = min(int(sys.argv[6]), 20000), min(float(sys.argv[7]), 120), int(sys.argv[8])
@@ -30,9 +31,8 @@ def register_message(index):
 
 
 def frame(key, session, counter, kind, body):
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
     hdr = bytes([0xD4, kind, 0, 0]) + struct.pack("<IQ", session, counter)
-    return hdr + body + ChaCha20Poly1305(key).encrypt(b"\0" * 4 + struct.pack("<Q", counter), b"", hdr + body)
+    return hdr + body + relay_tag(key, hdr + body)
 
 
 async def node(i, sem, done, release, stats):

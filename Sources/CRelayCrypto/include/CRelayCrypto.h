@@ -36,4 +36,14 @@ long CRelayCrypto_seal_nonce96(int impl, const uint8_t *key, const uint8_t *iv, 
 long CRelayCrypto_open_nonce96(int impl, const uint8_t *key, const uint8_t *iv, const uint8_t *ad, size_t adlen,
                                const uint8_t *in, size_t len, uint8_t *out);
 
+/// SipHash-2-4 with a 128-bit output (the reference implementation's 128-bit mode) of `len` bytes.
+void CRelayCrypto_siphash128(const uint8_t key[16], const uint8_t *in, size_t len, uint8_t out[16]);
+
+/// A relay frame's tag (docs/relay-protocol.md, "frame"): SipHash-2-4-128 under `key` (the first 16
+/// bytes of the sender's key) over the frame's covered bytes, then its length (`len`, the frame
+/// without the tag) as a 64-bit little-endian word. A forward or deliver frame (kind 1 or 2) is
+/// covered up to its first 64 bytes (the rest is a datagram sealed end to end by the tunnel
+/// session); every other frame is covered whole.
+void CRelayCrypto_relay_tag(const uint8_t key[16], const uint8_t *frame, size_t len, uint8_t out[16]);
+
 #endif
