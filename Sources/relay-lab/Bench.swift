@@ -176,7 +176,12 @@ struct Bench: ParsableCommand {
                 let srv = try s.hostB.spawn(["iperf3", "-s", "-p", "5999"], label: "iperf3-perf")
                 try waitUntil("iperf3 server") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":5999 ") }
                 try p.run()
-                print(try s.hostA.run(["iperf3", "-c", "240.2.2.20", "-p", "5999", "-t", "5"], timeout: 20, check: false).stdout.split(separator: "\n").suffix(4).joined(separator: "\n"))
+                let client = try s.hostA.spawn(["iperf3", "-c", "240.2.2.20", "-p", "5999", "-t", "5"], label: "iperf3-perf-client")
+                Thread.sleep(forTimeInterval: 2)
+                print(try s.hostA.run(["ss", "-tin", "dst", "240.2.2.20"], check: false).stdout)
+                print(try s.hostA.run(["ip", "route", "get", "240.2.2.20"], check: false).stdout)
+                Thread.sleep(forTimeInterval: 4)
+                client.stop()
                 srv.stop()
                 p.waitUntilExit()
                 print("relayd pids: relay \(s.relayProcesses.map { String($0.pid) }), A \(s.relaydA.pid), B \(s.relaydB.pid)")
