@@ -132,7 +132,9 @@ let package = Package(
         .testTarget(name: "RelayUnitTests", dependencies: [
             "RelayCore", "RelayWire", "RelayHelperAPI", "RelayNftables", "RelayNetlink", "RelayHelperKit", "RelayCtlKit",
             "RelayConfig", "RelayControlAPI", "RelayDaemonKit", "RelayTunnel", "CRelayCrypto", "RelayFuzzTargets", "RelayStore",
-            .product(name: "Crypto", package: "swift-crypto"),
+            "RelayFrontDoor", .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOWebSocket", package: "swift-nio"),
         ], exclude: ["Golden"],  // read by path (#filePath), not bundled
         swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "RelayComponentTests", dependencies: [

@@ -46,7 +46,7 @@ final class WebSocketBridge: ChannelInboundHandler, RemovableChannelHandler {
         switch frame.opcode {
         case .binary:
             guard let s = session else { return }
-            var data = frame.unmaskedData
+            var data = WebSocketMasking.unmasked(frame)
             counters.bump(\.webSocketMessagesIn)
             s.received(data.readBytes(length: data.readableBytes) ?? [])
         case .ping:

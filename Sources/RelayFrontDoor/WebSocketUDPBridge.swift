@@ -84,6 +84,7 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
                         sslHandler = try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName)
                     }
                     try channel.pipeline.syncOperations.addHandler(sslHandler)
+                    try channel.pipeline.syncOperations.addHandler(RawFrameWriter(), name: RawFrameWriter.name)
                     let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: 1 << 16) { ch, _ in
                         // The requester goes: what follows the upgrade is WebSocket frames.
                         ch.pipeline.removeHandler(name: UpgradeRequester.name).flatMapThrowing {
@@ -168,14 +169,16 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
 
     func fromTunnel(_ datagram: AddressedEnvelope<ByteBuffer>) {
         guard datagram.remoteAddress.port == Int(tunnelPort), let ws = state.withLockedValue({ $0.ws }), ws.isWritable else { return }
-        // A copy with room for the frame header: the encoder masks in place and prepends the
-        // header, and a vector read's datagrams share one buffer (in place, it would write over
-        // the previous datagram before the flush).
-        var buf = ws.allocator.buffer(capacity: datagram.data.readableBytes + 14)
-        buf.moveWriterIndex(forwardBy: 14); buf.moveReaderIndex(forwardBy: 14)
-        buf.writeImmutableBuffer(datagram.data)
-        ws.write(WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(), data: buf), promise: nil)
+        // Framed and masked here, a word at a time, into a copy (a vector read's datagrams share
+        // one buffer), and written from just above TLS: swift-nio's encoder masks byte by byte.
+        if rawWriter == nil { rawWriter = try? ws.pipeline.syncOperations.context(name: RawFrameWriter.name) }
+        guard let raw = rawWriter else { return }
+        raw.write(NIOAny(MaskedBinaryFrame.encode(datagram.data, key: maskingKeys.take(), allocator: ws.allocator)), promise: nil)
     }
+
+    // On the bridge's event loop only (fromTunnel).
+    private var rawWriter: ChannelHandlerContext?
+    private var maskingKeys = MaskingKeys()
 
     func fromTunnelDone() { state.withLockedValue { $0.ws }?.flush() }
 }

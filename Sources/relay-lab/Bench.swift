@@ -169,23 +169,7 @@ struct Bench: ParsableCommand {
             try waitUntil("the gateways reach each other through the relay", timeout: 30) {
                 try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
             }
-            if let out = ProcessInfo.processInfo.environment["RELAY_BENCH_PERF"] {
-                // Profile the whole machine (three relayds, iperf3, the kernel) during a relayed TCP run, for development.
-                let p = Process(); p.executableURL = URL(fileURLWithPath: "/usr/bin/perf")
-                p.arguments = ["record", "-a", "-g", "-o", out + "-relayed.data", "--", "sleep", "4"]
-                let srv = try s.hostB.spawn(["iperf3", "-s", "-p", "5999"], label: "iperf3-perf")
-                try waitUntil("iperf3 server") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":5999 ") }
-                try p.run()
-                let client = try s.hostA.spawn(["iperf3", "-c", "240.2.2.20", "-p", "5999", "-t", "5"], label: "iperf3-perf-client")
-                Thread.sleep(forTimeInterval: 2)
-                print(try s.hostA.run(["ss", "-tin", "dst", "240.2.2.20"], check: false).stdout)
-                print(try s.hostA.run(["ip", "route", "get", "240.2.2.20"], check: false).stdout)
-                Thread.sleep(forTimeInterval: 4)
-                client.stop()
-                srv.stop()
-                p.waitUntilExit()
-                print("relayd pids: relay \(s.relayProcesses.map { String($0.pid) }), A \(s.relaydA.pid), B \(s.relaydB.pid)")
-            }
+            try PathBench.profileWholeMachine(s, "relayed")
             return try PathBench.measure(client: s.hostA, server: s.hostB, address: "240.2.2.20")
         }
         func v(_ x: Double?, _ fmt: String) -> String { x.map { String(format: fmt, $0) } ?? "-" }

@@ -163,7 +163,29 @@ struct PathBench {
         try waitUntil("the gateways reach each other over the relay's WebSocket", timeout: 60) {
             try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded
         }
+        try profileWholeMachine(s, "websocket")
         return try measure(client: s.hostA, server: s.hostB, address: "240.2.2.20", udp: false)
+    }
+
+    /// With RELAY_BENCH_PERF=/path (development): a whole-machine profile (perf record -a -g, 4 s;
+    /// every relayd, iperf3, the kernel) during a TCP run from host A to host B, written to
+    /// /path-`label`.data, and the connection's MSS and path MTU.
+    static func profileWholeMachine(_ s: SiteToSite, _ label: String) throws {
+        guard let out = ProcessInfo.processInfo.environment["RELAY_BENCH_PERF"] else { return }
+        let p = Process(); p.executableURL = URL(fileURLWithPath: "/usr/bin/perf")
+        p.arguments = ["record", "-a", "-g", "-o", out + "-\(label).data", "--", "sleep", "4"]
+        let srv = try s.hostB.spawn(["iperf3", "-s", "-p", "5999"], label: "iperf3-perf")
+        defer { srv.stop() }
+        try waitUntil("iperf3 server") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":5999 ") }
+        try p.run()
+        let client = try s.hostA.spawn(["iperf3", "-c", "240.2.2.20", "-p", "5999", "-t", "5"], label: "iperf3-perf-client")
+        Thread.sleep(forTimeInterval: 2)
+        print(try s.hostA.run(["ss", "-tin", "dst", "240.2.2.20"], check: false).stdout)
+        print(try s.hostA.run(["ip", "route", "get", "240.2.2.20"], check: false).stdout)
+        Thread.sleep(forTimeInterval: 4)
+        client.stop()
+        p.waitUntilExit()
+        print("\(label): relayd pids: relays \(s.relayProcesses.map { String($0.pid) }), A \(s.relaydA.pid), B \(s.relaydB.pid)")
     }
 
     /// Relay: the real scenario.
