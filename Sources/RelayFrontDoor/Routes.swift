@@ -81,6 +81,14 @@ public final class WebSocketSender: @unchecked Sendable {
     /// Messages waiting for the event loop; one task drains them all and flushes once (a burst
     /// becomes one TLS write, not one per message).
     private let pending = NIOLockedValueBox<(messages: [[UInt8]], scheduled: Bool)>(([], false))
+    private let bundlesBox = NIOLockedValueBox(false)
+
+    /// Whether the client takes bundles (it sent one): then a burst goes in as few binary messages
+    /// as fit (`WebSocketBundle`), not one per message.
+    public var bundles: Bool {
+        get { bundlesBox.withLockedValue { $0 } }
+        set { bundlesBox.withLockedValue { $0 = newValue } }
+    }
 
     @discardableResult
     public func send(_ message: [UInt8]) -> Bool {
@@ -92,7 +100,7 @@ public final class WebSocketSender: @unchecked Sendable {
         }
         guard ok else { droppedBox.withLockedValue { $0 += 1 }; return false }
         guard schedule else { return true }
-        let channel = self.channel, pending = self.pending, droppedBox = self.droppedBox
+        let channel = self.channel, pending = self.pending, droppedBox = self.droppedBox, bundlesBox = self.bundlesBox
         channel.eventLoop.execute {
             let batch = pending.withLockedValue { p -> [[UInt8]] in
                 defer { p.messages.removeAll(keepingCapacity: true); p.scheduled = false }
@@ -100,6 +108,33 @@ public final class WebSocketSender: @unchecked Sendable {
             }
             guard channel.isActive else { return }
             var wrote = 0
+            if bundlesBox.withLockedValue({ $0 }) {
+                var bundle = channel.allocator.buffer(capacity: WebSocketBundle.maxBytes)
+                func emit() {
+                    guard bundle.readableBytes > 0 else { return }
+                    channel.write(WebSocketFrame(fin: true, opcode: .binary, data: bundle), promise: nil)
+                    bundle = channel.allocator.buffer(capacity: WebSocketBundle.maxBytes)
+                }
+                for m in batch {
+                    guard channel.isWritable else { droppedBox.withLockedValue { $0 += batch.count - wrote }; break }
+                    if bundle.readableBytes + WebSocketBundle.cost(m.count) > WebSocketBundle.maxBytes { emit() }
+                    if WebSocketBundle.cost(m.count) + 1 > WebSocketBundle.maxBytes {
+                        // Too big for a bundle: a message of its own.
+                        var buf = channel.allocator.buffer(capacity: m.count)
+                        buf.writeBytes(m)
+                        channel.write(WebSocketFrame(fin: true, opcode: .binary, data: buf), promise: nil)
+                        wrote += 1
+                        continue
+                    }
+                    if bundle.readableBytes == 0 { bundle.writeInteger(WebSocketBundle.type) }
+                    bundle.writeInteger(UInt16(m.count), endianness: .little)
+                    bundle.writeBytes(m)
+                    wrote += 1
+                }
+                emit()
+                channel.flush()
+                return
+            }
             for m in batch {
                 guard channel.isWritable else { droppedBox.withLockedValue { $0 += batch.count - wrote }; break }
                 var buf = channel.allocator.buffer(capacity: m.count)

@@ -12,6 +12,7 @@ final class WebSocketBridge: ChannelInboundHandler, RemovableChannelHandler {
     let remote: String
     let counters: FrontDoorStats
     private var session: (any WebSocketSession)?
+    private var sender: WebSocketSender?
     private var closing = false
 
     init(endpoint: any WebSocketEndpoint, remote: String, counters: FrontDoorStats) {
@@ -30,8 +31,10 @@ final class WebSocketBridge: ChannelInboundHandler, RemovableChannelHandler {
 
     private func start(_ context: ChannelHandlerContext) {
         guard session == nil else { return }
-        if let s = endpoint.open(remote: remote, sender: WebSocketSender(channel: context.channel)) {
+        let out = WebSocketSender(channel: context.channel)
+        if let s = endpoint.open(remote: remote, sender: out) {
             session = s
+            sender = out
             counters.bump(\.webSocketsOpened)
         } else {
             counters.bump(\.webSocketsRefused)
@@ -48,7 +51,11 @@ final class WebSocketBridge: ChannelInboundHandler, RemovableChannelHandler {
             guard let s = session else { return }
             var data = WebSocketMasking.unmasked(frame)
             counters.bump(\.webSocketMessagesIn)
-            s.received(data.readBytes(length: data.readableBytes) ?? [])
+            guard WebSocketBundle.isBundle(data) else { s.received(data.readBytes(length: data.readableBytes) ?? []); return }
+            // Several messages: the client takes bundles back from now on.
+            sender?.bundles = true
+            let whole = WebSocketBundle.forEach(data) { m in s.received(Array(m.readableBytesView)) }
+            if !whole { counters.bump(\.webSocketProtocolErrors); close(context, .dataInconsistentWithMessage) }
         case .ping:
             var data = frame.unmaskedData
             let pong = WebSocketFrame(fin: true, opcode: .pong, data: data.readSlice(length: data.readableBytes) ?? context.channel.allocator.buffer(capacity: 0))

@@ -82,3 +82,40 @@ final class RawFrameWriter: ChannelOutboundHandler, RemovableChannelHandler {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 }
+
+/// Several messages in one WebSocket binary message (docs/relay-protocol.md, "WebSocket"): the type
+/// byte 0xD6, then for each message its length (u16 little-endian, at least 1) and its bytes. A
+/// node's bridge sends what one read of its tunnel brought as bundles; the relay answers a client
+/// with bundles once that client has sent one. One message per WebSocket message cost swift-nio
+/// and TLS their per-message work for every 1.4 KB datagram.
+public enum WebSocketBundle {
+    public static let type: UInt8 = 0xD6
+    /// What a bundle holds at most: one TLS record (16 KiB) with the frame's header.
+    public static let maxBytes = 16 * 1024 - 16
+
+    /// True when `message` is a bundle (a relay message's first byte is 0xD1-0xD5).
+    @inline(__always) static func isBundle(_ message: ByteBuffer) -> Bool {
+        message.readableBytes > 0 && message.getInteger(at: message.readerIndex, as: UInt8.self) == type
+    }
+
+    /// Each message of a bundle, in order; false (after the well-formed ones) when it is malformed.
+    static func forEach(_ bundle: ByteBuffer, _ body: (ByteBuffer) -> Void) -> Bool {
+        var b = bundle
+        guard b.readInteger(as: UInt8.self) == type, b.readableBytes > 0 else { return false }
+        while b.readableBytes > 0 {
+            guard let n = b.readInteger(endianness: .little, as: UInt16.self), n > 0, let m = b.readSlice(length: Int(n)) else { return false }
+            body(m)
+        }
+        return true
+    }
+
+    /// Appends one message to `bundle` (started with `start` when empty).
+    @inline(__always) static func append(_ message: ByteBuffer, to bundle: inout ByteBuffer) {
+        if bundle.readableBytes == 0 { bundle.writeInteger(type) }
+        bundle.writeInteger(UInt16(message.readableBytes), endianness: .little)
+        bundle.writeImmutableBuffer(message)
+    }
+
+    /// The bytes a message adds to a bundle.
+    @inline(__always) static func cost(_ count: Int) -> Int { count + 2 }
+}

@@ -169,18 +169,33 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
 
     func fromTunnel(_ datagram: AddressedEnvelope<ByteBuffer>) {
         guard datagram.remoteAddress.port == Int(tunnelPort), let ws = state.withLockedValue({ $0.ws }), ws.isWritable else { return }
-        // Framed and masked here, a word at a time, into a copy (a vector read's datagrams share
-        // one buffer), and written from just above TLS: swift-nio's encoder masks byte by byte.
+        // What one read of the tunnel's socket brought goes out as bundles (a 1.4 KB datagram per
+        // WebSocket message cost swift-nio and TLS their per-message work each time).
+        if outBundle.readableBytes + WebSocketBundle.cost(datagram.data.readableBytes) > WebSocketBundle.maxBytes { sendBundle(ws) }
+        WebSocketBundle.append(datagram.data, to: &outBundle)
+    }
+
+    /// The bundle so far, framed and masked here (a word at a time; swift-nio's encoder masks byte
+    /// by byte) and written from just above TLS.
+    private func sendBundle(_ ws: Channel) {
+        guard outBundle.readableBytes > 0 else { return }
         if rawWriter == nil { rawWriter = try? ws.pipeline.syncOperations.context(name: RawFrameWriter.name) }
-        guard let raw = rawWriter else { return }
-        raw.write(NIOAny(MaskedBinaryFrame.encode(datagram.data, key: maskingKeys.take(), allocator: ws.allocator)), promise: nil)
+        if let raw = rawWriter {
+            raw.write(NIOAny(MaskedBinaryFrame.encode(outBundle, key: maskingKeys.take(), allocator: ws.allocator)), promise: nil)
+        }
+        outBundle.clear()
     }
 
     // On the bridge's event loop only (fromTunnel).
     private var rawWriter: ChannelHandlerContext?
     private var maskingKeys = MaskingKeys()
+    private var outBundle = ByteBuffer()
 
-    func fromTunnelDone() { state.withLockedValue { $0.ws }?.flush() }
+    func fromTunnelDone() {
+        guard let ws = state.withLockedValue({ $0.ws }) else { return }
+        sendBundle(ws)
+        ws.flush()
+    }
 }
 
 /// Sends the upgrade request once the connection is up (the upgrade handler adds its headers).
@@ -225,7 +240,12 @@ final class BridgeWebSocketHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         switch frame.opcode {
-        case .binary: bridge.fromRelay(frame.data)  // frames from a server are not masked
+        case .binary:  // frames from a server are not masked
+            if WebSocketBundle.isBundle(frame.data) {
+                if !WebSocketBundle.forEach(frame.data, { bridge.fromRelay($0) }) { context.close(promise: nil) }
+            } else {
+                bridge.fromRelay(frame.data)
+            }
         case .ping:
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)), promise: nil)
         case .connectionClose: context.close(promise: nil)
