@@ -96,7 +96,7 @@ struct FrontDoorTests {
         #expect(c.tls && c.certificateSubject == "CN=relay.test" && c.counters.requestsHTTP2 >= 2 && c.counters.requestsHTTP1 >= 2 && c.counters.notFound >= 2, "\(c)")
     }
 
-    @Test("the relay over WebSocket: nodes on UDP, on a WebSocket (Python websockets) and on an RFC 8441 WebSocket over HTTP/2 (Python h2) reach each other through one relay")
+    @Test("the relay over WebSocket: nodes on UDP, on a WebSocket (Python websockets) and on an RFC 8441 WebSocket over HTTP/2 (Python h2) reach each other through one relay, claim callsigns over both WebSockets, send bundles and get bundles back; a malformed bundle ends its connection with 1007")
     func webSocketTransport() throws {
         let s = try Setup()
         let st = try s.d.json(StatusResponse.self, "status")
@@ -112,9 +112,18 @@ struct FrontDoorTests {
                 #expect(x?["count"] as? Int == 5 && x?["all_deliver"] as? Bool == true && x?["from"] as? Bool == true && x?["in_order"] as? Bool == true, "\(src) to \(dst): \(String(describing: x))")
             }
         }
+        // Callsigns claimed over both WebSockets; bundles both ways; a malformed bundle ends its connection.
+        for (t, call) in [("ws", "WS-NODE1"), ("h2", "H2-NODE1")] {
+            let c = out["claim_\(t)"] as? [Any]
+            #expect(c?.count == 3 && c?[0] as? Int == 10 && c?[1] as? Int == 0 && c?[2] as? String == call, "\(t): \(String(describing: c))")
+        }
+        let b = try #require(out["bundle"] as? [String: Any])
+        #expect(b["delivered"] as? [String] == ["bundled 0", "bundled 1", "bundled 2"] && b["answers"] as? [String] == ["back 0", "back 1", "back 2"], "\(b)")
+        #expect(b["bundles_before"] as? Int == 0 && (b["bundles_after"] as? Int ?? 0) >= 1, "the relay answers in bundles only after the client sent one: \(b)")
+        #expect(out["malformed_bundle"] as? Int == 1007, "\(String(describing: out["malformed_bundle"]))")
         let status = try s.d.json(RelayStatusResponse.self, "relay", "status")
-        #expect(status.relay.counters.forwarded == 30 && status.relay.counters.registrations == 3, "\(status.relay.counters)")
-        #expect((status.frontDoor?.counters.webSocketsOpened ?? 0) == 2, "\(String(describing: status.frontDoor))")
+        #expect(status.relay.counters.forwarded == 36 && status.relay.counters.registrations == 4, "\(status.relay.counters)")
+        #expect((status.frontDoor?.counters.webSocketsOpened ?? 0) == 3 && (status.frontDoor?.counters.webSocketProtocolErrors ?? 0) >= 1, "\(String(describing: status.frontDoor))")
         // The WebSocket nodes' registrations ended with their connections.
         try waitUntil("WebSocket nodes gone", timeout: 5) { try s.d.json(RelayStatusResponse.self, "relay", "status").relay.nodes <= 1 }
     }

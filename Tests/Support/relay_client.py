@@ -64,16 +64,38 @@ class WebSocket:
         sock = socket.create_connection((host, tls_port))
         self.ws = connect("wss://%s:%d/relay" % (server_name, tls_port), sock=sock, ssl=tls_context("http/1.1"), server_hostname=server_name).__enter__()
 
+        self.queue, self.bundles = [], 0
+
     def send(self, data):
         self.ws.send(data)
 
     def recv(self):
-        try:
-            m = self.ws.recv(timeout=2)
-        except TimeoutError:
-            raise socket.timeout()
-        assert isinstance(m, bytes), "a text message from the relay"
-        return m
+        if not self.queue:
+            try:
+                m = self.ws.recv(timeout=2)
+            except TimeoutError:
+                raise socket.timeout()
+            assert isinstance(m, bytes), "a text message from the relay"
+            self.queue = split_bundle(m)
+            self.bundles += m[0] == 0xD6
+        return self.queue.pop(0)
+
+
+def split_bundle(m):
+    """A bundle (0xD6, then u16-length-prefixed relay messages) or one relay message."""
+    if m[0] != 0xD6:
+        return [m]
+    out, i = [], 1
+    while i < len(m):
+        n = struct.unpack_from("<H", m, i)[0]
+        assert n > 0 and i + 2 + n <= len(m), "malformed bundle from the relay"
+        out.append(m[i + 2:i + 2 + n]); i += 2 + n
+    assert out, "empty bundle from the relay"
+    return out
+
+
+def bundle(frames):
+    return b"\xD6" + b"".join(struct.pack("<H", len(f)) + f for f in frames)
 
 
 class H2WebSocket:
@@ -244,6 +266,30 @@ def across_transports():
                 got.append((kind, struct.unpack("<I", body[:4])[0], body[4:].decode()))
             out["%s_to_%s" % (src, dst)] = {"count": len(got), "all_deliver": all(k == 2 for k, _, _ in got), "from": all(s == a.id for _, s, _ in got),
                                              "in_order": [d for _, _, d in got] == ["%s to %s %d" % (src, dst, i) for i in range(5)]}
+    # Callsigns claimed over each WebSocket (frame kind 9, answered by kind 10).
+    for name, call in (("ws", "WS-NODE1"), ("h2", "H2-NODE1")):
+        nodes[name].send(9, b"\x00" + call.encode())
+        kind, body = nodes[name].recv()
+        out["claim_" + name] = [kind, body[0], body[1:].decode()]
+    # A bundle: three frames in one WebSocket message; from then on the relay answers in bundles.
+    ws, udp = nodes["ws"], nodes["udp"]
+    ws.t.send(bundle([ws.frame(1, struct.pack("<I", udp.id) + b"bundled %d" % i) for i in range(3)]))
+    got = [udp.recv()[1][4:].decode() for _ in range(3)]
+    before = ws.t.bundles
+    for i in range(3):
+        udp.send(1, struct.pack("<I", ws.id) + b"back %d" % i)
+    back = [ws.recv()[1][4:].decode() for _ in range(3)]
+    out["bundle"] = {"delivered": got, "answers": back, "bundles_before": before, "bundles_after": ws.t.bundles}
+    # A malformed bundle (a length past the end) ends the connection with 1007.
+    bad = Node(token, WebSocket())
+    bad.register(); bad.send(3, b""); bad.recv()
+    bad.t.send(b"\xD6\x40\x00\xD4")
+    try:
+        bad.t.ws.recv(timeout=2)
+        out["malformed_bundle"] = "still open"
+    except Exception as e:
+        code = getattr(getattr(e, "rcvd", None), "code", None)
+        out["malformed_bundle"] = code
     # A leave over a WebSocket, then closing it: the relay drops the registration at once.
     nodes["ws"].send(8, b"")
     print(json.dumps(out))
