@@ -1,3 +1,4 @@
+import Foundation
 import RelayCore
 import TOMLKit
 
@@ -199,8 +200,19 @@ public enum ConfigFile {
             guard let a = string(r, "address", path) else { err("\(path).address", "missing: the relay's ADDRESS:PORT"); continue }
             guard let ep = Endpoint(a) else { err("\(path).address", "'\(a)' is not ADDRESS:PORT (e.g. 198.51.100.9:51821)"); continue }
             guard let key = string(r, "public_key", path) else { err("\(path).public_key", "missing: the relay's public key (`relayctl identity` on the relay prints it)"); continue }
-            cfg.relays.append(RelayServerConfig(address: ep, publicKey: key, token: string(r, "token", path), webSocket: string(r, "websocket", path),
-                                                caFile: string(r, "ca_file", path), spkiSHA256: string(r, "spki_sha256", path)))
+            let ws = string(r, "websocket", path), caFile = string(r, "ca_file", path), pin = string(r, "spki_sha256", path)
+            if let ws {
+                let u = URLComponents(string: ws)
+                if u?.scheme != "wss" && u?.scheme != "ws" || (u?.host ?? "").isEmpty {
+                    err("\(path).websocket", "'\(ws)' is not a WebSocket URL: wss://HOST[:PORT]/relay (the relay's front door), or ws://HOST:PORT/relay for a LAN relay with front_door.tls = false")
+                } else if u?.scheme == "ws" {
+                    if caFile != nil || pin != nil { err("\(path).websocket", "ca_file and spki_sha256 check a certificate: they need a wss:// URL, not ws://") }
+                    issues.append(ConfigIssue(.warning, "\(path).websocket", "ws:// is not encrypted: who talks to the relay is visible on the path (frames stay authenticated and tunnel datagrams sealed end to end); use it only on a LAN"))
+                }
+            } else if caFile != nil || pin != nil {
+                err("\(path)", "ca_file and spki_sha256 check the relay's front door: set websocket = \"wss://HOST/relay\" too")
+            }
+            cfg.relays.append(RelayServerConfig(address: ep, publicKey: key, token: string(r, "token", path), webSocket: ws, caFile: caFile, spkiSHA256: pin))
         }
         if let v = root["site"] {
             if let t = v.table { cfg.site = site(t, "site", own: true) } else { err("site", "must be a table: [site] (one own site)") }

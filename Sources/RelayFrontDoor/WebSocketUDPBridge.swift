@@ -25,16 +25,22 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
         /// PEM CA bundle (nil: the system's), and/or the leaf's SPKI SHA-256 (base64) to pin.
         public var caFile: String?
         public var spkiSHA256: String?
-        public init(host: String, port: Int, path: String, caFile: String?, spkiSHA256: String?) {
-            self.host = host; self.port = port; self.path = path; self.caFile = caFile; self.spkiSHA256 = spkiSHA256
+        /// False for `ws://` (a LAN relay with `front_door.tls = false`).
+        public var tls: Bool
+        public init(host: String, port: Int, path: String, caFile: String?, spkiSHA256: String?, tls: Bool = true) {
+            self.host = host; self.port = port; self.path = path; self.caFile = caFile; self.spkiSHA256 = spkiSHA256; self.tls = tls
         }
 
-        /// `wss://HOST[:PORT]/PATH`.
+        /// `wss://HOST[:PORT]/PATH`, or `ws://` (no TLS).
         public init?(url: String, caFile: String?, spkiSHA256: String?) {
-            guard let u = URLComponents(string: url), u.scheme == "wss", let host = u.host, !host.isEmpty else { return nil }
-            self.init(host: host.trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port: u.port ?? 443, path: u.path.isEmpty ? "/relay" : u.path,
-                      caFile: caFile, spkiSHA256: spkiSHA256)
+            guard let u = URLComponents(string: url), let scheme = u.scheme, scheme == "wss" || scheme == "ws", let host = u.host, !host.isEmpty else { return nil }
+            let tls = scheme == "wss"
+            self.init(host: host.trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port: u.port ?? (tls ? 443 : 80), path: u.path.isEmpty ? "/relay" : u.path,
+                      caFile: caFile, spkiSHA256: spkiSHA256, tls: tls)
         }
+
+        /// What the URL was (for log lines).
+        public var url: String { "\(tls ? "wss" : "ws")://\(host.contains(":") ? "[\(host)]" : host):\(port)\(path)" }
     }
 
     public let target: Target
@@ -53,8 +59,8 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
     /// Connects (asynchronously): `onReady` with the local endpoint that stands for the relay, or
     /// `onClosed` with the reason.
     public func start() {
-        let tlsContext: NIOSSLContext
-        do {
+        var tlsContext: NIOSSLContext?
+        if target.tls { do {
             var conf = TLSConfiguration.makeClientConfiguration()
             conf.minimumTLSVersion = .tlsv13
             conf.applicationProtocols = ["http/1.1"]
@@ -65,7 +71,7 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
         } catch {
             finish("TLS settings for \(target.host): \(error)")
             return
-        }
+        } }
         let target = self.target, pin = target.spkiSHA256
         let upgraded = group.next().makePromise(of: Channel.self)
         let bootstrap = ClientBootstrap(group: group)
@@ -74,16 +80,18 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
             .channelOption(.writeBufferWaterMark, value: .init(low: 1 << 20, high: 4 << 20))
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let sslHandler: NIOSSLClientHandler
-                    let serverName = IPAddress(target.host) == nil ? target.host : nil
-                    if let pin {
-                        sslHandler = try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName) { chain, promise in
-                            promise.succeed(WebSocketUDPBridge.spki(chain.first) == pin ? .certificateVerified : .failed)
+                    if let tlsContext {
+                        let sslHandler: NIOSSLClientHandler
+                        let serverName = IPAddress(target.host) == nil ? target.host : nil
+                        if let pin {
+                            sslHandler = try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName) { chain, promise in
+                                promise.succeed(WebSocketUDPBridge.spki(chain.first) == pin ? .certificateVerified : .failed)
+                            }
+                        } else {
+                            sslHandler = try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName)
                         }
-                    } else {
-                        sslHandler = try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName)
+                        try channel.pipeline.syncOperations.addHandler(sslHandler)
                     }
-                    try channel.pipeline.syncOperations.addHandler(sslHandler)
                     try channel.pipeline.syncOperations.addHandler(RawFrameWriter(), name: RawFrameWriter.name)
                     let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: 1 << 16) { ch, _ in
                         // The requester goes: what follows the upgrade is WebSocket frames.
@@ -122,10 +130,10 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
                 if stop { ws.close(promise: nil); udp.close(promise: nil); return }
                 ws.closeFuture.whenComplete { [self] _ in finish("the WebSocket to \(target.host):\(target.port) closed") }
                 let port = UInt16(udp.localAddress?.port ?? 0)
-                logger.info("relay \(target.host):\(target.port): WebSocket transport up (wss://\(target.host):\(target.port)\(target.path)); local stand-in 127.0.0.1:\(port)")
+                logger.info("relay \(target.host):\(target.port): WebSocket transport up (\(target.url)); local stand-in 127.0.0.1:\(port)")
                 onReady(Endpoint(.v4(IPv4Address(127, 0, 0, 1)), port: port))
             case .failure(let e):
-                finish("cannot open wss://\(target.host):\(target.port)\(target.path): \(e)")
+                finish("cannot open \(target.url): \(e)")
             }
         }
     }

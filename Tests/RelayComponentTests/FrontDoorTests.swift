@@ -343,4 +343,18 @@ struct FrontDoorTests {
         #expect(bad.log.contains("CERTIFICATE_VERIFY_FAILED") || bad.log.contains("handshakeFailed"), "\(bad.log.suffix(800))")
         #expect(try bad.json([RelayLinkView].self, "relay", "links").first?.state != "registered")
     }
+
+    @Test("a LAN relay without TLS (front_door.tls = false): a node registers over plain ws://, and both sides warn")
+    func plainWebSocket() throws {
+        let s = try Setup(extra: "tls = false")
+        #expect(s.d.log.contains("without TLS"), "\(s.d.log.suffix(600))")
+        let key = try s.d.json(StatusResponse.self, "status").publicKey
+        let node = try RelaydProcess(config: "[node]\nname = \"n\"\nlisten_port = 0\n[reflector]\nenabled = false\n[[relays]]\naddress = \"127.0.0.1:9\"\npublic_key = \"\(key)\"\ntoken = \"\(Self.token)\"\nwebsocket = \"ws://127.0.0.1:\(s.port)/relay\"\n")
+        try waitUntil("registered over ws://", timeout: 30) {
+            let l = try node.json([RelayLinkView].self, "relay", "links").first
+            return l?.transport == "websocket" && l?.state == "registered"
+        }
+        #expect(node.log.contains("ws:// is not encrypted") && node.log.contains("ws://127.0.0.1:\(s.port)/relay"), "\(node.log.suffix(800))")
+        #expect(try s.d.json(RelayStatusResponse.self, "relay", "status").nodes.first?.address.hasPrefix("websocket from 127.0.0.1:") == true)
+    }
 }

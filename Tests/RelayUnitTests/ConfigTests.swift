@@ -215,4 +215,17 @@ struct RelayConfigTests {
         #expect(issues("[[relays]]\naddress = \"nowhere\"\npublic_key = \"\(keyA)\"\n").contains { $0.hasPrefix("relays[0].address:") })
         #expect(issues("[relay]\nenabeld = true\n").contains { $0.contains("did you mean 'enabled'") })
     }
+
+    @Test("[[relays]] websocket: wss:// or ws:// (a warning), anything else named; ca_file and spki_sha256 need wss://")
+    func webSocketURLs() throws {
+        let base = "[[relays]]\naddress = \"198.51.100.9:51821\"\npublic_key = \"\(keyA)\"\n"
+        let (c, w) = try ConfigFile.parse(base + "websocket = \"wss://relay.example/relay\"\nspki_sha256 = \"\(String(repeating: "A", count: 43))=\"\n")
+        #expect(c.relays.first?.webSocket == "wss://relay.example/relay" && w.isEmpty)
+        let (_, plain) = try ConfigFile.parse(base + "websocket = \"ws://192.168.1.9:8080/relay\"\n")
+        #expect(plain.contains { $0.severity == .warning && $0.key == "relays[0].websocket" && $0.message.contains("not encrypted") }, "\(plain)")
+        #expect(issues(base + "websocket = \"https://relay.example/relay\"\n").contains { $0.hasPrefix("relays[0].websocket:") && $0.contains("wss://HOST") })
+        #expect(issues(base + "websocket = \"relay.example\"\n").contains { $0.hasPrefix("relays[0].websocket:") })
+        #expect(issues(base + "websocket = \"ws://192.168.1.9/relay\"\nca_file = \"/etc/ca.pem\"\n").contains { $0.contains("need a wss:// URL") })
+        #expect(issues(base + "ca_file = \"/etc/ca.pem\"\n").contains { $0.hasPrefix("relays[0]:") && $0.contains("websocket") })
+    }
 }
