@@ -185,6 +185,7 @@ struct PathBench {
         Thread.sleep(forTimeInterval: 4)
         client.stop()
         p.waitUntilExit()
+        print(client.log().split(separator: "\n").filter { $0.contains("sender") || $0.contains("receiver") }.joined(separator: "\n"))
         print("\(label): relayd pids: relays \(s.relayProcesses.map { String($0.pid) }), A \(s.relaydA.pid), B \(s.relaydB.pid)")
     }
 
@@ -194,6 +195,7 @@ struct PathBench {
         let s = try SiteToSite(lab, extraHostNumbers: [])
         try s.start(extraConfig: "[sessions]\nmax = 200000\nudp_timeout = 600\n", nodeExtra: busyPoll > 0 ? "busy_poll = \(busyPoll)" : "")
         _ = try s.hostA.run(["ping", "-c2", "-W2", "240.2.2.20"], check: false)
+        try profileWholeMachine(s, "direct")
         if let out = ProcessInfo.processInfo.environment["RELAY_BENCH_PERF"] {
             // Profile both relayds during a TCP run (perf record -g), for development.
             let pa = Process(); pa.executableURL = URL(fileURLWithPath: "/usr/bin/perf")

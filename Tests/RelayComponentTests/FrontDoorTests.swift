@@ -228,6 +228,90 @@ struct FrontDoorTests {
         #expect(try s.curl(["--http2"], "/").status == "2 200")
     }
 
+    @Test("idle and stream bounds: a WebSocket that sends nothing is closed after idle_seconds, one that pings stays; HTTP/2 advertises max_streams and refuses a stream over it; the relay keeps serving")
+    func idleAndStreamBounds() throws {
+        let s = try Setup(extra: "idle_seconds = 5\nmax_streams = 3")
+        // Two WebSockets: one silent (closed after 5 s without a byte), one pinging every second.
+        let idle = """
+            import socket, ssl, sys, threading, time
+            from websockets.sync.client import connect
+            from websockets.exceptions import ConnectionClosed
+            ctx = ssl.create_default_context(cafile=sys.argv[2]); ctx.set_alpn_protocols(["http/1.1"])
+            def open_ws():
+                return connect("wss://relay.test:%s/relay" % sys.argv[1], sock=socket.create_connection(("127.0.0.1", int(sys.argv[1]))), ssl=ctx,
+                               server_hostname="relay.test", ping_interval=None).__enter__()
+            silent, busy = open_ws(), open_ws()
+            t0 = time.time()
+            result = {}
+            def watch():
+                try:
+                    silent.recv(timeout=15); result["silent"] = "message"
+                except ConnectionClosed:
+                    result["silent"] = "closed after %.1f" % (time.time() - t0)
+                except TimeoutError:
+                    result["silent"] = "open"
+            th = threading.Thread(target=watch); th.start()
+            alive = True
+            for _ in range(9):
+                time.sleep(1)
+                try:
+                    busy.ping().wait(2)
+                except Exception:
+                    alive = False; break
+            th.join()
+            print(result["silent"], "| busy", "open" if alive else "closed")
+            """
+        let r = try Command.run(["python3", "-c", idle, String(s.port), s.cert.certificate], timeout: 40, check: false)
+        let parts = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines).components(separatedBy: " | ")
+        let after = parts.first.flatMap { $0.hasPrefix("closed after ") ? Double($0.dropFirst("closed after ".count)) : nil }
+        #expect(after != nil && after! >= 4 && after! <= 9, "the silent WebSocket: \(r.stdout) \(r.stderr.suffix(600))")
+        #expect(parts.last == "busy open", "the pinging WebSocket: \(r.stdout)")
+        #expect((try s.d.json(StatusResponse.self, "status").frontDoor?.counters.idleTimeouts ?? 0) >= 1)
+        // HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS = 3; three WebSocket streams open, a fourth is refused.
+        let streams = """
+            import socket, ssl, sys, time, h2.connection, h2.config, h2.events, h2.settings
+            ctx = ssl.create_default_context(cafile=sys.argv[2]); ctx.set_alpn_protocols(["h2"])
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="relay.test")
+            c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+            c.initiate_connection(); s.sendall(c.data_to_send())
+            s.settimeout(0.5)
+            advertised, statuses, resets, goaway = None, {}, {}, None
+            def pump(seconds):
+                global advertised, goaway
+                end = time.time() + seconds
+                while time.time() < end:
+                    try:
+                        data = s.recv(65536)
+                    except socket.timeout:
+                        continue
+                    if not data: break
+                    for e in c.receive_data(data):
+                        if isinstance(e, h2.events.RemoteSettingsChanged) and h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS in e.changed_settings:
+                            advertised = e.changed_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS].new_value
+                        elif isinstance(e, h2.events.ResponseReceived):
+                            statuses[e.stream_id] = dict(e.headers).get(b":status", b"").decode()
+                        elif isinstance(e, h2.events.StreamReset):
+                            resets[e.stream_id] = int(e.error_code)
+                        elif isinstance(e, h2.events.ConnectionTerminated):
+                            goaway = int(e.error_code)
+                    s.sendall(c.data_to_send())
+            pump(1)
+            # h2 itself would hold back a stream over the server's limit: lift the client-side check.
+            c.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 100; c.remote_settings.acknowledge()
+            for i in range(4):
+                sid = c.get_next_available_stream_id()
+                c.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":path", "/relay"),
+                                     (":authority", "relay.test"), ("sec-websocket-version", "13")])
+            s.sendall(c.data_to_send())
+            pump(2)
+            print("advertised", advertised, "ok", sorted(k for k, v in statuses.items() if v == "200"), "reset", resets, "goaway", goaway)
+            """
+        let h = try Command.run(["python3", "-c", streams, String(s.port), s.cert.certificate], timeout: 30, check: false)
+        #expect(h.stdout.hasPrefix("advertised 3 ok [1, 3, 5]"), "\(h.stdout) \(h.stderr.suffix(800))")
+        #expect(h.stdout.contains("reset {7: 7}") || (h.stdout.contains("goaway") && !h.stdout.contains("goaway None")), "the fourth stream is refused: \(h.stdout)")
+        #expect(try s.curl(["--http2"], "/").status == "2 200")
+    }
+
     @Test("systemd socket activation (systemd-socket-activate): relayd serves the front door on the socket it is handed, and says so")
     func socketActivation() throws {
         let dir = NSTemporaryDirectory() + "frontdoor-sa-\(getpid())-\(UUID().uuidString.prefix(6))"
