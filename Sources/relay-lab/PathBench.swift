@@ -32,6 +32,23 @@ struct PathBench {
     /// round trip that meets a 1-3 ms stall moves the mean by 10-30 µs instead of 33-100.
     static let pings = 100
 
+    /// One iperf3 TCP run (Gbit/s received), its own server on `port`.
+    static func tcp(client: LabHost, server: LabHost, address: String, port: Int = 5401, seconds: Int = 3) throws -> Double? {
+        let srv = try server.spawn(["iperf3", "-s", "-p", String(port)], label: "iperf3-\(port)")
+        defer { srv.stop() }
+        try waitUntil("iperf3 server") { try server.run(["ss", "-lntH"]).stdout.contains(":\(port) ") }
+        let r = try client.run(["iperf3", "-c", address, "-p", String(port), "-t", String(seconds), "-J"], timeout: Double(seconds + 20), check: false)
+        guard let o = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], let end = o["end"] as? [String: Any],
+              let sum = end["sum_received"] as? [String: Any], let bps = sum["bits_per_second"] as? Double else { return nil }
+        return bps / 1e9
+    }
+
+    static func median(_ xs: [Double]) -> Double? {
+        guard !xs.isEmpty else { return nil }
+        let s = xs.sorted()
+        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+
     /// iperf3 TCP and UDP, ping RTT, TCP request/response from `client` to `server` reached as `address`.
     static func measure(client: LabHost, server: LabHost, address: String, port: Int = 5201, udp: Bool = true, seconds: Int = 3) throws -> Figures {
         var f = Figures()
