@@ -115,8 +115,12 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
                 .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
                 .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
                 // 64 datagrams per read, each with room for 2 KiB (the allocator is split among them).
-                .channelOption(.datagramVectorReadMessageCount, value: 64)
-                .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 64 * 2048))
+                // UDP GRO: the tunnel's GSO trains arrive whole (one buffer and its segment size);
+                // 8 per read, each with room for 64 KiB.
+                .channelOption(.datagramReceiveOffload, value: System.supportsUDPReceiveOffload)
+                .channelOption(.datagramReceiveSegmentSize, value: System.supportsUDPReceiveOffload)
+                .channelOption(.datagramVectorReadMessageCount, value: 8)
+                .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 8 * 65536))
                 .channelInitializer { udp in udp.eventLoop.makeCompletedFuture { try udp.pipeline.syncOperations.addHandler(BridgeUDPHandler(bridge: self)) } }
                 .bind(host: "127.0.0.1", port: 0).map { (ws, $0) }
         }.whenComplete { [self] result in
@@ -168,19 +172,56 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
     // and flushes once when the read is complete (one TLS write, one sendmmsg per burst).
     private lazy var tunnelAddress = try? SocketAddress(ipAddress: "127.0.0.1", port: Int(tunnelPort))
 
+    /// Messages from the relay go to the tunnel as UDP GSO trains: consecutive messages of one
+    /// size (the last of a train may be shorter) leave in one send, which the tunnel's socket takes
+    /// whole with UDP GRO (one datagram per send cost the bridge most of its time, in the kernel).
     func fromRelay(_ message: ByteBuffer) {
-        guard let udp = state.withLockedValue({ $0.udp }), let to = tunnelAddress else { return }
-        udp.write(AddressedEnvelope(remoteAddress: to, data: message), promise: nil)
+        let n = message.readableBytes
+        guard n > 0 else { return }
+        if trainCount > 0, !(trainOpen && n <= trainSize && trainCount < 64 && trainBytes.readableBytes + n <= 65000) { sendTrain() }
+        if trainCount == 0 { trainSize = n; trainOpen = true }
+        if n < trainSize { trainOpen = false }
+        trainBytes.writeImmutableBuffer(message)
+        trainCount += 1
     }
 
-    func fromRelayDone() { state.withLockedValue { $0.udp }?.flush() }
+    func fromRelayDone() {
+        sendTrain()
+        state.withLockedValue { $0.udp }?.flush()
+    }
+
+    private func sendTrain() {
+        defer { trainCount = 0; trainBytes = ByteBuffer() }
+        guard trainCount > 0, let udp = state.withLockedValue({ $0.udp }), let to = tunnelAddress else { return }
+        let segment = trainCount > 1 && gso ? trainSize : nil
+        if trainCount > 1 && !gso {
+            // No UDP GSO here: one datagram per message.
+            var all = trainBytes
+            while all.readableBytes > 0, let one = all.readSlice(length: min(trainSize, all.readableBytes)) {
+                udp.write(AddressedEnvelope(remoteAddress: to, data: one), promise: nil)
+            }
+            return
+        }
+        udp.write(AddressedEnvelope(remoteAddress: to, data: trainBytes, metadata: .init(ecnState: .transportNotCapable, packetInfo: nil, segmentSize: segment)), promise: nil)
+    }
+
+    // On the bridge's event loop only (fromRelay): the train being built.
+    private var trainCount = 0
+    private var trainSize = 0, trainOpen = false
+    private var trainBytes = ByteBuffer()
+    private let gso = System.supportsUDPSegmentationOffload
 
     func fromTunnel(_ datagram: AddressedEnvelope<ByteBuffer>) {
         guard datagram.remoteAddress.port == Int(tunnelPort), let ws = state.withLockedValue({ $0.ws }), ws.isWritable else { return }
         // What one read of the tunnel's socket brought goes out as bundles (a 1.4 KB datagram per
         // WebSocket message cost swift-nio and TLS their per-message work each time).
-        if outBundle.readableBytes + WebSocketBundle.cost(datagram.data.readableBytes) > WebSocketBundle.maxBytes { sendBundle(ws) }
-        WebSocketBundle.append(datagram.data, to: &outBundle)
+        // A GRO train is split back into its datagrams.
+        let step = datagram.metadata?.segmentSize ?? datagram.data.readableBytes
+        var all = datagram.data
+        while all.readableBytes > 0, let one = all.readSlice(length: min(max(step, 1), all.readableBytes)) {
+            if outBundle.readableBytes + WebSocketBundle.cost(one.readableBytes) > WebSocketBundle.maxBytes { sendBundle(ws) }
+            WebSocketBundle.append(one, to: &outBundle)
+        }
     }
 
     /// The bundle so far, framed and masked here (a word at a time; swift-nio's encoder masks byte
