@@ -23,7 +23,7 @@ public enum ConfigFile {
         "relays": ["address", "public_key", "token", "websocket", "ca_file", "spki_sha256"],
         "reflector": ["enabled", "port", "rate", "burst", "servers", "address", "other_address", "other_port", "rto_ms", "retransmissions", "interval"],
         "sessions": ["tcp_timeout", "udp_timeout", "icmp_timeout", "other_timeout", "max"],
-        "node": ["name", "listen_port", "device", "mtu", "offload", "busy_poll", "threads", "callsign", "callsign_listed"],
+        "node": ["name", "listen_port", "device", "mtu", "offload", "busy_poll", "adaptive_poll", "threads", "callsign", "callsign_listed"],
         "site": ["name", "lan4", "virtual4", "virtual6", "lan6", "virtual6_lan", "map"],
         "site.map": ["ipv4", "ipv6"],
         "peer": ["name", "public_key", "endpoint", "site"],
@@ -102,6 +102,7 @@ public enum ConfigFile {
                 if let m = int(n, "mtu", "node", 0...1_000_000) { cfg.node.mtu = m }
                 if let e = n["offload"] { if let b = e.bool { cfg.node.offload = b } else { err("node.offload", "must be true or false") } }
                 if let b = int(n, "busy_poll", "node", 0...1_000_000) { cfg.node.busyPoll = b }
+                if let e = n["adaptive_poll"] { if let b = e.bool { cfg.node.adaptivePoll = b } else { err("node.adaptive_poll", "must be true or false") } }
                 if let t = n["threads"] {
                     if t.string == "auto" { cfg.node.threads = 0 }
                     else if let i = t.int, i == 1 || i == 2 { cfg.node.threads = i }

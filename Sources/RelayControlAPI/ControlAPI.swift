@@ -69,11 +69,22 @@ public struct PacketPathStatus: Codable, Equatable, Sendable {
     public var cpus: Int
     public var offload: Bool
     public var busyPollMicroseconds: Int
+    /// node.adaptive_poll (used while busy_poll is 0).
+    public var adaptivePoll: Bool
     /// "avx512" (relayd's ChaCha20 with libcrypto's Poly1305) or "libcrypto".
     public var aead: String
-    public init(threads: Int, threadsSetting: String, cpus: Int, offload: Bool, busyPollMicroseconds: Int, aead: String) {
+    public init(threads: Int, threadsSetting: String, cpus: Int, offload: Bool, busyPollMicroseconds: Int, adaptivePoll: Bool = true, aead: String) {
         self.threads = threads; self.threadsSetting = threadsSetting; self.cpus = cpus; self.offload = offload
-        self.busyPollMicroseconds = busyPollMicroseconds; self.aead = aead
+        self.busyPollMicroseconds = busyPollMicroseconds; self.adaptivePoll = adaptivePoll; self.aead = aead
+    }
+    enum CodingKeys: String, CodingKey { case threads, threadsSetting, cpus, offload, busyPollMicroseconds, adaptivePoll, aead }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        threads = try c.decode(Int.self, forKey: .threads); threadsSetting = try c.decode(String.self, forKey: .threadsSetting)
+        cpus = try c.decode(Int.self, forKey: .cpus); offload = try c.decode(Bool.self, forKey: .offload)
+        busyPollMicroseconds = try c.decode(Int.self, forKey: .busyPollMicroseconds)
+        adaptivePoll = try c.decodeIfPresent(Bool.self, forKey: .adaptivePoll) ?? false
+        aead = try c.decode(String.self, forKey: .aead)
     }
 }
 

@@ -97,6 +97,9 @@ public struct NodeConfig: Codable, Equatable, Sendable {
     /// Microseconds the packet loops keep polling after their last packet instead of sleeping
     /// (node.busy_poll; 0 = sleep at once). Lower latency for CPU time, like net.core.busy_poll.
     public var busyPoll: Int
+    /// With busy_poll unset: spin briefly after a packet while packets keep coming closer together
+    /// than 200 µs, sized from their gaps (node.adaptive_poll, on by default; AdaptivePoll in relayd).
+    public var adaptivePoll = true
     /// Packet threads (node.threads): 1 carries both directions, 2 gives the TUN and the UDP
     /// direction a thread each, 0 ("auto") is 1 on machines with two CPUs or fewer, else 2.
     /// busy_poll implies 1.
@@ -115,7 +118,7 @@ public struct NodeConfig: Codable, Equatable, Sendable {
         if busyPoll > 0 { return 1 }
         return threads == 0 ? (cpus <= 2 ? 1 : 2) : threads
     }
-    enum CodingKeys: String, CodingKey { case name, listenPort, device, mtu, offload, busyPoll, threads, callsign, callsignListed }
+    enum CodingKeys: String, CodingKey { case name, listenPort, device, mtu, offload, busyPoll, adaptivePoll, threads, callsign, callsignListed }
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         name = try c.decode(String.self, forKey: .name)
@@ -124,6 +127,7 @@ public struct NodeConfig: Codable, Equatable, Sendable {
         mtu = try c.decode(Int.self, forKey: .mtu)
         offload = try c.decodeIfPresent(Bool.self, forKey: .offload) ?? true
         busyPoll = try c.decodeIfPresent(Int.self, forKey: .busyPoll) ?? 0
+        adaptivePoll = try c.decodeIfPresent(Bool.self, forKey: .adaptivePoll) ?? true
         threads = try c.decodeIfPresent(Int.self, forKey: .threads) ?? 0
         callsign = try c.decodeIfPresent(String.self, forKey: .callsign)
         callsignListed = try c.decodeIfPresent(Bool.self, forKey: .callsignListed) ?? false

@@ -237,7 +237,7 @@ public final class Daemon: @unchecked Sendable {
     var packetPathStatus: PacketPathStatus {
         let n = config.node, cpus = ProcessInfo.processInfo.activeProcessorCount
         return PacketPathStatus(threads: n.packetThreads(cpus: cpus), threadsSetting: n.threads == 0 ? "auto" : String(n.threads), cpus: cpus,
-                                offload: n.offload, busyPollMicroseconds: n.busyPoll, aead: Noise.implementation)
+                                offload: n.offload, busyPollMicroseconds: n.busyPoll, adaptivePoll: n.adaptivePoll, aead: Noise.implementation)
     }
 
     public func sites() -> SitesResponse {

@@ -155,13 +155,15 @@ extension TunnelService {
     func tunLoop() {
         let pump = TunPump()
         defer { pump.deallocate() }
+        var pfd = [pollfd(fd: -1, events: Int16(POLLIN), revents: 0)]
+        var waiter = AdaptivePoll()
         while !isStopped {
             if singleThread { usleep(50_000); continue }
             let h = tunHandle
             guard h.fd >= 0 else { usleep(100_000); continue }
             pump.nonBlocking(h.fd)
-            var pfd = pollfd(fd: h.fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&pfd, 1, 200) > 0 else { continue }
+            pfd[0].fd = h.fd; pfd[0].revents = 0
+            guard waiter.wait(&pfd, count: 1, fixed: busyPollNanos, adaptive: adaptivePolling) else { continue }
             drainTun(pump, h)
         }
     }
@@ -278,25 +280,19 @@ extension TunnelService {
     func udpLoop() {
         let pump = UDPPump(gro: CRelayShim_udp_enable_gro(socketFD) == 0), tunPump = TunPump()
         defer { tunPump.deallocate() }
-        var lastWork: UInt64 = 0
         var pfds = [pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0), pollfd(fd: -1, events: Int16(POLLIN), revents: 0)]
+        var waiter = AdaptivePoll()
         while !isStopped {
-            let window = busyPollNanos
             guard singleThread else {
                 pfds[0].revents = 0
-                guard poll(&pfds, 1, 200) > 0 else { continue }
+                guard waiter.wait(&pfds, count: 1, fixed: busyPollNanos, adaptive: adaptivePolling) else { continue }
                 drainUDP(pump)
                 continue
             }
             let h = tunHandle
             if h.fd >= 0 { tunPump.nonBlocking(h.fd) }
             pfds[0].revents = 0; pfds[1].fd = h.fd; pfds[1].revents = 0
-            let spinning = window > 0 && monotonicNanoseconds() &- lastWork < window
-            guard poll(&pfds, h.fd >= 0 ? 2 : 1, spinning ? 0 : 200) > 0 else {
-                if spinning { sched_yield() }
-                continue
-            }
-            lastWork = monotonicNanoseconds()
+            guard waiter.wait(&pfds, count: h.fd >= 0 ? 2 : 1, fixed: busyPollNanos, adaptive: adaptivePolling) else { continue }
             if pfds[0].revents != 0 { drainUDP(pump) }
             if h.fd >= 0 && pfds[1].revents != 0 { drainTun(tunPump, h) }
         }

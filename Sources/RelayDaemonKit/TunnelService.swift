@@ -64,6 +64,8 @@ public final class TunnelService: @unchecked Sendable {
     let busyPollAtomic = Atomic<UInt64>(0)
     let singleThreadAtomic = Atomic<Bool>(false)
     var busyPollNanos: UInt64 { busyPollAtomic.load(ordering: .relaxed) }
+    let adaptivePollAtomic = Atomic<Bool>(true)
+    var adaptivePolling: Bool { adaptivePollAtomic.load(ordering: .relaxed) }
     var singleThread: Bool { singleThreadAtomic.load(ordering: .relaxed) }
     /// The UDP thread's view of the TUN device (taken once per receive batch) and its coalescer.
     var rxTun = TunHandle(fd: -1, vnetHeader: false)
@@ -120,6 +122,7 @@ public final class TunnelService: @unchecked Sendable {
     /// Applies a configuration: keeps sessions of unchanged peers, drops removed ones.
     public func configure(_ cfg: RelayConfiguration) {
         busyPollAtomic.store(UInt64(max(0, cfg.node.busyPoll)) * 1000, ordering: .relaxed)
+        adaptivePollAtomic.store(cfg.node.adaptivePoll, ordering: .relaxed)
         singleThreadAtomic.store(cfg.node.packetThreads(cpus: ProcessInfo.processInfo.activeProcessorCount) == 1, ordering: .relaxed)
         let list: [PeerTable.PeerConfig] = cfg.peers.compactMap { p in
             guard let key = Data(base64Encoded: p.publicKey).map(Array.init), key.count == 32 else { return nil }

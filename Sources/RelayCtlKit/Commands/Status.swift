@@ -26,7 +26,7 @@ struct Status: ParsableCommand {
                 lines.append("tunnel    UDP \(s.tunnelPort.map(String.init) ?? "-"); handshakes \(t.handshakesCompleted) completed / \(t.handshakesSent) sent")
                 if let p = s.packetPath {
                     let threads = "\(p.threads) packet thread\(p.threads == 1 ? "" : "s")" + (p.threadsSetting == "auto" ? " (auto, \(p.cpus) CPUs)" : "")
-                    lines.append("          \(threads), offloads \(p.offload ? "on" : "off"), busy_poll \(p.busyPollMicroseconds > 0 ? "\(p.busyPollMicroseconds) µs" : "off"), ChaCha20-Poly1305 \(p.aead)")
+                    lines.append("          \(threads), offloads \(p.offload ? "on" : "off"), busy_poll \(p.busyPollMicroseconds > 0 ? "\(p.busyPollMicroseconds) µs" : (p.adaptivePoll ? "adaptive" : "off")), ChaCha20-Poly1305 \(p.aead)")
                 }
                 lines.append("          dropped: \(t.malformed) malformed, \(t.authFailed) unauthenticated, \(t.unknownIndex) unknown index, \(t.unknownPeer) unknown peer, \(t.replayedInitiation) replayed handshakes, \(t.badMAC) handshakes not for us, \(t.handshakesDropped) handshakes over the queue or rate, \(t.cookiesSent) cookies sent under load, \(t.spoofedSource) spoofed sources, \(t.notExported) to addresses this site does not export, \(t.noRoute) without a route, \(t.queueOverflow) queue overflow")
             }
