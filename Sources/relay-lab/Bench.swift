@@ -89,8 +89,10 @@ struct Bench: ParsableCommand {
     func paths() throws {
         print("")
         print("Site to site, host A to host B (iperf3 3 s, ping x\(PathBench.pings), TCP 1-byte request/response 2 s):")
+        var cpu: (idle: [Double], atThousand: [Double], rate: Double?)?
         let relay = try Lab.with("bench-relay") { lab -> (PathBench.Figures, [(Int, Int, Double)], (mallocs: Int, datagrams: Int)?) in
             let (f, s) = try PathBench.relayPath(lab)
+            cpu = try PathBench.cpuCost(s)
             let allocs = try PathBench.allocations(s)
             return (f, try PathBench.memory(s, flows: memoryFlows), allocs)
         }
@@ -114,7 +116,12 @@ struct Bench: ParsableCommand {
         row("ping RTT ms (lower is better)", \.rttMs, "%.3f", stunnel: false)
         row("ping RTT ms, median", \.rttMedianMs, "%.3f", stunnel: false)
         row("TCP request/response per s", \.rrPerSec, "%.0f", stunnel: true)
-        print("Relay: default configuration; Relay bp: node.busy_poll = 30000 (µs) on both gateways")
+        print("Relay: default configuration (adaptive polling); Relay bp: node.busy_poll = 30000 (µs) on both gateways")
+        if let c = cpu {
+            func pct(_ xs: [Double]) -> String { xs.map { String(format: "%.1f%%", $0) }.joined(separator: " / ") }
+            print(pad("relayd CPU A / B, idle 10 s", 30) + pct(c.idle) + " of a core (goal < 1%)")
+            print(pad("relayd CPU A / B, 1,000 rr/s", 30) + pct(c.atThousand) + " of a core (goal <= 10%)" + (c.rate.map { String(format: "; %.0f request/responses per s reached", $0) } ?? ""))
+        }
         print("goals: TCP above the stunnel pair (Relay/stunnel > 1); RTT under 2x the kernel path's (the mean row; the median row is for context)")
         if let a = relay.2 {
             print(pad("relayd A heap allocations", 30) + String(format: "%d malloc calls while sealing %d datagrams (%.3f per 1000; perf uprobe)", a.mallocs, a.datagrams,

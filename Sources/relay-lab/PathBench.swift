@@ -12,6 +12,17 @@ struct PathBench {
 
     static let rrScript = """
     import socket, sys, time
+    if sys.argv[1] == 'paced':
+        # RATE request/responses per second for SECONDS (bounded), one connection.
+        c = socket.create_connection((sys.argv[2], int(sys.argv[3]))); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rate, seconds = min(float(sys.argv[4]), 10000), min(float(sys.argv[5]), 30)
+        n, t0 = 0, time.time()
+        while n < rate * seconds:
+            c.sendall(b'x'); c.recv(64); n += 1
+            wait = t0 + n / rate - time.time()
+            if wait > 0: time.sleep(wait)
+        print(n / (time.time() - t0))
+        sys.exit(0)
     if sys.argv[1] == 'server':
         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', int(sys.argv[2]))); s.listen(8)
         while True:
@@ -31,6 +42,39 @@ struct PathBench {
     /// Round trips per ping figure, 10 ms apart (well inside busy_poll's 30 ms): with 100, one
     /// round trip that meets a 1-3 ms stall moves the mean by 10-30 µs instead of 33-100.
     static let pings = 100
+
+    /// relayd's CPU (both gateways, per cent of one core each, from /proc/PID/stat) for 10 s with no
+    /// traffic, then during 1,000 request/responses per second for 5 s (one TCP connection).
+    static func cpuCost(_ s: SiteToSite, port: Int = 5501) throws -> (idle: [Double], atThousand: [Double], rate: Double?) {
+        func ticks(_ pid: pid_t) -> Double {
+            let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+            // Fields after the command's closing parenthesis: utime is the 12th, stime the 13th.
+            guard let close = stat.lastIndex(of: ")") else { return 0 }
+            let f = stat[stat.index(after: close)...].split(separator: " ")
+            return f.count > 12 ? (Double(f[11]) ?? 0) + (Double(f[12]) ?? 0) : 0
+        }
+        let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
+        let pids = [s.relaydA.pid, s.relaydB.pid]
+        func measure(during: () throws -> Void) rethrows -> [Double] {
+            let before = pids.map(ticks), t0 = Date()
+            try during()
+            let elapsed = Date().timeIntervalSince(t0)
+            return zip(pids.map(ticks), before).map { ($0 - $1) / hz / elapsed * 100 }
+        }
+        try server(s.hostB, port: port)
+        let idle = measure { Thread.sleep(forTimeInterval: 10) }
+        var rate: Double?
+        let busy = try measure {
+            rate = Double(try s.hostA.run(["python3", "-c", rrScript, "paced", "240.2.2.20", String(port), "1000", "5"], timeout: 30, check: false).stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        return (idle, busy, rate)
+    }
+
+    /// A request/response server on `port` of `host` (the lab ends it).
+    static func server(_ host: LabHost, port: Int) throws {
+        try host.spawn(["python3", "-c", rrScript, "server", String(port)], label: "rr-\(port)")
+        try waitUntil("rr server") { try host.run(["ss", "-lntH"]).stdout.contains(":\(port) ") }
+    }
 
     /// One iperf3 TCP run (Gbit/s received), its own server on `port`.
     static func tcp(client: LabHost, server: LabHost, address: String, port: Int = 5401, seconds: Int = 3) throws -> Double? {
@@ -210,7 +254,7 @@ struct PathBench {
     /// `busyPoll`: node.busy_poll (microseconds) on both relayds.
     static func relayPath(_ lab: Lab, busyPoll: Int = 0) throws -> (Figures, SiteToSite) {
         let s = try SiteToSite(lab, extraHostNumbers: [])
-        try s.start(extraConfig: "[sessions]\nmax = 200000\nudp_timeout = 600\n", nodeExtra: busyPoll > 0 ? "busy_poll = \(busyPoll)" : "")
+        try s.start(extraConfig: "[sessions]\nmax = 200000\nudp_timeout = 600\n", nodeExtra: busyPoll > 0 ? "busy_poll = \(busyPoll)" : (ProcessInfo.processInfo.environment["RELAY_BENCH_NODE"] ?? ""))
         _ = try s.hostA.run(["ping", "-c2", "-W2", "240.2.2.20"], check: false)
         try profileWholeMachine(s, "direct")
         if let out = ProcessInfo.processInfo.environment["RELAY_BENCH_PERF"] {
