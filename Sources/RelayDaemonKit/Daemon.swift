@@ -108,6 +108,7 @@ public final class Daemon: @unchecked Sendable {
             logger.error("relay store \(options.stateDirectory)/relay.sqlite cannot be opened (\(error)): callsigns and admission lists are unavailable; claims are answered 'unavailable'")
         }
         let r = RelayServer(identity: identity, config: cfg.relay, logger: logger, store: store)
+        r.adaptivePolling.store(cfg.node.adaptivePoll, ordering: .relaxed)
         try r.start(port: cfg.relay.port)
         relayServer = r
     }
@@ -201,6 +202,7 @@ public final class Daemon: @unchecked Sendable {
         tunnel.configure(loaded.0)
         flows.setLimits(loaded.0.sessions)
         relayServer?.configure(loaded.0.relay)
+        relayServer?.adaptivePolling.store(loaded.0.node.adaptivePoll, ordering: .relaxed)
         if let door = frontDoor {
             do { try door.reloadCertificate() } catch { logger.error("reload (\(trigger)): the front door keeps its certificate: \(error)") }
             var a = old.frontDoor, b = loaded.0.frontDoor

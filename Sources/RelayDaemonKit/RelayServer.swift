@@ -24,6 +24,8 @@ final class RelayServer: @unchecked Sendable {
     private var fd: Int32 = -1
     private(set) var port: UInt16 = 0
     private let stopped = Atomic<Bool>(false)
+    /// node.adaptive_poll: the relay's thread spins briefly between datagrams that come close together.
+    let adaptivePolling = Atomic<Bool>(true)
     private let running = DispatchGroup()
     /// The largest datagram taken (bigger ones are counted as oversized and dropped).
     static let maxDatagram = 9000
@@ -213,9 +215,11 @@ final class RelayServer: @unchecked Sendable {
         var out = Trains()
         var toStreams: [(UInt64, [UInt8])] = []
         var lastTick = clock()
+        var pfd = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+        var waiter = AdaptivePoll()
         while !stopped.load(ordering: .relaxed) {
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if poll(&pfd, 1, 250) > 0 {
+            pfd[0].revents = 0
+            if waiter.wait(&pfd, count: 1, fixed: 0, adaptive: adaptivePolling.load(ordering: .relaxed)) {
                 for _ in 0..<16 {
                     let n = from.withUnsafeMutableBytes { f in Int(CRelayShim_recv_batch_gro(fd, rx, slot, Int32(batch), &lens, &segs, f.baseAddress, Int32(MSG_DONTWAIT))) }
                     guard n > 0 else { break }
