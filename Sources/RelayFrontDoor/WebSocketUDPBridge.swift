@@ -13,10 +13,11 @@ import X509
 
 /// A node's WebSocket transport to a relay whose UDP it cannot reach: a TLS WebSocket to the
 /// relay's front door (`wss://HOST:PORT/relay`, the certificate checked against a CA bundle or a
-/// pinned SPKI hash) and a UDP socket on 127.0.0.1 that stands for the relay locally. relayd's
-/// tunnel sends the relay's messages to that socket as it would to the relay (the packet path does
-/// not change); each datagram becomes one binary WebSocket message, and each message from the relay
-/// a datagram back to the tunnel's port. Only datagrams from the tunnel's port are taken.
+/// pinned SPKI hash; `ws://` for a LAN relay without TLS) and a UDP socket on 127.0.0.1 that stands
+/// for the relay locally. relayd's tunnel sends the relay's messages to that socket as it would to
+/// the relay (the packet path does not change); what one read brings (GSO trains taken whole with
+/// GRO) goes out in bundles (`WebSocketBundle`), and messages from the relay go back to the tunnel's
+/// port as GSO trains. Only datagrams from the tunnel's port are taken.
 public final class WebSocketUDPBridge: @unchecked Sendable {
     public struct Target: Sendable, Equatable {
         public var host: String
@@ -114,7 +115,6 @@ public final class WebSocketUDPBridge: @unchecked Sendable {
             DatagramBootstrap(group: ws.eventLoop)
                 .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
                 .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
-                // 64 datagrams per read, each with room for 2 KiB (the allocator is split among them).
                 // UDP GRO: the tunnel's GSO trains arrive whole (one buffer and its segment size);
                 // 8 per read, each with room for 64 KiB.
                 .channelOption(.datagramReceiveOffload, value: System.supportsUDPReceiveOffload)
