@@ -194,7 +194,7 @@ struct FrontDoorTests {
         // HTTP/2 rapid reset (CVE-2023-44487): streams opened and reset at once are cut off by
         // swift-nio-http2's reset heuristics with GOAWAY ENHANCE_YOUR_CALM.
         let rapid = """
-            import socket, ssl, sys, h2.connection, h2.config, h2.events
+            import socket, ssl, sys, time, h2.connection, h2.config, h2.events
             ctx = ssl.create_default_context(cafile=sys.argv[2]); ctx.set_alpn_protocols(["h2"])
             s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="relay.test")
             c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
@@ -217,12 +217,26 @@ struct FrontDoorTests {
                         except socket.timeout: pass
                         if goaway is not None: break
             except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError): pass
-            print("goaway", goaway, "sent", sent)
+            # A slow relay (a sanitizer build) may read the resets after the client sent them all:
+            # wait for its verdict (GOAWAY, or the connection closed) up to 10 s.
+            closed = False
+            s.settimeout(0.5)
+            end = time.time() + 10
+            while goaway is None and not closed and time.time() < end:
+                try:
+                    data = s.recv(65536)
+                    if not data: closed = True; break
+                    for e in c.receive_data(data):
+                        if isinstance(e, h2.events.ConnectionTerminated): goaway = int(e.error_code)
+                except socket.timeout: pass
+                except (ConnectionResetError, ssl.SSLError, OSError): closed = True
+            print("goaway", goaway, "sent", sent, "closed", closed)
             """
         let rr = try Command.run(["python3", "-c", rapid, String(s.port), s.cert.certificate], timeout: 30, check: false)
-        // Cut off long before the 3,000th reset (GOAWAY 11 when the client reads it before the close).
+        // Cut off: GOAWAY 11 (ENHANCE_YOUR_CALM), or the connection closed when the client reads
+        // after the close. (How many resets went out first depends on the relay's speed.)
         let words = rr.stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-        #expect(words.count >= 4 && (words[1] == "11" || words[1] == "None") && (Int(words[3]) ?? 3000) < 3000, "\(rr.stdout) \(rr.stderr.suffix(600))")
+        #expect(words.count >= 6 && (words[1] == "11" || words[5] == "True"), "\(rr.stdout) \(rr.stderr.suffix(600))")
         #expect((try s.d.json(StatusResponse.self, "status").frontDoor?.counters.http2ConnectionErrors ?? 0) >= 1)
         // Still serving.
         #expect(try s.curl(["--http2"], "/").status == "2 200")
