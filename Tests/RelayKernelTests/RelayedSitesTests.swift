@@ -133,8 +133,15 @@ struct RelayedSitesTests {
             try waitUntil("a relay not needed is left", timeout: 25) { try nodes(0) + nodes(1) < 4 && nodes(0) >= 0 && nodes(1) >= 0 }
             let links = try ControlJSON.decoder().decode([RelayLinkView].self, from: Data(s.relayctl(s.gwA, s.socketA, ["relay", "links", "--json"]).stdout.utf8))
             #expect(links.filter(\.home).count == 1, "\(links)")
-            let peers = try ControlJSON.decoder().decode(PeersResponse.self, from: Data(s.relayctl(s.gwA, s.socketA, ["peers", "--json"]).stdout.utf8))
-            let before = try #require(peers.peers.first?.runtime?.path)
+            // When the relay left was the one A reached B through (B leaves a relay 10 s after its
+            // last data there), A has no path for up to a second, until its lookup finds B at B's
+            // home relay: wait for it rather than read that moment.
+            var before = ""
+            try waitUntil("gateway A has a path to B", timeout: 5) {
+                let peers = try ControlJSON.decoder().decode(PeersResponse.self, from: Data(s.relayctl(s.gwA, s.socketA, ["peers", "--json"]).stdout.utf8))
+                before = peers.peers.first?.runtime?.path ?? ""
+                return !before.isEmpty
+            }
             let home = try #require(SiteToSite.relayAddresses.firstIndex { before == "relay \($0):51821" }, "path \(before)")
             try s.hostB.spawn(["iperf3", "-s", "-1"], label: "iperf3-server")
             try waitUntil("iperf3 server") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":5201") }
