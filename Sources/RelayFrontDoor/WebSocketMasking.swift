@@ -7,9 +7,8 @@ enum WebSocketMasking {
     /// XORs `bytes` with the 4-byte key repeated, the key starting at byte `offset % 4`.
     static func apply(_ key: WebSocketMaskingKey, to bytes: UnsafeMutableRawBufferPointer, offset: Int = 0) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
-        let k = [key[0], key[1], key[2], key[3]]
         var pattern: UInt64 = 0
-        for i in 0..<8 { pattern |= UInt64(k[(i + offset) & 3]) << (8 * i) }
+        for i in 0..<8 { pattern |= UInt64(key[(i + offset) & 3]) << (8 * i) }
         let n = bytes.count, words = n / 8
         var i = 0
         while i < words {
@@ -19,7 +18,7 @@ enum WebSocketMasking {
         }
         var j = words * 8
         while j < n {
-            base.storeBytes(of: base.load(fromByteOffset: j, as: UInt8.self) ^ k[(j + offset) & 3], toByteOffset: j, as: UInt8.self)
+            base.storeBytes(of: base.load(fromByteOffset: j, as: UInt8.self) ^ key[(j + offset) & 3], toByteOffset: j, as: UInt8.self)
             j += 1
         }
     }
