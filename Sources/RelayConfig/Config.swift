@@ -15,7 +15,8 @@ public struct ConfigError: Error, CustomStringConvertible, Equatable {
 /// relayd's TOML configuration (`/etc/relay/relayd.toml`; annotated example in contrib/relayd.toml).
 public enum ConfigFile {
     static let known: [String: [String]] = [
-        "": ["node", "site", "peer", "sessions", "reflector", "relay", "relays", "front_door"],
+        "": ["node", "site", "peer", "sessions", "reflector", "relay", "relays", "front_door", "paths"],
+        "paths": ["hole_punching", "attempt_seconds", "retry_seconds", "heartbeat_seconds", "trust_seconds", "idle_seconds"],
         "front_door": ["enabled", "listen", "tls", "certificate", "private_key", "public_status", "max_connections_per_address", "header_seconds",
                        "idle_seconds", "max_message_bytes", "max_streams"],
         "relay": ["enabled", "port", "allowed_keys", "tokens", "max_nodes", "node_bytes_per_second", "node_datagrams_per_second", "registrations_per_second", "heartbeat_seconds",
@@ -194,6 +195,27 @@ public enum ConfigFile {
                 if let x = int(t, "max_message_bytes", "front_door", 1024...1_048_576) { cfg.frontDoor.maxMessageBytes = x }
                 if let x = int(t, "max_streams", "front_door", 1...10_000) { cfg.frontDoor.maxStreams = x }
             } else { err("front_door", "must be a table: [front_door]") }
+        }
+        if let v = root["paths"] {
+            if let t = v.table {
+                checkKeys(t, "paths", "paths")
+                func seconds(_ k: String, _ r: ClosedRange<Double>) -> Double? {
+                    guard let e = t[k] else { return nil }
+                    guard let x = e.double ?? e.int.map(Double.init), r.contains(x) else {
+                        err("paths.\(k)", "must be a number of seconds in \(r.lowerBound)...\(r.upperBound)"); return nil
+                    }
+                    return x
+                }
+                if let e = t["hole_punching"] { if let b = e.bool { cfg.paths.holePunching = b } else { err("paths.hole_punching", "must be true or false") } }
+                if let x = seconds("attempt_seconds", 1...120) { cfg.paths.attempt = x }
+                if let x = seconds("retry_seconds", 1...3600) { cfg.paths.retry = x }
+                if let x = seconds("heartbeat_seconds", 0.25...60) { cfg.paths.heartbeat = x }
+                if let x = seconds("trust_seconds", 0.5...300) { cfg.paths.trust = x }
+                if let x = seconds("idle_seconds", 1...3600) { cfg.paths.idle = x }
+                if cfg.paths.trust <= cfg.paths.heartbeat {
+                    err("paths.trust_seconds", "must be longer than heartbeat_seconds (\(cfg.paths.heartbeat)): a direct path is trusted across a few unanswered heartbeats")
+                }
+            } else { err("paths", "must be a table: [paths]") }
         }
         for (i, r) in tables("relays", in: root, "relays").enumerated() {
             let path = "relays[\(i)]"

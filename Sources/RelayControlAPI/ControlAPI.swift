@@ -9,6 +9,7 @@ import RelayWire
 /// | GET /v1/status      | read       | StatusResponse  |
 /// | GET /v1/sites       | read       | SitesResponse   |
 /// | GET /v1/peers       | read       | PeersResponse   |
+/// | GET /v1/paths?peer= | read       | PathsView (404 `paths.no_peer`) |
 /// | GET /v1/kernel      | read       | ObservedState (the helper's report) |
 /// | GET /v1/config      | read       | RelayConfiguration in force |
 /// | POST /v1/reload     | write      | ReloadResponse  |
@@ -20,6 +21,7 @@ public enum ControlRoute: String, CaseIterable, Sendable {
     case status = "/v1/status"
     case sites = "/v1/sites"
     case peers = "/v1/peers"
+    case paths = "/v1/paths"
     case kernel = "/v1/kernel"
     case config = "/v1/config"
     case reload = "/v1/reload"
@@ -226,6 +228,9 @@ public struct PeerRuntime: Codable, Equatable, Sendable {
     /// every path known.
     public var path: String?
     public var paths: [String]?
+    /// Why the path last changed, and how long ago.
+    public var pathChange: String?
+    public var pathChangeSecondsAgo: Double?
     public var lastHandshakeSecondsAgo: Double?
     public var rxBytes: UInt64, txBytes: UInt64, rxPackets: UInt64, txPackets: UInt64
     /// Handshake round trip, milliseconds.
@@ -267,7 +272,64 @@ public struct TunnelCounters: Codable, Equatable, Sendable {
     /// ICMP error); ICMP errors relayd sent in all (no route, untranslatable, too big), and how
     /// many it held back by its rate limit.
     public var translatedTo4 = 0, translatedTo6 = 0, untranslatable = 0, icmpErrorsSent = 0, icmpErrorsLimited = 0
+    /// NAT traversal: probes sent to peers' candidates; path messages that did not parse.
+    public var probesSent = 0, badPathMessages = 0
     public init() {}
+    enum CodingKeys: String, CodingKey {
+        case malformed, unknownIndex, authFailed, unknownPeer, replayedInitiation, notExported, spoofedSource, noRoute, queueOverflow, handshakesSent, handshakesCompleted
+        case badMAC, handshakesDropped, cookiesSent, cookiesReceived, tooBig, translatedTo4, translatedTo6, untranslatable, icmpErrorsSent, icmpErrorsLimited, probesSent, badPathMessages
+    }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func i(_ k: CodingKeys) throws -> Int { try c.decodeIfPresent(Int.self, forKey: k) ?? 0 }
+        malformed = try i(.malformed); unknownIndex = try i(.unknownIndex); authFailed = try i(.authFailed); unknownPeer = try i(.unknownPeer)
+        replayedInitiation = try i(.replayedInitiation); notExported = try i(.notExported); spoofedSource = try i(.spoofedSource); noRoute = try i(.noRoute)
+        queueOverflow = try i(.queueOverflow); handshakesSent = try i(.handshakesSent); handshakesCompleted = try i(.handshakesCompleted)
+        badMAC = try i(.badMAC); handshakesDropped = try i(.handshakesDropped); cookiesSent = try i(.cookiesSent); cookiesReceived = try i(.cookiesReceived)
+        tooBig = try i(.tooBig); translatedTo4 = try i(.translatedTo4); translatedTo6 = try i(.translatedTo6); untranslatable = try i(.untranslatable)
+        icmpErrorsSent = try i(.icmpErrorsSent); icmpErrorsLimited = try i(.icmpErrorsLimited); probesSent = try i(.probesSent); badPathMessages = try i(.badPathMessages)
+    }
+}
+
+/// How a node looks for a direct path to one peer (`relayctl paths PEER`).
+public struct PathsView: Codable, Equatable, Sendable {
+    public struct Candidate: Codable, Equatable, Sendable {
+        public var endpoint: String, kind: String
+        public init(endpoint: String, kind: String) { self.endpoint = endpoint; self.kind = kind }
+    }
+    public struct Probe: Codable, Equatable, Sendable {
+        public var endpoint: String
+        public var sent: Int
+        public var roundTripMs: Double?
+        public init(endpoint: String, sent: Int, roundTripMs: Double?) { self.endpoint = endpoint; self.sent = sent; self.roundTripMs = roundTripMs }
+    }
+    public var peer: String
+    public var holePunching: Bool
+    /// The route now and every path with the seconds since it last proved itself.
+    public var route: String?
+    public var paths: [String: Double?]
+    public var lastChange: String?
+    public var lastChangeSecondsAgo: Double?
+    public var local: [Candidate]
+    public var remote: [Candidate]
+    public var peerReflexive: [String]
+    /// Our address as the peer saw it when it answered a probe.
+    public var seenAs: String?
+    public var attempting: Bool
+    public var nextAttemptInSeconds: Double?
+    public var probes: [Probe]
+    public var attempts: Int, successes: Int, failures: Int
+    public var probesSent: Int, acksSent: Int, acksReceived: Int, unmatchedAcks: Int, candidatesRefused: Int, probesLimited: Int
+    public init(peer: String, holePunching: Bool, route: String?, paths: [String: Double?], lastChange: String?, lastChangeSecondsAgo: Double?,
+                local: [Candidate], remote: [Candidate], peerReflexive: [String], seenAs: String?, attempting: Bool, nextAttemptInSeconds: Double?,
+                probes: [Probe], attempts: Int, successes: Int, failures: Int, probesSent: Int, acksSent: Int, acksReceived: Int,
+                unmatchedAcks: Int, candidatesRefused: Int, probesLimited: Int) {
+        self.peer = peer; self.holePunching = holePunching; self.route = route; self.paths = paths; self.lastChange = lastChange
+        self.lastChangeSecondsAgo = lastChangeSecondsAgo; self.local = local; self.remote = remote; self.peerReflexive = peerReflexive
+        self.seenAs = seenAs; self.attempting = attempting; self.nextAttemptInSeconds = nextAttemptInSeconds; self.probes = probes
+        self.attempts = attempts; self.successes = successes; self.failures = failures; self.probesSent = probesSent; self.acksSent = acksSent
+        self.acksReceived = acksReceived; self.unmatchedAcks = unmatchedAcks; self.candidatesRefused = candidatesRefused; self.probesLimited = probesLimited
+    }
 }
 
 

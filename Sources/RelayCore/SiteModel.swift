@@ -147,9 +147,27 @@ public struct RelayConfiguration: Codable, Equatable, Sendable {
     public var relays: [RelayServerConfig] = []
     /// The TLS front door (off by default): WebSocket transport to the relay, the status API.
     public var frontDoor = FrontDoorConfig()
+    /// NAT traversal: hole punching and its timers (`[paths]`).
+    public var paths = PathsConfig()
     public init(node: NodeConfig = NodeConfig(), site: SiteConfig? = nil, peers: [PeerConfig] = [], sessions: FlowLimits = FlowLimits()) {
         self.node = node; self.site = site; self.peers = peers; self.sessions = sessions
     }
+}
+
+/// `[paths]`: how a node finds direct paths to peers it reaches through a relay (docs/paths.md).
+public struct PathsConfig: Codable, Equatable, Sendable {
+    /// Hole punching (paths.hole_punching; on by default: it exposes nothing).
+    public var holePunching = true
+    /// One attempt's deadline (paths.attempt_seconds); the pause after a failed one (retry_seconds).
+    public var attempt: Double = 10
+    public var retry: Double = 30
+    /// Heartbeat on a direct path in use (heartbeat_seconds); how long one is trusted without an
+    /// answer before traffic goes back to a relay (trust_seconds).
+    public var heartbeat: Double = 2
+    public var trust: Double = 6.5
+    /// A session without traffic for this long stops its heartbeats (idle_seconds).
+    public var idle: Double = 60
+    public init() {}
 }
 
 /// One finding of validation, with the key it is about.

@@ -14,7 +14,7 @@ public struct RelayCtl: ParsableCommand {
         5 invalid configuration, 6 relay-helper unreachable, 64 usage error.
         """,
         version: RelayVersion.string,
-        subcommands: [Status.self, Sites.self, MapHost.self, Peers.self, Sessions.self, Reflect.self, Relay.self, Nat.self, Routes.self, Explain.self, Config.self, Reload.self,
+        subcommands: [Status.self, Sites.self, MapHost.self, Peers.self, Paths.self, Sessions.self, Reflect.self, Relay.self, Nat.self, Routes.self, Explain.self, Config.self, Reload.self,
                       Keygen.self, Identity.self, Version.self]
     )
     public init() {}

@@ -168,6 +168,12 @@ public final class ControlServer: @unchecked Sendable {
         case .status: return ok(daemon.status())
         case .sites: return ok(daemon.sites())
         case .peers: return ok(daemon.peers())
+        case .paths:
+            let name = ControlServer.query(uri)["peer"] ?? ""
+            guard let v = daemon.tunnel.pathsView(peer: name) else {
+                return fail(.notFound, WireError("paths.no_peer", "no peer named '\(name.prefix(80))': `relayctl peers` lists them"))
+            }
+            return ok(v)
         case .config: return ok(daemon.currentConfig)
         case .sessions: return ok(daemon.sessions())
         case .reflect: return ok(daemon.reflect())

@@ -56,6 +56,10 @@ enum DataVerdict: Equatable {
     /// Opened and fresh, an empty keepalive.
     case keepalive
     case replay, spoofedSource, notExported
+    /// Opened and fresh, a path message (handled here: NAT traversal).
+    case path
+    /// Opened and fresh, but not a path message this node understands.
+    case badPath
 }
 
 /// One peer's sessions and timers, as a state machine: events in (a packet to send, handshake
@@ -98,6 +102,14 @@ final class PeerMachine {
     /// cookie the peer gave us under load (used for mac2 for two minutes).
     var lastMac1: [UInt8] = []
     var cookie: (value: [UInt8], at: Double)?
+    /// NAT traversal towards this peer: candidates, probes, heartbeats.
+    var finder = PathFinder()
+    /// The latest time an event carried (choose() runs from events that carry none).
+    private var now: Double = 0
+    /// Why the route last changed, and when (relayctl peers).
+    private(set) var routeChange: (at: Double, why: String)?
+    /// Route changes not yet logged (the table logs them).
+    var routeNotes: [String] = []
 
     init(name: String, publicKey: [UInt8], endpoint: Endpoint?, prefixes: [IPPrefix]) {
         self.name = name; self.publicKey = publicKey; self.prefixes = prefixes
@@ -129,12 +141,36 @@ final class PeerMachine {
         choose()
     }
 
+    /// A direct path that authenticated data or a probe's answer proved within paths.trust_seconds.
+    var directAlive: PeerPath? {
+        paths.first { $0.route.isDirect && $0.lastReceived > 0 && now - $0.lastReceived < finder.settings.trust }
+    }
+
+    /// The route: a direct path proven lately; else a relay path (the home relay's when there is
+    /// one); else the path authenticated data last came on (a configured endpoint first).
     private func choose() {
-        route = paths.max { a, b in a.lastReceived != b.lastReceived ? a.lastReceived < b.lastReceived : (!a.route.isDirect && b.route.isDirect) }?.route
+        let old = route
+        let hasRelay = paths.contains { !$0.route.isDirect }
+        if let d = directAlive { route = d.route }
+        else if hasRelay { route = paths.filter { !$0.route.isDirect }.max { $0.lastReceived < $1.lastReceived }?.route }
+        else { route = paths.max { a, b in a.lastReceived != b.lastReceived ? a.lastReceived < b.lastReceived : (!a.route.isDirect && b.route.isDirect) }?.route }
         if case .relay(let r, _)? = route, r != homeRelay, let h = homeRelay,
            let viaHome = paths.first(where: { if case .relay(let x, _) = $0.route { return x == h } else { return false } }) {
             route = viaHome.route
         }
+        guard route != old, let route else { return }
+        let why: String
+        switch (old, route) {
+        case (.relay?, .direct(let e)):
+            why = "direct path \(e) proven\(finder.rtt[e].map { String(format: " (round trip %.1f ms)", $0 * 1000) } ?? "")"
+        case (.direct(let e)?, .relay):
+            let last = paths.first { $0.route == .direct(e) }?.lastReceived ?? 0
+            why = last > 0 ? "direct path \(e) unanswered for \(Int(now - last)) s: back to the relay" : "reached through the relay"
+        case (nil, _): why = "first path"
+        default: why = "\(route)"
+        }
+        routeChange = (now, why)
+        if old != nil { routeNotes.append("path to \(name): \(route) (\(why))") }
     }
 
     // MARK: events
@@ -150,6 +186,7 @@ final class PeerMachine {
     /// Authenticated data arrived by `route`: the peer proved it is alive there, so that is where
     /// we send (roaming).
     func proved(_ r: Route, now: Double) {
+        self.now = max(self.now, now)
         if r == route, let i = paths.firstIndex(where: { $0.route == r }) { paths[i].lastReceived = now; return }
         switch r {
         case .direct(let e): setDirect(e, at: now)
@@ -325,6 +362,14 @@ final class PeerMachine {
             if fresh { install(s, now: s.createdAt, t) }
         }
         guard fresh else { return .replay }
+        self.now = max(self.now, now)
+        if let first = plain.first, PathMessage.isPathMessage(first) {
+            // Path messages never move the route by themselves (a probe proves the peer can send
+            // from somewhere, not that we reach it there): only an answered probe does.
+            guard case .success(let m) = PathMessage.parse(plain) else { return .badPath }
+            pathMessage(m, from: from, now: now, t)
+            return .path
+        }
         proved(from, now: now)
         lastReceived = now
         unansweredSince = nil
@@ -352,6 +397,17 @@ final class PeerMachine {
     /// Every 250 ms: handshake retries and give-up, the no-answer rule, session expiry, passive
     /// keepalives.
     func tick(now: Double, _ t: PeerTable) {
+        self.now = max(self.now, now)
+        choose()
+        if current != nil {
+            let active = max(lastSent, lastReceived) > 0 && now - max(lastSent, lastReceived) < finder.settings.idle
+            var tx = t.nextTx
+            let out = finder.tick(now: now, route: route, directAlive: directAlive != nil, active: active, tx: { tx &+= 1; return tx })
+            t.nextTx = tx
+            paths(out, now: now, t)
+        }
+        for n in routeNotes { t.actions.append(.log(.info, n)) }
+        routeNotes.removeAll()
         if let pend = pending, now >= nextRetry {
             if now - pend.firstAt >= TunnelLimits.rekeyAttemptTime {
                 t.unbind(pend.index)
@@ -380,6 +436,35 @@ final class PeerMachine {
     func removed(_ t: PeerTable) {
         for s in [current, previous, next].compactMap({ $0 }) { t.unbind(s.localIndex) }
         if let p = pending { t.unbind(p.index) }
+    }
+
+    // MARK: paths
+
+    /// A path message from the peer, authenticated by the session.
+    func pathMessage(_ m: PathMessage, from: Route, now: Double, _ t: PeerTable) {
+        var tx = t.nextTx
+        let out = finder.received(m, from: from, now: now, via: route, ownAddresses: t.ownAddresses, directAlive: directAlive != nil, tx: { tx &+= 1; return tx })
+        t.nextTx = tx
+        paths(out, now: now, t)
+    }
+
+    /// New local candidates (the table's, for every peer).
+    func localCandidates(_ list: [PathMessage.Candidate], now: Double) { finder.localCandidates(list, now: now) }
+
+    /// Carries out what the path finder asked: sealed sends, a proven direct path.
+    private func paths(_ out: [PathFinder.Output], now: Double, _ t: PeerTable) {
+        for o in out {
+            switch o {
+            case .send(let m, let to):
+                guard let s = current else { continue }
+                t.actions.append(.send(s.seal(m.bytes[...]), to: to))
+                if case .probe = m { t.counters.probesSent += 1 }
+            case .proven(let e, _):
+                proved(.direct(e), now: now)
+            case .note(let n):
+                t.actions.append(.log(.info, "paths to \(name): \(n)"))
+            }
+        }
     }
 
     // MARK: internals

@@ -22,6 +22,12 @@ final class PeerTable {
     var exported: [IPPrefix] = []
     /// Actions owed to the loops, in order (see `take`).
     var actions: [PeerAction] = []
+    /// NAT traversal: the settings, this node's candidates (for every peer), its own addresses
+    /// (a peer's candidate there is not probed), and the next probe's transaction id (random start).
+    private(set) var pathSettings = PathsConfig()
+    private(set) var localCandidates: [PathMessage.Candidate] = []
+    var ownAddresses: Set<IPAddress> = []
+    var nextTx = UInt64.random(in: 1...UInt64.max / 2)
 
     init(staticKey: Curve25519.KeyAgreement.PrivateKey) {
         self.staticKey = staticKey
@@ -62,6 +68,7 @@ final class PeerTable {
                 next.append(old)
             } else {
                 let m = PeerMachine(name: c.name, publicKey: c.publicKey, endpoint: c.endpoint, prefixes: c.prefixes)
+                m.finder.settings = pathSettings
                 m.lastInitiationStamp = stamp(c.publicKey)
                 next.append(m)
             }
@@ -69,6 +76,23 @@ final class PeerTable {
         for old in peers where !next.contains(where: { $0 === old }) { old.removed(self) }
         peers = next
         self.exported = exported
+        for p in peers where p.finder.local != localCandidates { p.localCandidates(localCandidates, now: 0) }
+    }
+
+    /// `[paths]` on start and reload.
+    func configurePaths(_ settings: PathsConfig) {
+        pathSettings = settings
+        for p in peers { p.finder.settings = settings }
+    }
+
+    /// This node's candidates changed (addresses, what relays and reflectors see): every peer gets
+    /// the new generation, and attempts may start at once (migration).
+    func localCandidatesChanged(_ list: [PathMessage.Candidate], own: Set<IPAddress>, now: Double) {
+        ownAddresses = own
+        guard list != localCandidates else { return }
+        localCandidates = list
+        actions.append(.log(.info, "path candidates: \(list.isEmpty ? "none" : list.map(\.description).joined(separator: ", "))"))
+        for p in peers { p.localCandidates(list, now: now) }
     }
 
     /// The peer whose sites hold `dst`.

@@ -130,7 +130,13 @@ public final class TunnelService: @unchecked Sendable {
         }
         let exported = cfg.site.map { [$0.virtual4, $0.virtual6, $0.virtual6Lan].compactMap { $0 } } ?? []
         let stamps = initiationStamps
+        // Never offered as path candidates: the sites' own prefixes (a LAN address is no way in
+        // from outside, and two sites may use the same LAN prefix).
+        let siteNets = (cfg.site.map { [$0.lan4, $0.lan6].compactMap { $0 } + $0.virtualPrefixes } ?? []) + list.flatMap(\.prefixes)
         lock.lock()
+        candidateExclusions = siteNets
+        candidatesCheckedAt = 0
+        table.configurePaths(cfg.paths)
         table.configure(list, exported: exported, stamp: { stamps.stamp(for: $0) })
         table.configureRelays(cfg.relays, cache: relayPeerCache.snapshot(), now: clock())
         table.callsign = cfg.node.callsign.flatMap { try? Callsign.normalize($0).get() }.map { ($0, cfg.node.callsignListed) }
@@ -642,6 +648,8 @@ public final class TunnelService: @unchecked Sendable {
                 case .replay: counters.authFailed += 1
                 case .spoofedSource: counters.spoofedSource += 1
                 case .notExported: counters.notExported += 1
+                case .path: break
+                case .badPath: counters.badPathMessages += 1
                 }
                 rxLens[j] = -1
             }
@@ -700,10 +708,47 @@ public final class TunnelService: @unchecked Sendable {
 
     // MARK: timers
 
+    /// Prefixes whose addresses are never path candidates (the sites'), when candidates were last
+    /// gathered, and the address-change count seen then.
+    var candidateExclusions: [IPPrefix] = []
+    var candidatesCheckedAt: Double = 0
+    var addressChangesSeen = 0
+
+    /// This node's path candidates: its interface addresses (not loopback, link-local or a site's)
+    /// at the tunnel port, then where relays and reflectors see it. Gathered every 2 s and at once
+    /// when rtnetlink reports an address change (outside the lock: getifaddrs).
+    func gatherCandidates(now: Double) -> ([PathMessage.Candidate], Set<IPAddress>)? {
+        let changes = reflectionClient.addressChanges
+        lock.lock()
+        let due = now - candidatesCheckedAt >= 2 || changes != addressChangesSeen
+        if due { candidatesCheckedAt = now; addressChangesSeen = changes }
+        let exclusions = candidateExclusions
+        let relaySeen = table.relays.compactMap { $0.isRegistered ? $0.observed : nil }
+        lock.unlock()
+        guard due, port != 0 else { return nil }
+        let own = ReflectionClient.localAddresses()
+        var out: [PathMessage.Candidate] = []
+        func add(_ c: PathMessage.Candidate) {
+            guard PathMessage.probeable(c.endpoint), !out.contains(where: { $0.endpoint == c.endpoint }), out.count < PathMessage.maxCandidates else { return }
+            out.append(c)
+        }
+        for a in own.sorted(by: { "\($0)" < "\($1)" }) where !exclusions.contains(where: { $0.contains(a) }) {
+            add(.init(kind: .local, endpoint: Endpoint(a, port: port)))
+        }
+        let obs = reflectionClient.observed
+        for fam in [IPFamily.ipv4, .ipv6] {
+            if let a = ReflectionVote.decide(obs.filter { $0.mapped.address.family == fam }).address, let e = Endpoint(a) { add(.init(kind: .reflexive, endpoint: e)) }
+        }
+        for e in relaySeen { add(.init(kind: .reflexive, endpoint: e)) }
+        return (out, own)
+    }
+
     /// Every 250 ms: the machines' timers, then the flow table's expiry.
     func tick() {
         let now = clock()
+        let gathered = gatherCandidates(now: now)
         lock.lock()
+        if let (list, own) = gathered { table.localCandidatesChanged(list, own: own, now: now) }
         table.tick(now: now)
         let endpoints = table.knownRoutes
         let actions = table.take()
@@ -754,8 +799,29 @@ public final class TunnelService: @unchecked Sendable {
                                       latencyMs: p.latency.map { $0 * 1000 })
             out[p.name]?.path = p.route.map { "\($0)" }
             out[p.name]?.paths = p.paths.map { "\($0.route)" }
+            out[p.name]?.pathChange = p.routeChange?.why
+            out[p.name]?.pathChangeSecondsAgo = p.routeChange.map { now - $0.at }
         }
         return out
+    }
+
+    /// How the node looks for a direct path to the peer `name` (nil: no such peer).
+    public func pathsView(peer name: String) -> PathsView? {
+        lock.lock(); defer { lock.unlock() }
+        guard let p = table.peers.first(where: { $0.name == name }) else { return nil }
+        let now = clock(), f = p.finder
+        func view(_ c: [PathMessage.Candidate]) -> [PathsView.Candidate] { c.map { .init(endpoint: "\($0.endpoint)", kind: "\($0.kind)") } }
+        var paths: [String: Double?] = [:]
+        for x in p.paths { paths["\(x.route)"] = x.lastReceived > 0 ? now - x.lastReceived : nil }
+        let probes = f.targets.map { e, t in PathsView.Probe(endpoint: "\(e)", sent: t.sent, roundTripMs: f.rtt[e].map { $0 * 1000 }) }
+            + f.rtt.filter { f.targets[$0.key] == nil }.map { e, r in PathsView.Probe(endpoint: "\(e)", sent: 0, roundTripMs: r * 1000) }
+        return PathsView(peer: p.name, holePunching: f.settings.holePunching, route: p.route.map { "\($0)" }, paths: paths,
+                         lastChange: p.routeChange?.why, lastChangeSecondsAgo: p.routeChange.map { now - $0.at },
+                         local: view(f.local), remote: view(f.remote), peerReflexive: f.peerReflexive.map { "\($0)" }, seenAs: f.seenAs.map { "\($0)" },
+                         attempting: f.attempting, nextAttemptInSeconds: f.attempting ? nil : max(0, f.nextAttempt - now),
+                         probes: probes.sorted { $0.endpoint < $1.endpoint }, attempts: f.attempts, successes: f.successes, failures: f.failures,
+                         probesSent: f.probesSent, acksSent: f.acksSent, acksReceived: f.acksReceived, unmatchedAcks: f.unmatchedAcks,
+                         candidatesRefused: f.candidatesRefused, probesLimited: f.probesLimited)
     }
 
     public func countersSnapshot() -> TunnelCounters { lock.lock(); defer { lock.unlock() }; return counters }

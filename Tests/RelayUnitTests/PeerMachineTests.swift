@@ -49,9 +49,9 @@ struct PeerMachineTests {
 
     /// Delivers one datagram to `node` as its receive loop would; returns what it sent back and the
     /// verdicts on data messages.
-    func receive(_ node: Node, _ bytes: [UInt8], from source: Endpoint, now: Double) throws -> (sent: [([UInt8], Route)], verdicts: [DataVerdict]) {
+    func receive(_ node: Node, _ bytes: [UInt8], from source: Endpoint, route: Route? = nil, now: Double) throws -> (sent: [([UInt8], Route)], verdicts: [DataVerdict]) {
         let t = node.table
-        let from = Route.direct(source)
+        let from = route ?? Route.direct(source)
         var verdicts: [DataVerdict] = []
         switch TunnelMessage.parse(bytes[...]) {
         case .initiation(let sender, let noise)?:
