@@ -35,6 +35,8 @@ struct PathFinder {
     private(set) var attemptStarted: Double = -.infinity
     private(set) var nextAttempt: Double = 0
     private(set) var candidatesSentAt: Double = -.infinity
+    /// The generation of our candidates the peer was last sent.
+    private(set) var sentGeneration: UInt16?
     private(set) var lastHeartbeat: Double = -.infinity
     /// Round trips measured per endpoint (the last answer).
     private(set) var rtt: [Endpoint: Double] = [:]
@@ -88,8 +90,19 @@ struct PathFinder {
         if !attempting, now >= nextAttempt, !(local.isEmpty && remote.isEmpty && peerReflexive.isEmpty) {
             out += begin(now: now, via: route)
         }
-        if attempting { out += probesDue(now: now, tx: tx) }
+        if attempting {
+            // Our candidates changed during the attempt (a relay's answer told us our reflexive
+            // address): the peer hears the new generation now, not at the next attempt.
+            if sentGeneration != localGeneration, !local.isEmpty { out.append(sendCandidates(now: now, via: route)) }
+            out += probesDue(now: now, tx: tx)
+        }
         return out
+    }
+
+    private mutating func sendCandidates(now: Double, via: Route) -> Output {
+        candidatesSentAt = now
+        sentGeneration = localGeneration
+        return .send(.candidates(generation: localGeneration, local), via)
     }
 
     /// A path message from the peer (authenticated by the session), by `from`. `via`: the route
@@ -107,9 +120,8 @@ struct PathFinder {
             remote = usable
             // The peer is attempting now: join it (at most every 2 s), and tell it ours.
             if changed || !attempting, !directAlive, now - attemptStarted >= 2, let via { out += begin(now: now, via: via) }
-            else if now - candidatesSentAt >= 2, !local.isEmpty, let via {
-                candidatesSentAt = now
-                out.append(.send(.candidates(generation: localGeneration, local), via))
+            else if now - candidatesSentAt >= 2 || sentGeneration != localGeneration, !local.isEmpty, let via {
+                out.append(sendCandidates(now: now, via: via))
             }
             if attempting { out += probesDue(now: now, tx: tx) }
         case .probe(let t):
@@ -153,10 +165,7 @@ struct PathFinder {
         attemptDeadline = now + settings.attempt
         targets = [:]
         for e in remote.map(\.endpoint) + peerReflexive where targets[e] == nil { targets[e] = Target(first: now, sent: 0) }
-        if !local.isEmpty {
-            candidatesSentAt = now
-            out.append(.send(.candidates(generation: localGeneration, local), via))
-        }
+        if !local.isEmpty { out.append(sendCandidates(now: now, via: via)) }
         return out
     }
 

@@ -206,6 +206,22 @@ public final class SiteToSite {
         }
     }
 
+    /// Stops both gateways' relayds (SIGTERM: they leave their relays), runs `between`, starts
+    /// them again with their state and configuration, and waits until both answer.
+    public func restartGateways(between: () throws -> Void = {}) throws {
+        for p in [relaydA!, relaydB!] { p.signal(SIGTERM) }
+        for p in [relaydA!, relaydB!] { _ = try p.waitForExit(timeout: 10) }
+        try between()
+        try? FileManager.default.removeItem(atPath: socketA)
+        try restartRelaydA()
+        try restartRelaydB()
+        try waitUntil("relayd A back", timeout: 20) {
+            if !self.relaydA.isRunning { throw HarnessError("relayd A exited: \(self.relaydA.log())") }
+            guard FileManager.default.fileExists(atPath: self.socketA) else { return false }
+            return try self.relayctl(self.gwA, self.socketA, ["status"]).succeeded
+        }
+    }
+
     /// B's state directory (the node key, persisted handshake timestamps).
     public var stateB: String { dir("B") + "/state" }
 

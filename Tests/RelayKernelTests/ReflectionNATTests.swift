@@ -97,40 +97,11 @@ struct ReflectionNATTests {
 
     enum Router: String, CaseIterable, Sendable {
         case none, masquerade, fullyRandom = "fully-random", fullCone = "full-cone", restrictedCone = "restricted-cone"
-        /// The router's nftables: masquerade keeps ports; "cones" add inbound DNAT to the node (from
-        /// anyone, or, per mapped port, from addresses the node has sent to from it); hairpinning
-        /// only with the full cone. Masquerade keeps the node's port, so public port = node port.
-        var ruleset: String? {
-            switch self {
-            case .none: return nil
-            case .masquerade, .fullyRandom:
-                return """
-                table ip labnat {
-                    chain post { type nat hook postrouting priority 100; policy accept;
-                        oifname "wan*" masquerade\(self == .fullyRandom ? " fully-random" : "")
-                    }
-                }
-                """
-            case .fullCone, .restrictedCone:
-                let from = self == .restrictedCone ? "udp dport . ip saddr @contacted " : ""
-                return """
-                table ip labnat {
-                    set contacted { type inet_service . ipv4_addr; flags dynamic, timeout; timeout 120s; }
-                    chain forward_ { type filter hook forward priority 0; policy accept;
-                        iifname "lan0" meta l4proto udp update @contacted { udp sport . ip daddr }
-                    }
-                    chain pre { type nat hook prerouting priority -100; policy accept;
-                        iifname "wan*" \(from)meta l4proto udp dnat ip to 10.0.0.2
-                        \(self == .fullCone ? "iifname \"lan0\" fib daddr type local meta l4proto udp dnat ip to 10.0.0.2" : "")
-                    }
-                    chain post { type nat hook postrouting priority 100; policy accept;
-                        oifname "wan*" masquerade
-                        ip saddr 10.0.0.0/24 oifname "lan0" masquerade
-                    }
-                }
-                """
-            }
-        }
+        /// Masquerade keeps the node's port, so public port = node port.
+        /// The router's nftables (shared with the hole-punching matrix: `LabNAT`): masquerade keeps
+        /// ports; "cones" add inbound DNAT to the node (from anyone, or, per mapped port, from
+        /// addresses the node has sent to from it); hairpinning only with the full cone.
+        var ruleset: String? { LabNAT(rawValue: rawValue)!.ruleset(host: "10.0.0.2", hairpin: self == .fullCone) }
         var expected: (mapping: NATBehaviour.Kind, filtering: NATBehaviour.Kind, hairpin: Bool?, natdiscovery: [String]) {
             switch self {
             case .none: return (.noNAT, .endpointIndependent, nil, ["No NAT! (Endpoint Independent Mapping)", "NAT with Endpoint Independent Filtering!"])

@@ -1,0 +1,161 @@
+import Foundation
+import Testing
+import RelayControlAPI
+import RelayTestHarness
+
+/// NAT traversal through real NAT routers in namespaces: two gateways behind routers of every
+/// RFC 4787 kind (`LabNAT`, the rulesets the reflection tests classify with turnutils_natdiscovery),
+/// a relay on the underlay, and a direct path between the routers that the NATs may or may not let
+/// through. "Direct" is proven outside the nodes: the relay forwards nothing for the pair while
+/// traffic flows, and the NAT router's conntrack holds the flow to the other side.
+@Suite("kernel: hole punching through NAT routers", .serialized, .enabled(if: KernelGate.shouldRun, "needs root"))
+struct HolePunchingTests {
+    static let paths = "[paths]\nattempt_seconds = 3\nretry_seconds = 3\nheartbeat_seconds = 1\ntrust_seconds = 3\n"
+
+    /// The lab: SiteToSite behind NAT routers, the underlay's drop between them removed.
+    static func lab(_ lab: Lab) throws -> SiteToSite {
+        let s = try SiteToSite(lab, relays: 1)
+        try s.underlay.run(["nft", "delete", "table", "inet", "relaylab_nodirect"])
+        try s.start(extraConfig: paths)
+        return s
+    }
+
+    /// Puts router kinds in front of A and B (gateways stopped meanwhile, conntrack emptied).
+    static func setNATs(_ s: SiteToSite, _ a: LabNAT, _ b: LabNAT) throws {
+        try s.restartGateways {
+            for (router, kind, host, net, wan) in [(s.natA!, a, "10.10.10.10", "10.10.10.0/24", "100.64.1.2"), (s.natB!, b, "10.20.20.20", "10.20.20.0/24", "100.64.2.2")] {
+                for t in [["inet", "relaylab_nat"], ["ip", "labnat"]] { _ = try router.run(["nft", "delete", "table"] + t, check: false) }
+                if let rules = kind.ruleset(host: host) { try router.loadNftables(rules) }
+                _ = try router.run(["conntrack", "-F"], check: false)
+                // Without NAT the inside network is routed on the underlay.
+                if kind == .none { try s.underlay.run(["ip", "route", "replace", net, "via", wan]) }
+                else { _ = try s.underlay.run(["ip", "route", "del", net], check: false) }
+            }
+        }
+    }
+
+    static func path(_ s: SiteToSite, a: Bool) throws -> String {
+        let out = try s.relayctl(a ? s.gwA : s.gwB, a ? s.socketA : s.socketB, ["peers", "--json"]).stdout
+        return (try? ControlJSON.decoder().decode(PeersResponse.self, from: Data(out.utf8)))?.peers.first?.runtime?.path ?? ""
+    }
+
+    static func pathsView(_ s: SiteToSite, a: Bool) throws -> PathsView? {
+        let out = try s.relayctl(a ? s.gwA : s.gwB, a ? s.socketA : s.socketB, ["paths", a ? "gw-b" : "gw-a", "--json"]).stdout
+        return try? ControlJSON.decoder().decode(PathsView.self, from: Data(out.utf8))
+    }
+
+    static func forwarded(_ s: SiteToSite) throws -> Int {
+        let out = try s.relayctl(s.relayHosts[0], s.relaySocket(0), ["relay", "status", "--json"]).stdout
+        return try ControlJSON.decoder().decode(RelayStatusResponse.self, from: Data(out.utf8)).relay.counters.forwarded
+    }
+
+    /// Pings across (20 in about a second) and how many datagrams the relay forwarded meanwhile.
+    static func relayedDuringPings(_ s: SiteToSite) throws -> (ok: Bool, forwarded: Int) {
+        let before = try forwarded(s)
+        let ping = try s.hostA.run(["ping", "-c20", "-i0.05", "-W1", "240.2.2.20"], check: false)
+        return (ping.stdout.contains(" 0% packet loss"), try forwarded(s) - before)
+    }
+
+    /// The UDP flows conntrack holds on `router` between its gateway and `to`, in either
+    /// direction (behind a full cone, the peer's probe may have opened the flow from outside).
+    static func conntrack(_ router: LabHost, from host: String, to: String) throws -> String {
+        let all = try router.run(["conntrack", "-L", "-p", "udp"], check: false).stdout
+        return all.split(separator: "\n").filter { $0.contains("=\(host) ") && $0.contains("=\(to) ") }.joined(separator: "\n")
+    }
+
+    /// One cell: connectivity first (through the relay at worst), then the outcome theory predicts.
+    static func cell(_ s: SiteToSite, _ a: LabNAT, _ b: LabNAT) throws -> String {
+        try setNATs(s, a, b)
+        let expectDirect = LabNAT.expectDirect(a, b)
+        let started = Date()
+        try waitUntil("\(a)/\(b): A reaches B", timeout: 25) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
+        let firstPacket = Date().timeIntervalSince(started)
+        if expectDirect {
+            try waitUntil("\(a)/\(b): both gateways on a direct path", timeout: 12) {
+                try path(s, a: true).hasPrefix("direct") && path(s, a: false).hasPrefix("direct")
+            }
+        } else {
+            // Theory says no: the first attempt on both sides ends, and both stay relayed.
+            try waitUntil("\(a)/\(b): the first attempts end", timeout: 12) {
+                let fa = try pathsView(s, a: true)?.failures ?? 0, fb = try pathsView(s, a: false)?.failures ?? 0
+                return fa >= 1 && fb >= 1
+            }
+        }
+        let upgraded = Date().timeIntervalSince(started)
+        let (ok, relayed) = try relayedDuringPings(s)
+        #expect(ok, "\(a)/\(b): packets lost")
+        let pa = try path(s, a: true), pb = try path(s, a: false)
+        if expectDirect {
+            #expect(relayed <= 2, "\(a)/\(b): the relay forwarded \(relayed) datagrams while the path should be direct (A: \(pa), B: \(pb))")
+            #expect(pa.hasPrefix("direct") && pb.hasPrefix("direct"), "\(a)/\(b): A \(pa), B \(pb)")
+            // conntrack on a NAT router holds the flow straight to the other side's public address.
+            let bPublic = b == .none ? "10.20.20.20" : "100.64.2.2", aPublic = a == .none ? "10.10.10.10" : "100.64.1.2"
+            if a != .none { #expect(!(try conntrack(s.natA, from: "10.10.10.10", to: bPublic)).isEmpty, "\(a)/\(b): no flow A -> \(bPublic) in natA's conntrack") }
+            if b != .none { #expect(!(try conntrack(s.natB, from: "10.20.20.20", to: aPublic)).isEmpty, "\(a)/\(b): no flow B -> \(aPublic) in natB's conntrack") }
+        } else {
+            #expect(relayed >= 20, "\(a)/\(b): the relay forwarded only \(relayed) datagrams for 20 pings")
+            #expect(pa.hasPrefix("relay") && pb.hasPrefix("relay"), "\(a)/\(b): A \(pa), B \(pb)")
+        }
+        let outcome = pa.hasPrefix("direct") && pb.hasPrefix("direct") ? "direct" : "relayed"
+        return "\(a.rawValue) x \(b.rawValue): \(outcome) (expected \(expectDirect ? "direct" : "relayed")), first packet \(String(format: "%.1f", firstPacket)) s, \(expectDirect ? "direct" : "settled") after \(String(format: "%.1f", upgraded)) s"
+    }
+
+    @Test("the NAT matrix: every unordered pair of router kinds (15) connects, directly exactly where RFC 4787 theory allows (relay counters and conntrack as proof)")
+    func matrix() throws {
+        try KernelGate.check()
+        try Lab.with("punch") { lab in
+            let s = try Self.lab(lab)
+            let kinds = LabNAT.allCases
+            var table: [String] = []
+            for (i, a) in kinds.enumerated() {
+                for b in kinds[i...] { table.append(try Self.cell(s, a, b)) }
+            }
+            print("hole punching matrix:\n" + table.joined(separator: "\n"))
+        }
+    }
+
+    @Test("a direct path that breaks mid-transfer: traffic falls back to the relay within trust_seconds and the transfer completes; when the path works again, the gateways upgrade again")
+    func fallBackAndUpgrade() throws {
+        try KernelGate.check()
+        try Lab.with("punchfb") { lab in
+            let s = try Self.lab(lab)
+            try Self.setNATs(s, .masquerade, .masquerade)
+            try waitUntil("A reaches B", timeout: 25) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
+            try waitUntil("direct", timeout: 12) { try Self.path(s, a: true).hasPrefix("direct") && Self.path(s, a: false).hasPrefix("direct") }
+            try s.hostB.spawn(["iperf3", "-s", "-1"], label: "iperf3-server")
+            try waitUntil("iperf3 server") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":5201") }
+            let transfer = try s.hostA.spawn(["iperf3", "-c", "240.2.2.20", "-t", "12", "-b", "20M", "--json"], label: "iperf3-client")
+            Thread.sleep(forTimeInterval: 2)
+            // The direct path dies (the underlay drops everything between the two NAT routers).
+            try s.underlay.loadNftables("""
+            table inet relaylab_cut {
+              chain forward {
+                type filter hook forward priority 0; policy accept;
+                iifname "a0" oifname "b0" drop
+                iifname "b0" oifname "a0" drop
+              }
+            }
+            """)
+            let cut = Date()
+            try waitUntil("both back on the relay", timeout: 8) { try Self.path(s, a: true).hasPrefix("relay") && Self.path(s, a: false).hasPrefix("relay") }
+            let took = Date().timeIntervalSince(cut)
+            print("hole punching: back on the relay \(String(format: "%.1f", took)) s after the direct path was cut")
+            let v = try #require(try Self.pathsView(s, a: true))
+            #expect(v.lastChange?.contains("unanswered") == true, "\(String(describing: v))")
+            #expect(try transfer.waitForExit(timeout: 30) == 0, "the transfer did not complete: \(transfer.log().suffix(600))")
+            let report = (try? JSONSerialization.jsonObject(with: Data(transfer.log().utf8)) as? [String: Any]).flatMap { $0["end"] as? [String: Any] }
+            let received = ((report?["sum_received"] as? [String: Any])?["bytes"] as? Double) ?? 0
+            #expect(received > 10_000_000, "the transfer moved only \(received) bytes")
+            // The path works again: the next attempt finds it.
+            try s.underlay.run(["nft", "delete", "table", "inet", "relaylab_cut"])
+            try waitUntil("direct again", timeout: 15) { try Self.path(s, a: true).hasPrefix("direct") && Self.path(s, a: false).hasPrefix("direct") }
+            let (ok, relayed) = try Self.relayedDuringPings(s)
+            #expect(ok && relayed <= 2, "after the upgrade: ok \(ok), relayed \(relayed)")
+            // relayctl paths, as people read it.
+            let text = try s.relayctl(s.gwA, s.socketA, ["paths", "gw-b"]).stdout
+            #expect(text.contains("peer gw-b: direct 100.64.2.2:51820") && text.contains("CANDIDATE"), "\(text)")
+            let peers = try s.relayctl(s.gwA, s.socketA, ["peers"]).stdout
+            #expect(peers.contains("proven"), "\(peers)")
+        }
+    }
+}
