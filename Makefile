@@ -72,7 +72,7 @@ test-sanitize: deps
 ## inputs go to .build/fuzz/work/TARGET); a crash stops the run and is kept as
 ## .build/fuzz/crash-TARGET-*: copy it to Fuzz/crashes/TARGET/, where the unit tests replay it.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := helper-request helper-policy stun tunnel relayd-config relay
+FUZZ_TARGETS := helper-request helper-policy stun tunnel relayd-config relay path
 fuzz: deps
 	$(SWIFT) build --build-path .build/fuzz --product relay-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DRELAY_LIBFUZZER -Xcc -DRELAY_LIBFUZZER -Xswiftc -use-ld=lld
 	@bin=$$($(SWIFT) build --build-path .build/fuzz --show-bin-path)/relay-fuzz; \

@@ -1,4 +1,5 @@
 import RelayCore
+import RelayTunnel
 
 /// NAT traversal for one peer, as a state machine (docs/paths.md): candidates exchanged through
 /// the session ("call me"), simultaneous probes to the peer's candidates, a direct path proven by

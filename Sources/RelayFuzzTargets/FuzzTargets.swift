@@ -24,6 +24,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case relaydConfig = "relayd-config"
     /// Relay messages: the framing, a frame's tag, a Noise IK responder reading a register, a grant.
     case relay
+    /// Path messages (NAT traversal: candidates, probes, answers), the plaintext of a session's data.
+    case path
 
     public enum Outcome: Equatable, Sendable { case accepted, refused }
 
@@ -35,6 +37,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .tunnel: return FuzzTarget.tunnel(bytes)
         case .relaydConfig: return FuzzTarget.relaydConfig(bytes)
         case .relay: return FuzzTarget.relay(bytes)
+        case .path: return FuzzTarget.path(bytes)
         }
     }
 
@@ -132,6 +135,14 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             return HandshakeMAC.openCookie(nonce: nonce, sealed: sealed, mac1: [UInt8](repeating: 0, count: 16), key: cookieKey) == nil ? .refused : .accepted
         }
     }
+    static func path(_ bytes: [UInt8]) -> Outcome {
+        guard case .success(let m) = bytes.withUnsafeBytes({ PathMessage.parse($0) }) else { return .refused }
+        // What parses encodes back to the same bytes (one encoding per message).
+        precondition(m.bytes == bytes, "path message re-encodes differently")
+        if case .candidates(_, let list) = m { _ = list.filter { PathMessage.probeable($0.endpoint) } }
+        return .accepted
+    }
+
     static let frameKey = SymmetricKey(data: [UInt8](repeating: 7, count: 32))
 
     static func relaydConfig(_ bytes: [UInt8]) -> Outcome {

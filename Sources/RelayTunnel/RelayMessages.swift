@@ -1,5 +1,6 @@
 import Crypto
 import CRelayCrypto
+import RelayCore
 
 /// The relay protocol's datagrams (docs/relay-protocol.md): a node registers with a relay by a Noise
 /// IK handshake against the relay's pinned static key, then every datagram between them is a frame
@@ -210,4 +211,26 @@ public struct RelayGrant: Equatable, Sendable {
 /// An address in a pong body: family (4 or 6), 16 address bytes (IPv4 in the last 4), port.
 public enum RelayAddressBody {
     public static let size = 19
+}
+
+/// An address in a pong: family (4 or 6), 16 address bytes (IPv4 in the last four), port (big-endian).
+public enum RelayAddress {
+    public static func encode(_ e: Endpoint) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 19)
+        switch e.address {
+        case .v4(let a): out[0] = 4; for i in 0..<4 { out[13 + i] = a.bytes[i] }
+        case .v6(let a): out[0] = 6; for i in 0..<16 { out[1 + i] = a.bytes[i] }
+        }
+        out[17] = UInt8(e.port >> 8); out[18] = UInt8(e.port & 0xff)
+        return out
+    }
+    public static func decode(_ b: ArraySlice<UInt8>) -> Endpoint? {
+        guard b.count == 19 else { return nil }
+        let a = Array(b), port = UInt16(a[17]) << 8 | UInt16(a[18])
+        switch a[0] {
+        case 4: return Endpoint(.v4(IPv4Address(a[13], a[14], a[15], a[16])), port: port)
+        case 6: return IPv6Address(bytes: Array(a[1..<17])).map { Endpoint(.v6($0), port: port) }
+        default: return nil
+        }
+    }
 }

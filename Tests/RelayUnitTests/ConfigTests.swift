@@ -103,6 +103,23 @@ struct ConfigTests {
         } catch { Issue.record("\(error)") }
     }
 
+    @Test("[paths]: defaults (hole punching on), seconds as integers or fractions, and each mistake named")
+    func paths() throws {
+        let (d, _) = try ConfigFile.parse("[node]\nname = \"n\"\n")
+        #expect(d.paths == PathsConfig() && d.paths.holePunching && d.paths.attempt == 10 && d.paths.trust == 6.5)
+        let (c, _) = try ConfigFile.parse("[paths]\nhole_punching = false\nattempt_seconds = 3\ntrust_seconds = 2.5\nheartbeat_seconds = 0.5\n")
+        #expect(!c.paths.holePunching && c.paths.attempt == 3 && c.paths.trust == 2.5 && c.paths.heartbeat == 0.5)
+        for (text, key, words) in [("[paths]\nattempt_seconds = 0", "paths.attempt_seconds", "1.0...120.0"),
+                                   ("[paths]\nhole_punching = 1", "paths.hole_punching", "true or false"),
+                                   ("[paths]\ntrust_seconds = 1\nheartbeat_seconds = 2", "paths.trust_seconds", "longer than heartbeat_seconds"),
+                                   ("[paths]\nretry_secnds = 5", "paths.retry_secnds", "did you mean 'retry_seconds'")] {
+            #expect(throws: ConfigError.self) { try ConfigFile.parse(text) }
+            do { _ = try ConfigFile.parse(text) } catch let e as ConfigError {
+                #expect(e.issues.contains { $0.key == key && $0.message.contains(words) }, "\(e)")
+            }
+        }
+    }
+
     @Test("private IPv4 embedded in the well-known prefix is a warning, not an error")
     func wellKnownPrefixWarning() throws {
         let (_, warnings) = try ConfigFile.parse(siteAConfig(site: "name = \"A\"\nlan4 = \"192.168.1.0/24\"\nvirtual4 = \"100.65.1.0/24\"\nvirtual6 = \"64:ff9b::/96\""))

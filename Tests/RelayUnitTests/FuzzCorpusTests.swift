@@ -38,6 +38,8 @@ struct FuzzCorpusTests {
         // Written by Python (noiseprotocol, cryptography) from docs/relay-protocol.md.
         #expect(outcome(.relay, "register.bin") == .accepted)
         #expect(outcome(.relay, "forward.bin") == .accepted)
+        #expect(outcome(.path, "candidates.bin") == .accepted)
+        #expect(outcome(.path, "probe_ack.bin") == .accepted)
         // Garbage is refused, not trapped on.
         for t in FuzzTarget.allCases { #expect(t.run([0xff, 0x00, 0x13]) == .refused, "\(t.rawValue)") }
     }

@@ -1,5 +1,4 @@
 import RelayCore
-import RelayTunnel
 
 /// Path messages: what two nodes tell each other inside their tunnel session to find a direct path
 /// (docs/paths.md). They travel as the plaintext of ordinary data messages, sealed with the
@@ -11,46 +10,54 @@ import RelayTunnel
 /// - `probe`: sent straight to one of the peer's candidates; a transaction id.
 /// - `probeAck`: the answer, sent back to where the probe came from, with that source (the peer
 ///   learns its own address as seen from here: a peer-reflexive candidate).
-enum PathMessage: Equatable {
+public enum PathMessage: Equatable, Sendable {
     case candidates(generation: UInt16, [Candidate])
     case probe(tx: UInt64)
     case probeAck(tx: UInt64, seen: Endpoint)
 
-    struct Candidate: Hashable, CustomStringConvertible {
-        enum Kind: UInt8 { case local = 1, reflexive = 2, peerReflexive = 3 }
-        var kind: Kind
-        var endpoint: Endpoint
-        var description: String { "\(endpoint) (\(kind))" }
+    public struct Candidate: Hashable, Sendable, CustomStringConvertible {
+        public enum Kind: UInt8, Sendable { case local = 1, reflexive = 2, peerReflexive = 3 }
+        public var kind: Kind
+        public var endpoint: Endpoint
+        public init(kind: Kind, endpoint: Endpoint) { self.kind = kind; self.endpoint = endpoint }
+        public var description: String { "\(endpoint) (\(kind))" }
     }
 
-    static let candidatesType: UInt8 = 0x11, probeType: UInt8 = 0x12, ackType: UInt8 = 0x13
+    public static let candidatesType: UInt8 = 0x11, probeType: UInt8 = 0x12, ackType: UInt8 = 0x13
     /// At most this many candidates in a message, and accepted from a peer.
-    static let maxCandidates = 16
+    public static let maxCandidates = 16
 
     /// True for a plaintext that is a path message (no IP packet starts with 0x1).
-    static func isPathMessage(_ first: UInt8) -> Bool { first >> 4 == 1 }
+    public static func isPathMessage(_ first: UInt8) -> Bool { first >> 4 == 1 }
 
-    var bytes: [UInt8] {
+    public var bytes: [UInt8] {
         var out: [UInt8] = []
         switch self {
         case .candidates(let g, let list):
             out = [Self.candidatesType, UInt8(g >> 8), UInt8(g & 0xff), UInt8(min(list.count, Self.maxCandidates))]
             for c in list.prefix(Self.maxCandidates) { out.append(c.kind.rawValue); out += RelayAddress.encode(c.endpoint) }
         case .probe(let tx):
-            out = [Self.probeType]; put64be(tx, &out)
+            out = [Self.probeType]; Self.put64(tx, &out)
         case .probeAck(let tx, let seen):
-            out = [Self.ackType]; put64be(tx, &out); out += RelayAddress.encode(seen)
+            out = [Self.ackType]; Self.put64(tx, &out); out += RelayAddress.encode(seen)
         }
         return out
     }
 
-    /// Why a path message was refused (each is counted).
-    enum Failure: Error, Equatable { case unknownType, truncated, badAddress, tooMany }
+    static func put64(_ v: UInt64, _ out: inout [UInt8]) { for i in (0..<8).reversed() { out.append(UInt8(truncatingIfNeeded: v >> (UInt64(i) * 8))) } }
 
-    static func parse(_ b: UnsafeRawBufferPointer) -> Result<PathMessage, Failure> {
+    /// Why a path message was refused (each is counted).
+    public enum Failure: Error, Equatable { case unknownType, truncated, badAddress, tooMany }
+
+    public static func parse(_ b: UnsafeRawBufferPointer) -> Result<PathMessage, Failure> {
         guard let t = b.first else { return .failure(.truncated) }
         func u64(_ at: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 << 8 | UInt64(b[at + $1]) } }
-        func address(_ at: Int) -> Endpoint? { RelayAddress.decode(Array(b[at..<(at + RelayAddressBody.size)])[...]) }
+        // One encoding per address: IPv4 with anything but zeros before it is refused.
+        func address(_ at: Int) -> Endpoint? {
+            let raw = Array(b[at..<(at + RelayAddressBody.size)])
+            guard let e = RelayAddress.decode(raw[...]), RelayAddress.encode(e) == raw else { return nil }
+            return e
+        }
         switch t {
         case candidatesType:
             guard b.count >= 4 else { return .failure(.truncated) }
@@ -78,7 +85,7 @@ enum PathMessage: Equatable {
 
     /// An endpoint worth probing: a unicast address one could reach across networks (not
     /// unspecified, loopback, multicast, broadcast or IPv6 link-local) and a port.
-    static func probeable(_ e: Endpoint) -> Bool {
+    public static func probeable(_ e: Endpoint) -> Bool {
         guard e.port != 0 else { return false }
         switch e.address {
         case .v4(let a):
