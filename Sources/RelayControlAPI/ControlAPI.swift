@@ -317,16 +317,18 @@ public struct PathsView: Codable, Equatable, Sendable {
     public var seenAs: String?
     public var attempting: Bool
     public var nextAttemptInSeconds: Double?
+    /// Direct paths that worked before the last restart (path cache), in the order tried.
+    public var cached: [String]?
     public var probes: [Probe]
     public var attempts: Int, successes: Int, failures: Int
     public var probesSent: Int, acksSent: Int, acksReceived: Int, unmatchedAcks: Int, candidatesRefused: Int, probesLimited: Int
     public init(peer: String, holePunching: Bool, route: String?, paths: [String: Double?], lastChange: String?, lastChangeSecondsAgo: Double?,
                 local: [Candidate], remote: [Candidate], peerReflexive: [String], seenAs: String?, attempting: Bool, nextAttemptInSeconds: Double?,
-                probes: [Probe], attempts: Int, successes: Int, failures: Int, probesSent: Int, acksSent: Int, acksReceived: Int,
+                cached: [String]? = nil, probes: [Probe], attempts: Int, successes: Int, failures: Int, probesSent: Int, acksSent: Int, acksReceived: Int,
                 unmatchedAcks: Int, candidatesRefused: Int, probesLimited: Int) {
         self.peer = peer; self.holePunching = holePunching; self.route = route; self.paths = paths; self.lastChange = lastChange
         self.lastChangeSecondsAgo = lastChangeSecondsAgo; self.local = local; self.remote = remote; self.peerReflexive = peerReflexive
-        self.seenAs = seenAs; self.attempting = attempting; self.nextAttemptInSeconds = nextAttemptInSeconds; self.probes = probes
+        self.seenAs = seenAs; self.attempting = attempting; self.nextAttemptInSeconds = nextAttemptInSeconds; self.cached = cached; self.probes = probes
         self.attempts = attempts; self.successes = successes; self.failures = failures; self.probesSent = probesSent; self.acksSent = acksSent
         self.acksReceived = acksReceived; self.unmatchedAcks = unmatchedAcks; self.candidatesRefused = candidatesRefused; self.probesLimited = probesLimited
     }

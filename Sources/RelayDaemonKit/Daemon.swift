@@ -57,6 +57,8 @@ public final class Daemon: @unchecked Sendable {
         tunnel = TunnelService(identity: id, logger: logger, flows: flows, tun: { link.tunHandle })
         tunnel.initiationStamps = InitiationStamps(directory: options.stateDirectory)
         tunnel.relayPeerCache = RelayPeerCache(directory: options.stateDirectory)
+        tunnel.pathCache = PathCache(directory: options.stateDirectory)
+        if let p = tunnel.pathCache.problem { logger.warning("\(p)") }
     }
 
     static func loadConfig(_ o: DaemonOptions) throws -> (RelayConfiguration, ConfigStatus) {

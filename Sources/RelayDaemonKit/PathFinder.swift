@@ -24,6 +24,9 @@ struct PathFinder {
     private(set) var remote: [PathMessage.Candidate] = []
     private(set) var remoteGeneration: UInt16?
     private(set) var peerReflexive: [Endpoint] = []
+    /// Direct paths that worked before a restart (path cache), best first: probed in every attempt
+    /// until the peer's own candidates replace them.
+    private(set) var cachedPaths: [Endpoint] = []
     /// What the peer saw as our address when it answered a probe.
     private(set) var seenAs: Endpoint?
     /// Per target: when the attempt's first probe went, and how many went.
@@ -53,6 +56,15 @@ struct PathFinder {
     init(settings: PathsConfig = PathsConfig()) { self.settings = settings }
 
     var attempting: Bool { attemptDeadline != nil }
+
+    mutating func cached(_ list: [Endpoint]) { cachedPaths = Array(list.filter(PathMessage.probeable).prefix(PathMessage.maxCandidates)) }
+
+    /// Every endpoint an attempt probes: the peer's candidates, sources its probes came from, cached paths.
+    private var probeTargets: [Endpoint] {
+        var out: [Endpoint] = []
+        for e in cachedPaths + remote.map(\.endpoint) + peerReflexive where !out.contains(e) { out.append(e) }
+        return out
+    }
 
     // MARK: events
 
@@ -88,7 +100,7 @@ struct PathFinder {
             nextAttempt = now + settings.retry
             out.append(.note("no direct path found within \(fmt(settings.attempt)) s; staying relayed, next attempt in \(fmt(settings.retry)) s"))
         }
-        if !attempting, now >= nextAttempt, !(local.isEmpty && remote.isEmpty && peerReflexive.isEmpty) {
+        if !attempting, now >= nextAttempt, !(local.isEmpty && probeTargets.isEmpty) {
             out += begin(now: now, via: route)
         }
         if attempting {
@@ -165,7 +177,7 @@ struct PathFinder {
         attemptStarted = now
         attemptDeadline = now + settings.attempt
         targets = [:]
-        for e in remote.map(\.endpoint) + peerReflexive where targets[e] == nil { targets[e] = Target(first: now, sent: 0) }
+        for e in probeTargets where targets[e] == nil { targets[e] = Target(first: now, sent: 0) }
         if !local.isEmpty { out.append(sendCandidates(now: now, via: via)) }
         return out
     }
@@ -173,7 +185,7 @@ struct PathFinder {
     /// Probes whose time has come, within the attempt and the budget.
     private mutating func probesDue(now: Double, tx: () -> UInt64) -> [Output] {
         var out: [Output] = []
-        for e in remote.map(\.endpoint) + peerReflexive where targets[e] == nil { targets[e] = Target(first: now, sent: 0) }
+        for e in probeTargets where targets[e] == nil { targets[e] = Target(first: now, sent: 0) }
         for (e, t) in targets.sorted(by: { "\($0.key)" < "\($1.key)" }) {
             guard t.sent < Self.schedule.count, now - t.first >= Self.schedule[t.sent] else { continue }
             guard take(now: now) else { probesLimited += 1; break }

@@ -39,6 +39,8 @@ enum PeerAction {
     case persistStamp(key: [UInt8], name: String, stamp: UInt64)
     /// Remember (peer cache) that the peer was found at this relay.
     case rememberRelay(key: [UInt8], relay: Endpoint)
+    /// Remember (path cache) that a direct path to the peer was proven.
+    case rememberPath(key: [UInt8], endpoint: Endpoint, rtt: Double?)
     /// UDP to this relay is blocked: open its WebSocket transport (or close it: UDP works again).
     case openWebSocket(RelayLink)
     case closeWebSocket(RelayLink)
@@ -448,6 +450,14 @@ final class PeerMachine {
         paths(out, now: now, t)
     }
 
+    /// Direct paths that worked before a restart (path cache, best first): the first is tried at
+    /// once (the handshake goes there as well as through a relay), all are probed first.
+    func cachedPaths(_ list: [Endpoint]) {
+        guard !list.isEmpty else { return }
+        finder.cached(list)
+        if endpoint == nil { paths.insert(PeerPath(.direct(list[0])), at: 0); choose() }
+    }
+
     /// New local candidates (the table's, for every peer).
     func localCandidates(_ list: [PathMessage.Candidate], now: Double) { finder.localCandidates(list, now: now) }
 
@@ -459,8 +469,10 @@ final class PeerMachine {
                 guard let s = current else { continue }
                 t.actions.append(.send(s.seal(m.bytes[...]), to: to))
                 if case .probe = m { t.counters.probesSent += 1 }
-            case .proven(let e, _):
+            case .proven(let e, let rtt):
+                let before = route
                 proved(.direct(e), now: now)
+                if before != route, route == .direct(e) { t.actions.append(.rememberPath(key: publicKey, endpoint: e, rtt: rtt)) }
             case .note(let n):
                 t.actions.append(.log(.info, "paths to \(name): \(n)"))
             }

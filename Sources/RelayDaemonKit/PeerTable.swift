@@ -60,7 +60,7 @@ final class PeerTable {
 
     /// Reload: peers whose key stays keep their machine (and sessions); new keys get one (with the
     /// greatest initiation timestamp kept for them, `stamp`); removed keys lose their indices.
-    func configure(_ list: [PeerConfig], exported: [IPPrefix], stamp: ([UInt8]) -> UInt64) {
+    func configure(_ list: [PeerConfig], exported: [IPPrefix], stamp: ([UInt8]) -> UInt64, cachedPaths: ([UInt8]) -> [Endpoint] = { _ in [] }) {
         var next: [PeerMachine] = []
         for c in list {
             if let old = peers.first(where: { $0.publicKey == c.publicKey }) {
@@ -69,6 +69,7 @@ final class PeerTable {
             } else {
                 let m = PeerMachine(name: c.name, publicKey: c.publicKey, endpoint: c.endpoint, prefixes: c.prefixes)
                 m.finder.settings = pathSettings
+                m.cachedPaths(cachedPaths(c.publicKey))
                 m.lastInitiationStamp = stamp(c.publicKey)
                 next.append(m)
             }

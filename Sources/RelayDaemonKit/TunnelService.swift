@@ -41,6 +41,12 @@ public final class TunnelService: @unchecked Sendable {
     public var initiationStamps = InitiationStamps(directory: nil)
     /// Where peers were last found through relays (the home relay after a restart).
     public var relayPeerCache = RelayPeerCache(directory: nil)
+    /// Direct paths that worked (tried first after a restart), and the generator of its
+    /// epsilon-greedy choice (seeded by RELAY_PATHS_SEED in tests).
+    public var pathCache = PathCache(directory: nil)
+    var pathChoice: any RandomNumberGenerator = ProcessInfo.processInfo.environment["RELAY_PATHS_SEED"].flatMap(UInt64.init).map { SplitMix64(seed: $0) as any RandomNumberGenerator } ?? SystemRandomNumberGenerator()
+    /// How often the cache's first choice is not its best (to keep learning).
+    static let pathEpsilon = 0.1
     /// WebSocket transports to relays whose UDP is blocked, by link.
     let bridges = NIOLockedValueBox<[ObjectIdentifier: WebSocketUDPBridge]>([:])
     var socketFD: Int32 = -1
@@ -137,7 +143,11 @@ public final class TunnelService: @unchecked Sendable {
         candidateExclusions = siteNets
         candidatesCheckedAt = 0
         table.configurePaths(cfg.paths)
-        table.configure(list, exported: exported, stamp: { stamps.stamp(for: $0) })
+        let cached = pathCache.snapshot()
+        var rng = pathChoice
+        table.configure(list, exported: exported, stamp: { stamps.stamp(for: $0) },
+                        cachedPaths: { k in cached[k].map { PathCache.order($0, epsilon: TunnelService.pathEpsilon, using: &rng) } ?? [] })
+        pathChoice = rng
         table.configureRelays(cfg.relays, cache: relayPeerCache.snapshot(), now: clock())
         table.callsign = cfg.node.callsign.flatMap { try? Callsign.normalize($0).get() }.map { ($0, cfg.node.callsignListed) }
         let endpoints = table.knownRoutes
@@ -304,6 +314,10 @@ public final class TunnelService: @unchecked Sendable {
             case .rememberRelay(let key, let relay):
                 do { try relayPeerCache.record(key, relay) } catch {
                     logger.debug("cannot keep the peer cache in \(relayPeerCache.path ?? "-"): \(error)")
+                }
+            case .rememberPath(let key, let e, let rtt):
+                do { try pathCache.record(key, e, rtt: rtt, now: clock()) } catch {
+                    logger.debug("cannot keep the path cache in \(pathCache.path ?? "-"): \(error)")
                 }
             case .flow(let pkt, let name):
                 flows.record(pkt[...], outbound: true, peer: name, now: clock())
@@ -819,6 +833,7 @@ public final class TunnelService: @unchecked Sendable {
                          lastChange: p.routeChange?.why, lastChangeSecondsAgo: p.routeChange.map { now - $0.at },
                          local: view(f.local), remote: view(f.remote), peerReflexive: f.peerReflexive.map { "\($0)" }, seenAs: f.seenAs.map { "\($0)" },
                          attempting: f.attempting, nextAttemptInSeconds: f.attempting ? nil : max(0, f.nextAttempt - now),
+                         cached: f.cachedPaths.map { "\($0)" },
                          probes: probes.sorted { $0.endpoint < $1.endpoint }, attempts: f.attempts, successes: f.successes, failures: f.failures,
                          probesSent: f.probesSent, acksSent: f.acksSent, acksReceived: f.acksReceived, unmatchedAcks: f.unmatchedAcks,
                          candidatesRefused: f.candidatesRefused, probesLimited: f.probesLimited)

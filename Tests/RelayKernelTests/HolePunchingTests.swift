@@ -158,4 +158,37 @@ struct HolePunchingTests {
             #expect(peers.contains("proven"), "\(peers)")
         }
     }
+
+    @Test("restart a gateway that was direct: its path cache is read back and its first handshake goes straight to the cached path (the relay forwards nothing)")
+    func restartUsesCache() throws {
+        try KernelGate.check()
+        try Lab.with("punchcache") { lab in
+            let s = try Self.lab(lab)
+            try Self.setNATs(s, .masquerade, .masquerade)
+            try waitUntil("A reaches B", timeout: 25) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
+            try waitUntil("direct", timeout: 12) { try Self.path(s, a: true).hasPrefix("direct") && Self.path(s, a: false).hasPrefix("direct") }
+            try waitUntil("the path cache written", timeout: 5) {
+                ((try? String(contentsOfFile: s.dir("A") + "/state/paths.json", encoding: .utf8)) ?? "").contains("100.64.2.2")
+            }
+            s.relaydA.signal(SIGTERM)
+            _ = try s.relaydA.waitForExit(timeout: 10)
+            let before = try Self.forwarded(s)
+            try? FileManager.default.removeItem(atPath: s.socketA)
+            try s.restartRelaydA()
+            let restarted = Date()
+            try waitUntil("relayd A back", timeout: 20) {
+                guard FileManager.default.fileExists(atPath: s.socketA) else { return false }
+                return try s.relayctl(s.gwA, s.socketA, ["status"]).succeeded
+            }
+            try waitUntil("A reaches B again", timeout: 10) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
+            try waitUntil("A direct again", timeout: 5) { try Self.path(s, a: true).hasPrefix("direct") }
+            print("hole punching: direct again \(String(format: "%.1f", Date().timeIntervalSince(restarted))) s after the restart (path cache)")
+            let v = try #require(try Self.pathsView(s, a: true))
+            #expect(v.cached?.first == "100.64.2.2:51820", "\(String(describing: v.cached))")
+            let (ok, relayed) = try Self.relayedDuringPings(s)
+            #expect(ok, "packets lost after the restart")
+            let across = try Self.forwarded(s) - before
+            #expect(across <= 2, "the relay forwarded \(across) datagrams across the restart (relayed during the pings: \(relayed))")
+        }
+    }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import RelayCore
 import RelayTunnel
@@ -220,5 +221,56 @@ extension PeerMachineTests {
         #expect(peerB.route == .relay(relayEP, id: 2))
         #expect(peerB.routeChange?.why.contains("unanswered") == true, "\(String(describing: peerB.routeChange))")
         #expect(a.table.take().contains { if case .log(_, let m) = $0 { return m.contains("back to the relay") } else { return false } })
+    }
+}
+
+@Suite("paths: the path cache")
+struct PathCacheTests {
+    static func dir() -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("pathcache-\(UInt32.random(in: 0...UInt32.max))").path
+        try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    @Test("proven paths are kept per peer across a restart (counts, round trips), at most 8, best first")
+    func roundTrip() throws {
+        let d = Self.dir(); defer { try? FileManager.default.removeItem(atPath: d) }
+        let key = [UInt8](repeating: 3, count: 32)
+        let c = PathCache(directory: d)
+        try c.record(key, Endpoint("100.64.2.2:51820")!, rtt: 0.0004, now: 10)
+        try c.record(key, Endpoint("100.64.2.2:51820")!, rtt: 0.0005, now: 20)
+        for i in 0..<10 { try c.record(key, Endpoint("192.0.2.\(i + 1):51820")!, rtt: nil, now: Double(30 + i)) }
+        let back = PathCache(directory: d).snapshot()[key] ?? []
+        #expect(back.count == 8 && back[0].endpoint == Endpoint("100.64.2.2:51820")! && back[0].successes == 2 && back[0].roundTripMs == 0.5, "\(back)")
+        #expect(PathCache(directory: d).problem == nil)
+    }
+
+    @Test("a corrupt cache is reported and ignored, and the next proven path replaces it")
+    func corrupt() throws {
+        let d = Self.dir(); defer { try? FileManager.default.removeItem(atPath: d) }
+        try "{\"version\": 1, \"peers\": {\"x\": [{\"endpoint\": 5}]}".write(toFile: d + "/paths.json", atomically: true, encoding: .utf8)
+        let c = PathCache(directory: d)
+        #expect(c.snapshot().isEmpty)
+        #expect(c.problem?.contains("paths.json is not a path cache") == true, "\(String(describing: c.problem))")
+        try c.record([UInt8](repeating: 1, count: 32), Endpoint("10.0.0.1:1")!, rtt: nil, now: 1)
+        #expect(PathCache(directory: d).problem == nil && PathCache(directory: d).snapshot().count == 1)
+    }
+
+    @Test("epsilon-greedy with a seeded generator: the best path first about 1 - epsilon of the time, every other one explored")
+    func epsilonGreedy() {
+        let entries = [PathCache.Entry(endpoint: Endpoint("10.0.0.1:1")!, roundTripMs: 5, successes: 1, lastSuccess: 5),
+                       PathCache.Entry(endpoint: Endpoint("10.0.0.2:1")!, roundTripMs: 1, successes: 9, lastSuccess: 1),
+                       PathCache.Entry(endpoint: Endpoint("10.0.0.3:1")!, roundTripMs: 2, successes: 9, lastSuccess: 9)]
+        var rng = SplitMix64(seed: 42)
+        var firsts: [Endpoint: Int] = [:]
+        for _ in 0..<10_000 { firsts[PathCache.order(entries, epsilon: 0.1, using: &rng)[0], default: 0] += 1 }
+        let best = firsts[Endpoint("10.0.0.2:1")!] ?? 0
+        #expect((8800...9200).contains(best), "\(firsts)")
+        #expect((firsts[Endpoint("10.0.0.1:1")!] ?? 0) > 300 && (firsts[Endpoint("10.0.0.3:1")!] ?? 0) > 300, "\(firsts)")
+        // The same seed, the same choices.
+        var a = SplitMix64(seed: 7), b = SplitMix64(seed: 7)
+        #expect((0..<50).map { _ in PathCache.order(entries, epsilon: 0.5, using: &a) } == (0..<50).map { _ in PathCache.order(entries, epsilon: 0.5, using: &b) })
+        var r = SplitMix64(seed: 1)
+        #expect(PathCache.order(entries, epsilon: 0, using: &r) == ["10.0.0.2:1", "10.0.0.3:1", "10.0.0.1:1"].map { Endpoint($0)! })
     }
 }

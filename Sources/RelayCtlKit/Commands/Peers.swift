@@ -48,7 +48,7 @@ struct Paths: ParsableCommand {
             print("")
             print(table(["PATH", "LAST PROOF"], v.paths.sorted { $0.key < $1.key }.map { [$0.key, $0.value.map { String(format: "%.1fs ago", $0) } ?? "never"] }))
             print("")
-            let rows = v.local.map { ["local", $0.endpoint, $0.kind] } + v.remote.map { ["peer", $0.endpoint, $0.kind] } + v.peerReflexive.map { ["peer", $0, "peerReflexive (a probe came from there)"] }
+            let rows = (v.cached ?? []).map { ["cache", $0, "worked before the restart"] } + v.local.map { ["local", $0.endpoint, $0.kind] } + v.remote.map { ["peer", $0.endpoint, $0.kind] } + v.peerReflexive.map { ["peer", $0, "peerReflexive (a probe came from there)"] }
             print(table(["SIDE", "CANDIDATE", "KIND"], rows))
             if !v.probes.isEmpty {
                 print("")
