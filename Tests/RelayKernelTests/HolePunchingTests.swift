@@ -191,4 +191,46 @@ struct HolePunchingTests {
             #expect(across <= 2, "the relay forwarded \(across) datagrams across the restart (relayed during the pings: \(relayed))")
         }
     }
+
+    @Test("same LAN and IPv6: behind endpoint-dependent NATs (no way through them), two gateways that share a LAN go direct over it by their local candidates; the LAN removed, they fall back to the relay; routed IPv6 added, they go direct over IPv6")
+    func sameLANThenIPv6() throws {
+        try KernelGate.check()
+        try Lab.with("punchlan") { lab in
+            let s = try Self.lab(lab)
+            try Self.setNATs(s, .fullyRandom, .fullyRandom)
+            try waitUntil("A reaches B", timeout: 25) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
+            try waitUntil("the first attempts end", timeout: 12) {
+                let fa = try Self.pathsView(s, a: true)?.failures ?? 0, fb = try Self.pathsView(s, a: false)?.failures ?? 0
+                return fa >= 1 && fb >= 1
+            }
+            #expect(try Self.path(s, a: true).hasPrefix("relay"))
+            // A LAN between the two gateways (not a site prefix): host candidates.
+            try lab.link(s.gwA, "lan9", ["10.99.0.1/24"], s.gwB, "lan9", ["10.99.0.2/24"])
+            try waitUntil("direct over the shared LAN", timeout: 12) {
+                try Self.path(s, a: true) == "direct 10.99.0.2:51820" && Self.path(s, a: false) == "direct 10.99.0.1:51820"
+            }
+            var (ok, relayed) = try Self.relayedDuringPings(s)
+            #expect(ok && relayed <= 2, "LAN: ok \(ok), relayed \(relayed)")
+            // The LAN goes: back to the relay.
+            try s.gwA.ip("link", "del", "lan9")
+            try waitUntil("back on the relay", timeout: 10) { try Self.path(s, a: true).hasPrefix("relay") && Self.path(s, a: false).hasPrefix("relay") }
+            // Routed IPv6 between the sites' gateways (no NAT66): IPv4 stays blocked by the NATs.
+            for (gw, nat, side, up) in [(s.gwA, s.natA!, "1", "a0"), (s.gwB, s.natB!, "2", "b0")] {
+                let letter = side == "1" ? "a" : "b"
+                try gw.addAddress("2001:db8:\(side)::20/64", dev: "wan0")
+                try nat.addAddress("2001:db8:\(side)::1/64", dev: "lan0")
+                try nat.addAddress("2001:db8:\(letter)::2/64", dev: "wan0")
+                try s.underlay.addAddress("2001:db8:\(letter)::1/64", dev: up)
+                try gw.route("default", via: "2001:db8:\(side)::1")
+                try nat.route("default", via: "2001:db8:\(letter)::1")
+                try s.underlay.route("2001:db8:\(side)::/64", via: "2001:db8:\(letter)::2")
+            }
+            #expect(try s.gwA.run(["ping", "-6", "-c1", "-W2", "2001:db8:2::20"], check: false).succeeded, "IPv6 between the gateways")
+            try waitUntil("direct over IPv6", timeout: 15) {
+                try Self.path(s, a: true) == "direct [2001:db8:2::20]:51820" && Self.path(s, a: false) == "direct [2001:db8:1::20]:51820"
+            }
+            (ok, relayed) = try Self.relayedDuringPings(s)
+            #expect(ok && relayed <= 2, "IPv6: ok \(ok), relayed \(relayed)")
+        }
+    }
 }
