@@ -233,4 +233,35 @@ struct HolePunchingTests {
             #expect(ok && relayed <= 2, "IPv6: ok \(ok), relayed \(relayed)")
         }
     }
+
+    @Test("migration: gateway A's address changes mid-transfer (its NAT maps it anew); B follows it on the direct path and the transfer completes")
+    func migration() throws {
+        try KernelGate.check()
+        try Lab.with("punchmig") { lab in
+            let s = try Self.lab(lab)
+            try Self.setNATs(s, .masquerade, .fullCone)
+            try waitUntil("A reaches B", timeout: 25) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
+            try waitUntil("direct", timeout: 12) { try Self.path(s, a: true).hasPrefix("direct") && Self.path(s, a: false).hasPrefix("direct") }
+            let before = try Self.path(s, a: false)
+            try s.hostB.spawn(["iperf3", "-s", "-1"], label: "iperf3-server")
+            try waitUntil("iperf3 server") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":5201") }
+            let transfer = try s.hostA.spawn(["iperf3", "-c", "240.2.2.20", "-t", "8", "-b", "20M", "--json"], label: "iperf3-client")
+            Thread.sleep(forTimeInterval: 2)
+            try s.gwA.sysctl("net.ipv4.conf.wan0.promote_secondaries", "1")
+            try s.gwA.addAddress("10.10.10.11/24", dev: "wan0")
+            try s.gwA.ip("addr", "del", "10.10.10.10/24", "dev", "wan0")
+            try s.gwA.ip("route", "replace", "default", "via", "10.10.10.1")
+            let moved = Date()
+            var after = ""
+            try waitUntil("B follows A to its new mapping", timeout: 10) {
+                after = try Self.path(s, a: false)
+                return after.hasPrefix("direct") && after != before
+            }
+            print("hole punching: B on A's new mapping \(String(format: "%.1f", Date().timeIntervalSince(moved))) s after A's address changed (\(before) -> \(after))")
+            #expect(try transfer.waitForExit(timeout: 30) == 0, "the transfer did not complete: \(transfer.log().suffix(600))")
+            #expect(try Self.path(s, a: true).hasPrefix("direct"))
+            let (ok, relayed) = try Self.relayedDuringPings(s)
+            #expect(ok && relayed <= 2, "after the move: ok \(ok), relayed \(relayed)")
+        }
+    }
 }
