@@ -20,6 +20,8 @@ struct Bench: ParsableCommand {
     @Flag(help: "Skip the relay benchmarks (relayed path against the direct one; 10,000 nodes at one relay).") var noRelay = false
     @Flag(help: "Skip the relay forwarding benchmark (relayd's relay against coturn's TURN relay).") var noRelayForwarding = false
     @Flag(help: "Skip the WebSocket relay benchmark (the relayed path over TLS against a chain of stunnel processes).") var noWebSocket = false
+    @Flag(help: "Skip the NAT traversal benchmark (the 25 ordered pairs of NAT kinds).") var noPunch = false
+    @Option(help: "Rounds of the NAT traversal matrix (25 cells each; RELAY_BENCH_PUNCH_ROUNDS overrides).") var punchRounds = 20
     @Option(help: "Simulated nodes for the relay scale row.") var relayNodes = 10_000
     @Option(help: "Flow counts for relayd's memory figures.") var memoryFlows: [Int] = [10_000, 100_000]
 
@@ -76,6 +78,7 @@ struct Bench: ParsableCommand {
         if !noPaths { try paths() }
         if !noFlood { try flood() }
         if !noRelay { try relayed() }
+        if !noPunch { try PunchBench.run(rounds: ProcessInfo.processInfo.environment["RELAY_BENCH_PUNCH_ROUNDS"].flatMap(Int.init) ?? punchRounds) }
         if !noRelayForwarding { try forwarding() }
         if !noWebSocket { try webSocket() }
         if !noSiit { try translation() }

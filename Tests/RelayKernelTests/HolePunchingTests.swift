@@ -10,33 +10,27 @@ import RelayTestHarness
 /// traffic flows, and the NAT router's conntrack holds the flow to the other side.
 @Suite("kernel: hole punching through NAT routers", .serialized, .enabled(if: KernelGate.shouldRun, "needs root"))
 struct HolePunchingTests {
-    static let paths = "[paths]\nattempt_seconds = 3\nretry_seconds = 3\nheartbeat_seconds = 1\ntrust_seconds = 3\n"
-
-    /// The lab: SiteToSite behind NAT routers, the underlay's drop between them removed.
-    static func lab(_ lab: Lab) throws -> SiteToSite {
-        let s = try SiteToSite(lab, relays: 1)
-        try s.underlay.run(["nft", "delete", "table", "inet", "relaylab_nodirect"])
-        try s.start(extraConfig: paths)
-        return s
-    }
-
-    /// Puts router kinds in front of A and B (gateways stopped meanwhile, conntrack emptied).
-    static func setNATs(_ s: SiteToSite, _ a: LabNAT, _ b: LabNAT) throws {
-        try s.restartGateways {
-            for (router, kind, host, net, wan) in [(s.natA!, a, "10.10.10.10", "10.10.10.0/24", "100.64.1.2"), (s.natB!, b, "10.20.20.20", "10.20.20.0/24", "100.64.2.2")] {
-                for t in [["inet", "relaylab_nat"], ["ip", "labnat"]] { _ = try router.run(["nft", "delete", "table"] + t, check: false) }
-                if let rules = kind.ruleset(host: host) { try router.loadNftables(rules) }
-                _ = try router.run(["conntrack", "-F"], check: false)
-                // Without NAT the inside network is routed on the underlay.
-                if kind == .none { try s.underlay.run(["ip", "route", "replace", net, "via", wan]) }
-                else { _ = try s.underlay.run(["ip", "route", "del", net], check: false) }
-            }
+    /// One matrix cell, asserted: connectivity, then the outcome theory predicts, proven outside the
+    /// nodes (the relay's counter while pings flow; the NAT routers' conntrack).
+    static func cell(_ p: PunchLab, _ a: LabNAT, _ b: LabNAT) throws -> String {
+        let c = try p.cell(a, b)
+        let s = p.s
+        let (ok, relayed) = try p.relayedDuringPings()
+        #expect(ok, "\(a)/\(b): packets lost")
+        let pa = try p.path(a: true), pb = try p.path(a: false)
+        #expect(c.direct == c.expectDirect, "\(a)/\(b): \(c.direct ? "direct" : "relayed"), theory says \(c.expectDirect ? "direct" : "relayed") (A: \(pa), B: \(pb))")
+        if c.expectDirect {
+            #expect(relayed <= 2, "\(a)/\(b): the relay forwarded \(relayed) datagrams while the path should be direct (A: \(pa), B: \(pb))")
+            #expect(pa.hasPrefix("direct") && pb.hasPrefix("direct"), "\(a)/\(b): A \(pa), B \(pb)")
+            // conntrack on a NAT router holds the flow with the other side's public address.
+            let bPublic = b == .none ? "10.20.20.20" : "100.64.2.2", aPublic = a == .none ? "10.10.10.10" : "100.64.1.2"
+            if a != .none { #expect(!(try p.conntrack(s.natA, from: "10.10.10.10", to: bPublic)).isEmpty, "\(a)/\(b): no flow A -> \(bPublic) in natA's conntrack") }
+            if b != .none { #expect(!(try p.conntrack(s.natB, from: "10.20.20.20", to: aPublic)).isEmpty, "\(a)/\(b): no flow B -> \(aPublic) in natB's conntrack") }
+        } else {
+            #expect(relayed >= 20, "\(a)/\(b): the relay forwarded only \(relayed) datagrams for 20 pings")
+            #expect(pa.hasPrefix("relay") && pb.hasPrefix("relay"), "\(a)/\(b): A \(pa), B \(pb)")
         }
-    }
-
-    static func path(_ s: SiteToSite, a: Bool) throws -> String {
-        let out = try s.relayctl(a ? s.gwA : s.gwB, a ? s.socketA : s.socketB, ["peers", "--json"]).stdout
-        return (try? ControlJSON.decoder().decode(PeersResponse.self, from: Data(out.utf8)))?.peers.first?.runtime?.path ?? ""
+        return "\(a.rawValue) x \(b.rawValue): \(c.direct ? "direct" : "relayed") (expected \(c.expectDirect ? "direct" : "relayed")), first packet \(String(format: "%.1f", c.firstPacket)) s, settled after \(String(format: "%.1f", c.settled)) s"
     }
 
     static func pathsView(_ s: SiteToSite, a: Bool) throws -> PathsView? {
@@ -44,71 +38,15 @@ struct HolePunchingTests {
         return try? ControlJSON.decoder().decode(PathsView.self, from: Data(out.utf8))
     }
 
-    static func forwarded(_ s: SiteToSite) throws -> Int {
-        let out = try s.relayctl(s.relayHosts[0], s.relaySocket(0), ["relay", "status", "--json"]).stdout
-        return try ControlJSON.decoder().decode(RelayStatusResponse.self, from: Data(out.utf8)).relay.counters.forwarded
-    }
-
-    /// Pings across (20 in about a second) and how many datagrams the relay forwarded meanwhile.
-    static func relayedDuringPings(_ s: SiteToSite) throws -> (ok: Bool, forwarded: Int) {
-        let before = try forwarded(s)
-        let ping = try s.hostA.run(["ping", "-c20", "-i0.05", "-W1", "240.2.2.20"], check: false)
-        return (ping.stdout.contains(" 0% packet loss"), try forwarded(s) - before)
-    }
-
-    /// The UDP flows conntrack holds on `router` between its gateway and `to`, in either
-    /// direction (behind a full cone, the peer's probe may have opened the flow from outside).
-    static func conntrack(_ router: LabHost, from host: String, to: String) throws -> String {
-        let all = try router.run(["conntrack", "-L", "-p", "udp"], check: false).stdout
-        return all.split(separator: "\n").filter { $0.contains("=\(host) ") && $0.contains("=\(to) ") }.joined(separator: "\n")
-    }
-
-    /// One cell: connectivity first (through the relay at worst), then the outcome theory predicts.
-    static func cell(_ s: SiteToSite, _ a: LabNAT, _ b: LabNAT) throws -> String {
-        try setNATs(s, a, b)
-        let expectDirect = LabNAT.expectDirect(a, b)
-        let started = Date()
-        try waitUntil("\(a)/\(b): A reaches B", timeout: 25) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
-        let firstPacket = Date().timeIntervalSince(started)
-        if expectDirect {
-            try waitUntil("\(a)/\(b): both gateways on a direct path", timeout: 12) {
-                try path(s, a: true).hasPrefix("direct") && path(s, a: false).hasPrefix("direct")
-            }
-        } else {
-            // Theory says no: the first attempt on both sides ends, and both stay relayed.
-            try waitUntil("\(a)/\(b): the first attempts end", timeout: 12) {
-                let fa = try pathsView(s, a: true)?.failures ?? 0, fb = try pathsView(s, a: false)?.failures ?? 0
-                return fa >= 1 && fb >= 1
-            }
-        }
-        let upgraded = Date().timeIntervalSince(started)
-        let (ok, relayed) = try relayedDuringPings(s)
-        #expect(ok, "\(a)/\(b): packets lost")
-        let pa = try path(s, a: true), pb = try path(s, a: false)
-        if expectDirect {
-            #expect(relayed <= 2, "\(a)/\(b): the relay forwarded \(relayed) datagrams while the path should be direct (A: \(pa), B: \(pb))")
-            #expect(pa.hasPrefix("direct") && pb.hasPrefix("direct"), "\(a)/\(b): A \(pa), B \(pb)")
-            // conntrack on a NAT router holds the flow straight to the other side's public address.
-            let bPublic = b == .none ? "10.20.20.20" : "100.64.2.2", aPublic = a == .none ? "10.10.10.10" : "100.64.1.2"
-            if a != .none { #expect(!(try conntrack(s.natA, from: "10.10.10.10", to: bPublic)).isEmpty, "\(a)/\(b): no flow A -> \(bPublic) in natA's conntrack") }
-            if b != .none { #expect(!(try conntrack(s.natB, from: "10.20.20.20", to: aPublic)).isEmpty, "\(a)/\(b): no flow B -> \(aPublic) in natB's conntrack") }
-        } else {
-            #expect(relayed >= 20, "\(a)/\(b): the relay forwarded only \(relayed) datagrams for 20 pings")
-            #expect(pa.hasPrefix("relay") && pb.hasPrefix("relay"), "\(a)/\(b): A \(pa), B \(pb)")
-        }
-        let outcome = pa.hasPrefix("direct") && pb.hasPrefix("direct") ? "direct" : "relayed"
-        return "\(a.rawValue) x \(b.rawValue): \(outcome) (expected \(expectDirect ? "direct" : "relayed")), first packet \(String(format: "%.1f", firstPacket)) s, \(expectDirect ? "direct" : "settled") after \(String(format: "%.1f", upgraded)) s"
-    }
-
     @Test("the NAT matrix: every unordered pair of router kinds (15) connects, directly exactly where RFC 4787 theory allows (relay counters and conntrack as proof)")
     func matrix() throws {
         try KernelGate.check()
         try Lab.with("punch") { lab in
-            let s = try Self.lab(lab)
+            let p = try PunchLab(lab)
             let kinds = LabNAT.allCases
             var table: [String] = []
             for (i, a) in kinds.enumerated() {
-                for b in kinds[i...] { table.append(try Self.cell(s, a, b)) }
+                for b in kinds[i...] { table.append(try Self.cell(p, a, b)) }
             }
             print("hole punching matrix:\n" + table.joined(separator: "\n"))
         }
@@ -118,10 +56,10 @@ struct HolePunchingTests {
     func fallBackAndUpgrade() throws {
         try KernelGate.check()
         try Lab.with("punchfb") { lab in
-            let s = try Self.lab(lab)
-            try Self.setNATs(s, .masquerade, .masquerade)
+            let p = try PunchLab(lab), s = p.s
+            try p.setNATs(.masquerade, .masquerade)
             try waitUntil("A reaches B", timeout: 25) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
-            try waitUntil("direct", timeout: 12) { try Self.path(s, a: true).hasPrefix("direct") && Self.path(s, a: false).hasPrefix("direct") }
+            try waitUntil("direct", timeout: 12) { try p.path(a: true).hasPrefix("direct") && p.path(a: false).hasPrefix("direct") }
             try s.hostB.spawn(["iperf3", "-s", "-1"], label: "iperf3-server")
             try waitUntil("iperf3 server") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":5201") }
             let transfer = try s.hostA.spawn(["iperf3", "-c", "240.2.2.20", "-t", "12", "-b", "20M", "--json"], label: "iperf3-client")
@@ -137,7 +75,7 @@ struct HolePunchingTests {
             }
             """)
             let cut = Date()
-            try waitUntil("both back on the relay", timeout: 8) { try Self.path(s, a: true).hasPrefix("relay") && Self.path(s, a: false).hasPrefix("relay") }
+            try waitUntil("both back on the relay", timeout: 8) { try p.path(a: true).hasPrefix("relay") && p.path(a: false).hasPrefix("relay") }
             let took = Date().timeIntervalSince(cut)
             print("hole punching: back on the relay \(String(format: "%.1f", took)) s after the direct path was cut")
             let v = try #require(try Self.pathsView(s, a: true))
@@ -148,8 +86,8 @@ struct HolePunchingTests {
             #expect(received > 10_000_000, "the transfer moved only \(received) bytes")
             // The path works again: the next attempt finds it.
             try s.underlay.run(["nft", "delete", "table", "inet", "relaylab_cut"])
-            try waitUntil("direct again", timeout: 15) { try Self.path(s, a: true).hasPrefix("direct") && Self.path(s, a: false).hasPrefix("direct") }
-            let (ok, relayed) = try Self.relayedDuringPings(s)
+            try waitUntil("direct again", timeout: 15) { try p.path(a: true).hasPrefix("direct") && p.path(a: false).hasPrefix("direct") }
+            let (ok, relayed) = try p.relayedDuringPings()
             #expect(ok && relayed <= 2, "after the upgrade: ok \(ok), relayed \(relayed)")
             // relayctl paths, as people read it.
             let text = try s.relayctl(s.gwA, s.socketA, ["paths", "gw-b"]).stdout
@@ -163,16 +101,16 @@ struct HolePunchingTests {
     func restartUsesCache() throws {
         try KernelGate.check()
         try Lab.with("punchcache") { lab in
-            let s = try Self.lab(lab)
-            try Self.setNATs(s, .masquerade, .masquerade)
+            let p = try PunchLab(lab), s = p.s
+            try p.setNATs(.masquerade, .masquerade)
             try waitUntil("A reaches B", timeout: 25) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
-            try waitUntil("direct", timeout: 12) { try Self.path(s, a: true).hasPrefix("direct") && Self.path(s, a: false).hasPrefix("direct") }
+            try waitUntil("direct", timeout: 12) { try p.path(a: true).hasPrefix("direct") && p.path(a: false).hasPrefix("direct") }
             try waitUntil("the path cache written", timeout: 5) {
                 ((try? String(contentsOfFile: s.dir("A") + "/state/paths.json", encoding: .utf8)) ?? "").contains("100.64.2.2")
             }
             s.relaydA.signal(SIGTERM)
             _ = try s.relaydA.waitForExit(timeout: 10)
-            let before = try Self.forwarded(s)
+            let before = try p.forwarded()
             try? FileManager.default.removeItem(atPath: s.socketA)
             try s.restartRelaydA()
             let restarted = Date()
@@ -181,13 +119,13 @@ struct HolePunchingTests {
                 return try s.relayctl(s.gwA, s.socketA, ["status"]).succeeded
             }
             try waitUntil("A reaches B again", timeout: 10) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
-            try waitUntil("A direct again", timeout: 5) { try Self.path(s, a: true).hasPrefix("direct") }
+            try waitUntil("A direct again", timeout: 5) { try p.path(a: true).hasPrefix("direct") }
             print("hole punching: direct again \(String(format: "%.1f", Date().timeIntervalSince(restarted))) s after the restart (path cache)")
             let v = try #require(try Self.pathsView(s, a: true))
             #expect(v.cached?.first == "100.64.2.2:51820", "\(String(describing: v.cached))")
-            let (ok, relayed) = try Self.relayedDuringPings(s)
+            let (ok, relayed) = try p.relayedDuringPings()
             #expect(ok, "packets lost after the restart")
-            let across = try Self.forwarded(s) - before
+            let across = try p.forwarded() - before
             #expect(across <= 2, "the relay forwarded \(across) datagrams across the restart (relayed during the pings: \(relayed))")
         }
     }
@@ -196,24 +134,21 @@ struct HolePunchingTests {
     func sameLANThenIPv6() throws {
         try KernelGate.check()
         try Lab.with("punchlan") { lab in
-            let s = try Self.lab(lab)
-            try Self.setNATs(s, .fullyRandom, .fullyRandom)
+            let p = try PunchLab(lab), s = p.s
+            try p.setNATs(.fullyRandom, .fullyRandom)
             try waitUntil("A reaches B", timeout: 25) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
-            try waitUntil("the first attempts end", timeout: 12) {
-                let fa = try Self.pathsView(s, a: true)?.failures ?? 0, fb = try Self.pathsView(s, a: false)?.failures ?? 0
-                return fa >= 1 && fb >= 1
-            }
-            #expect(try Self.path(s, a: true).hasPrefix("relay"))
+            try waitUntil("the first attempts end", timeout: 12) { try p.pathsFigure(a: true, "failures") >= 1 && p.pathsFigure(a: false, "failures") >= 1 }
+            #expect(try p.path(a: true).hasPrefix("relay"))
             // A LAN between the two gateways (not a site prefix): host candidates.
             try lab.link(s.gwA, "lan9", ["10.99.0.1/24"], s.gwB, "lan9", ["10.99.0.2/24"])
             try waitUntil("direct over the shared LAN", timeout: 12) {
-                try Self.path(s, a: true) == "direct 10.99.0.2:51820" && Self.path(s, a: false) == "direct 10.99.0.1:51820"
+                try p.path(a: true) == "direct 10.99.0.2:51820" && p.path(a: false) == "direct 10.99.0.1:51820"
             }
-            var (ok, relayed) = try Self.relayedDuringPings(s)
+            var (ok, relayed) = try p.relayedDuringPings()
             #expect(ok && relayed <= 2, "LAN: ok \(ok), relayed \(relayed)")
             // The LAN goes: back to the relay.
             try s.gwA.ip("link", "del", "lan9")
-            try waitUntil("back on the relay", timeout: 10) { try Self.path(s, a: true).hasPrefix("relay") && Self.path(s, a: false).hasPrefix("relay") }
+            try waitUntil("back on the relay", timeout: 10) { try p.path(a: true).hasPrefix("relay") && p.path(a: false).hasPrefix("relay") }
             // Routed IPv6 between the sites' gateways (no NAT66): IPv4 stays blocked by the NATs.
             for (gw, nat, side, up) in [(s.gwA, s.natA!, "1", "a0"), (s.gwB, s.natB!, "2", "b0")] {
                 let letter = side == "1" ? "a" : "b"
@@ -227,9 +162,9 @@ struct HolePunchingTests {
             }
             #expect(try s.gwA.run(["ping", "-6", "-c1", "-W2", "2001:db8:2::20"], check: false).succeeded, "IPv6 between the gateways")
             try waitUntil("direct over IPv6", timeout: 15) {
-                try Self.path(s, a: true) == "direct [2001:db8:2::20]:51820" && Self.path(s, a: false) == "direct [2001:db8:1::20]:51820"
+                try p.path(a: true) == "direct [2001:db8:2::20]:51820" && p.path(a: false) == "direct [2001:db8:1::20]:51820"
             }
-            (ok, relayed) = try Self.relayedDuringPings(s)
+            (ok, relayed) = try p.relayedDuringPings()
             #expect(ok && relayed <= 2, "IPv6: ok \(ok), relayed \(relayed)")
         }
     }
@@ -238,11 +173,11 @@ struct HolePunchingTests {
     func migration() throws {
         try KernelGate.check()
         try Lab.with("punchmig") { lab in
-            let s = try Self.lab(lab)
-            try Self.setNATs(s, .masquerade, .fullCone)
+            let p = try PunchLab(lab), s = p.s
+            try p.setNATs(.masquerade, .fullCone)
             try waitUntil("A reaches B", timeout: 25) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
-            try waitUntil("direct", timeout: 12) { try Self.path(s, a: true).hasPrefix("direct") && Self.path(s, a: false).hasPrefix("direct") }
-            let before = try Self.path(s, a: false)
+            try waitUntil("direct", timeout: 12) { try p.path(a: true).hasPrefix("direct") && p.path(a: false).hasPrefix("direct") }
+            let before = try p.path(a: false)
             try s.hostB.spawn(["iperf3", "-s", "-1"], label: "iperf3-server")
             try waitUntil("iperf3 server") { try s.hostB.run(["ss", "-lntH"]).stdout.contains(":5201") }
             let transfer = try s.hostA.spawn(["iperf3", "-c", "240.2.2.20", "-t", "8", "-b", "20M", "--json"], label: "iperf3-client")
@@ -254,13 +189,13 @@ struct HolePunchingTests {
             let moved = Date()
             var after = ""
             try waitUntil("B follows A to its new mapping", timeout: 10) {
-                after = try Self.path(s, a: false)
+                after = try p.path(a: false)
                 return after.hasPrefix("direct") && after != before
             }
             print("hole punching: B on A's new mapping \(String(format: "%.1f", Date().timeIntervalSince(moved))) s after A's address changed (\(before) -> \(after))")
             #expect(try transfer.waitForExit(timeout: 30) == 0, "the transfer did not complete: \(transfer.log().suffix(600))")
-            #expect(try Self.path(s, a: true).hasPrefix("direct"))
-            let (ok, relayed) = try Self.relayedDuringPings(s)
+            #expect(try p.path(a: true).hasPrefix("direct"))
+            let (ok, relayed) = try p.relayedDuringPings()
             #expect(ok && relayed <= 2, "after the move: ok \(ok), relayed \(relayed)")
         }
     }
