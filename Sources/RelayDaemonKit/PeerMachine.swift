@@ -83,7 +83,7 @@ final class PeerMachine {
     /// Responder side: a new session not used for sending until the initiator's first packet on it
     /// arrives (otherwise we could send on keys the initiator has not installed yet).
     var next: TunnelSession?
-    struct Pending { var initiator: Noise.Initiator; var index: UInt32; var sentAt: Double; var firstAt: Double }
+    struct Pending { var initiator: Noise.Initiator; var index: UInt32; var sentAt: Double; var firstAt: Double; var wire: [UInt8] = [] }
     var pending: Pending?
     /// A handshake asked of the loop (`.initiate`) and not made yet: asked once.
     var initiating = false
@@ -212,10 +212,16 @@ final class PeerMachine {
         choose()
     }
 
-    /// The peer is registered at a relay under `id` (a lookup answered).
-    func addRelayPath(_ relay: Endpoint, id: UInt32) {
+    /// The peer is registered at a relay under `id` (a lookup answered). A handshake in flight
+    /// (sent only where the peer did not answer, e.g. a cached direct path) goes this way too at
+    /// once, instead of at its 5-second retry.
+    func addRelayPath(_ relay: Endpoint, id: UInt32, _ t: PeerTable) {
         paths.removeAll { if case .relay(let r, let i) = $0.route { return r == relay && i != id } else { return false } }
-        if !paths.contains(where: { $0.route == .relay(relay, id: id) }) { paths.append(PeerPath(.relay(relay, id: id))) }
+        let route = Route.relay(relay, id: id)
+        if !paths.contains(where: { $0.route == route }) {
+            paths.append(PeerPath(route))
+            if let p = pending, !p.wire.isEmpty { t.actions.append(.send(p.wire, to: route)) }
+        }
         choose()
     }
 
@@ -285,7 +291,7 @@ final class PeerMachine {
         let cookie = self.cookie.flatMap { now - $0.at < 120 ? $0.value : nil }
         let wire = TunnelMessage.initiation(sender: index, noise: noise, mac1Key: mac1Key, cookie: cookie)
         lastMac1 = Array(HandshakeMAC.mac1(of: wire[...]))
-        pending = Pending(initiator: initiator, index: index, sentAt: now, firstAt: pending?.firstAt ?? now)
+        pending = Pending(initiator: initiator, index: index, sentAt: now, firstAt: pending?.firstAt ?? now, wire: wire)
         nextRetry = now + TunnelLimits.rekeyTimeout + Double.random(in: 0...0.333)
         t.counters.handshakesSent += 1
         for p in paths { t.actions.append(.send(wire, to: p.route)) }

@@ -357,7 +357,7 @@ final class PeerTable {
             guard body.count == 36 else { counters.malformed += 1; return nil }
             let key = Array(body.prefix(32)), id = body.suffix(4).withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }.littleEndian
             link.absent.remove(key)
-            peer(key: key)?.addRelayPath(link.endpoint, id: id)
+            peer(key: key)?.addRelayPath(link.endpoint, id: id, self)
         case .notHere:
             if body.count == 32 { link.absent.insert(Array(body)); peer(key: Array(body))?.removeRelayPaths(via: link.endpoint) }
             else if body.count == 4 {

@@ -14,9 +14,11 @@ public final class PunchLab {
     }
 
     /// Puts router kinds in front of A and B: the gateways stop (they leave the relay), the routers
-    /// get their rulesets and an empty conntrack table, the gateways start again.
+    /// get their rulesets and an empty conntrack table, the gateways forget the paths that worked
+    /// (each cell starts from nothing) and start again.
     public func setNATs(_ a: LabNAT, _ b: LabNAT) throws {
         try s.restartGateways {
+            for site in ["A", "B"] { try? FileManager.default.removeItem(atPath: s.dir(site) + "/state/paths.json") }
             for (router, kind, host, net, wan) in [(s.natA!, a, "10.10.10.10", "10.10.10.0/24", "100.64.1.2"), (s.natB!, b, "10.20.20.20", "10.20.20.0/24", "100.64.2.2")] {
                 for t in [["inet", "relaylab_nat"], ["ip", "labnat"]] { _ = try router.run(["nft", "delete", "table"] + t, check: false) }
                 if let rules = kind.ruleset(host: host) { try router.loadNftables(rules) }

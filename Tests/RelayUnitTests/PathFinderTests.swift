@@ -185,7 +185,7 @@ extension PeerMachineTests {
         a.table.configure([.init(name: "B", publicKey: b.own, endpoint: nil, prefixes: [siteB])], exported: [siteA], stamp: { _ in 0 })
         b.table.configure([.init(name: "A", publicKey: a.own, endpoint: nil, prefixes: [siteA])], exported: [siteB], stamp: { _ in 0 })
         let peerB = a.table.peers[0], peerA = b.table.peers[0]
-        peerB.addRelayPath(relayEP, id: 2); peerA.addRelayPath(relayEP, id: 1)
+        peerB.addRelayPath(relayEP, id: 2, a.table); peerA.addRelayPath(relayEP, id: 1, b.table)
         // A's packet starts the handshake through the relay.
         _ = peerB.outbound(PeerMachineTests.packet("240.1.1.20", "240.2.2.20")[...], count: 1, bytes: 28, now: 1, a.table)
         var toB = try run(a, a.table.take(), now: 1)
@@ -221,6 +221,25 @@ extension PeerMachineTests {
         #expect(peerB.route == .relay(relayEP, id: 2))
         #expect(peerB.routeChange?.why.contains("unanswered") == true, "\(String(describing: peerB.routeChange))")
         #expect(a.table.take().contains { if case .log(_, let m) = $0 { return m.contains("back to the relay") } else { return false } })
+    }
+
+    @Test("after a restart the handshake goes to the cached direct path; when the peer is found at a relay meanwhile, the same initiation goes there at once (not at the 5-second retry)")
+    func cachedPathThenRelay() throws {
+        let a = Node("10.0.0.1:51820"), b = Node("10.0.0.2:51820")
+        a.table.configure([.init(name: "B", publicKey: b.own, endpoint: nil, prefixes: [siteB])], exported: [siteA], stamp: { _ in 0 },
+                          cachedPaths: { _ in [Endpoint("100.64.2.2:51820")!] })
+        let peer = a.table.peers[0]
+        #expect(peer.paths.map(\.route) == [.direct(Endpoint("100.64.2.2:51820")!)] && peer.finder.cachedPaths.count == 1)
+        _ = peer.outbound(PeerMachineTests.packet("240.1.1.20", "240.2.2.20")[...], count: 1, bytes: 28, now: 1, a.table)
+        let sent = try run(a, a.table.take(), now: 1)
+        #expect(sent.count == 1 && sent[0].1 == .direct(Endpoint("100.64.2.2:51820")!))
+        let relay = Endpoint("100.64.9.9:51821")!
+        peer.addRelayPath(relay, id: 4, a.table)
+        let again = a.table.take().compactMap { if case .send(let m, let to) = $0 { return (m, to) } else { return nil } }
+        #expect(again.count == 1 && again[0].0 == sent[0].0 && again[0].1 == .relay(relay, id: 4))
+        // Found again there: nothing new is sent.
+        peer.addRelayPath(relay, id: 4, a.table)
+        #expect(a.table.take().isEmpty)
     }
 }
 

@@ -134,8 +134,9 @@ struct RelayHomeTests {
     func routeThroughHome() {
         let r1 = Endpoint("100.64.9.9:51821")!, r2 = Endpoint("100.64.8.8:51821")!, direct = Endpoint("100.64.2.2:40000")!
         let m = PeerMachine(name: "B", publicKey: [UInt8](repeating: 1, count: 32), endpoint: nil, prefixes: [])
-        m.addRelayPath(r2, id: 7)
-        m.addRelayPath(r1, id: 9)
+        let t = PeerTable(staticKey: .init())
+        m.addRelayPath(r2, id: 7, t)
+        m.addRelayPath(r1, id: 9, t)
         #expect(m.route == .relay(r2, id: 7))
         m.prefer(home: r1)
         #expect(m.route == .relay(r1, id: 9))
