@@ -221,6 +221,8 @@ final class PeerMachine {
         if !paths.contains(where: { $0.route == route }) {
             paths.append(PeerPath(route))
             if let p = pending, !p.wire.isEmpty { t.actions.append(.send(p.wire, to: route)) }
+            // Packets wait for a handshake that had nowhere to go: it goes now.
+            else if pending == nil, current == nil, !queue.isEmpty { askHandshake(t) }
         }
         choose()
     }

@@ -237,6 +237,14 @@ extension PeerMachineTests {
         peer.addRelayPath(relay, id: 4, a.table)
         let again = a.table.take().compactMap { if case .send(let m, let to) = $0 { return (m, to) } else { return nil } }
         #expect(again.count == 1 && again[0].0 == sent[0].0 && again[0].1 == .relay(relay, id: 4))
+        // A packet for a peer with no path at all waits; the peer found at a relay, the handshake goes at once.
+        let c = Node("10.0.0.3:51820")
+        c.table.configure([.init(name: "B", publicKey: b.own, endpoint: nil, prefixes: [siteB])], exported: [siteA], stamp: { _ in 0 })
+        _ = c.table.peers[0].outbound(PeerMachineTests.packet("240.1.1.20", "240.2.2.20")[...], count: 1, bytes: 28, now: 1, c.table)
+        #expect(try run(c, c.table.take(), now: 1).isEmpty)
+        c.table.peers[0].addRelayPath(relay, id: 4, c.table)
+        let first = try run(c, c.table.take(), now: 1.2)
+        #expect(first.count == 1 && first[0].1 == .relay(relay, id: 4), "\(first.map(\.1))")
         // Found again there: nothing new is sent.
         peer.addRelayPath(relay, id: 4, a.table)
         #expect(a.table.take().isEmpty)
