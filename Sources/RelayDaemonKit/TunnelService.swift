@@ -727,6 +727,7 @@ public final class TunnelService: @unchecked Sendable {
     var candidateExclusions: [IPPrefix] = []
     var candidatesCheckedAt: Double = 0
     var addressChangesSeen = 0
+    var relaySeenBefore: [Endpoint] = []
 
     /// This node's path candidates: its interface addresses (not loopback, link-local or a site's)
     /// at the tunnel port, then where relays and reflectors see it. Gathered every 2 s and at once
@@ -734,10 +735,11 @@ public final class TunnelService: @unchecked Sendable {
     func gatherCandidates(now: Double) -> ([PathMessage.Candidate], Set<IPAddress>)? {
         let changes = reflectionClient.addressChanges
         lock.lock()
-        let due = now - candidatesCheckedAt >= 2 || changes != addressChangesSeen
-        if due { candidatesCheckedAt = now; addressChangesSeen = changes }
-        let exclusions = candidateExclusions
         let relaySeen = table.relays.compactMap { $0.isRegistered ? $0.observed : nil }
+        // At once when an address changed or a relay saw us somewhere new (its pong), else every 2 s.
+        let due = now - candidatesCheckedAt >= 2 || changes != addressChangesSeen || relaySeen != relaySeenBefore
+        if due { candidatesCheckedAt = now; addressChangesSeen = changes; relaySeenBefore = relaySeen }
+        let exclusions = candidateExclusions
         lock.unlock()
         guard due, port != 0 else { return nil }
         let own = ReflectionClient.localAddresses()
