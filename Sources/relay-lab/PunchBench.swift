@@ -50,6 +50,8 @@ enum PunchBench {
         let wrong = cells.filter { $0.direct != $0.expectDirect }
         print(pad("cells direct / theoretical max", 34) + "\(direct) / \(possible) of \(cells.count) (goal: equal)\(wrong.isEmpty ? "" : "; off: " + wrong.map { "\($0.a)x\($0.b)=\($0.direct ? "direct" : "relayed")" }.joined(separator: ", "))")
         if !failures.isEmpty { print("cells that did not connect: " + failures.joined(separator: "; ")) }
+        let slow = cells.filter { $0.direct && $0.afterFirst > 2 }
+        if !slow.isEmpty { print("direct later than 2 s after the first packet: " + slow.map { String(format: "%@ x %@ %.1f s", $0.a.rawValue, $0.b.rawValue, $0.afterFirst) }.joined(separator: ", ")) }
         print(pad("per NAT kind (either side)", 34) + pad("first packet", 14) + pad("direct after it", 17) + pad("p90", 8) + "(medians, s; goal under 2)")
         for k in LabNAT.allCases {
             let mine = cells.filter { $0.a == k || $0.b == k }
