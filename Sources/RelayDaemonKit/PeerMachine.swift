@@ -169,7 +169,8 @@ final class PeerMachine {
             let last = paths.first { $0.route == .direct(e) }?.lastReceived ?? 0
             why = last > 0 ? "direct path \(e) unanswered for \(Int(now - last)) s: back to the relay" : "reached through the relay"
         case (nil, _): why = "first path"
-        default: why = "\(route)"
+        case (.direct?, .direct): why = "the peer's data came from a new address (roaming)"
+        case (.relay?, .relay): why = "through another relay"
         }
         routeChange = (now, why)
         if old != nil { routeNotes.append("path to \(name): \(route) (\(why))") }
@@ -409,7 +410,10 @@ final class PeerMachine {
     func tick(now: Double, _ t: PeerTable) {
         self.now = max(self.now, now)
         choose()
-        if current != nil {
+        // Paths are looked for (and heartbeats sent) only for a peer also reached through a relay:
+        // there is something to upgrade from and to fall back to. A peer at a configured endpoint
+        // alone is left as WireGuard leaves it.
+        if current != nil, paths.contains(where: { !$0.route.isDirect }) {
             let active = max(lastSent, lastReceived) > 0 && now - max(lastSent, lastReceived) < finder.settings.idle
             var tx = t.nextTx
             let out = finder.tick(now: now, route: route, directAlive: directAlive != nil, active: active, tx: { tx &+= 1; return tx })

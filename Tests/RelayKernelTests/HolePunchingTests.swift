@@ -199,4 +199,43 @@ struct HolePunchingTests {
             #expect(ok && relayed <= 2, "after the move: ok \(ok), relayed \(relayed)")
         }
     }
+
+    static let replayer = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../Support/replay_udp.py").standardized.path
+
+    @Test("a third party that captured the probes and their answers between two direct gateways replays them from its own address: all refused by the session's replay window (counted), the route does not move, nothing is answered or learned")
+    func replayedProbes() throws {
+        try KernelGate.check()
+        try Lab.with("punchreplay") { lab in
+            let p = try PunchLab(lab), s = p.s
+            let mallory = try lab.host("mallory")
+            try lab.link(mallory, "eth0", ["100.64.7.7/24"], s.underlay, "m0", ["100.64.7.1/24"])
+            try mallory.route("default", via: "100.64.7.1")
+            // A behind a full cone: anything sent to its public port reaches it.
+            try p.setNATs(.fullCone, .masquerade)
+            try waitUntil("A reaches B", timeout: 25) { try s.hostA.run(["ping", "-c1", "-W1", "240.2.2.20"], check: false).succeeded }
+            try waitUntil("direct", timeout: 12) { try p.path(a: true).hasPrefix("direct") && p.path(a: false).hasPrefix("direct") }
+            // Probes (41-byte messages) and answers (60) from B to A, as the underlay sees them.
+            let pcap = lab.logDirectory.appendingPathComponent("probes.pcap").path
+            let dump = try s.underlay.spawn(["tcpdump", "-i", "a0", "-U", "-n", "-w", pcap, "udp and dst host 100.64.1.2 and (udp[4:2] == 49 or udp[4:2] == 68)"], label: "tcpdump")
+            Thread.sleep(forTimeInterval: 3.5)
+            dump.signal(SIGINT)
+            _ = try? dump.waitForExit(timeout: 5)
+            func counters() throws -> TunnelCounters {
+                let out = try s.relayctl(s.gwA, s.socketA, ["status", "--json"]).stdout
+                return try #require(try ControlJSON.decoder().decode(StatusResponse.self, from: Data(out.utf8)).tunnel)
+            }
+            let before = try counters(), pathBefore = try p.path(a: true)
+            let viewBefore = try #require(try Self.pathsView(s, a: true))
+            let sent = Int(try mallory.run(["/usr/bin/python3", Self.replayer, pcap, "100.64.1.2", "51820"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            #expect(sent >= 3, "captured \(sent) probes and answers")
+            try waitUntil("every replay counted", timeout: 5) { try counters().authFailed - before.authFailed >= sent }
+            let after = try counters()
+            #expect(after.authFailed - before.authFailed == sent, "authFailed +\(after.authFailed - before.authFailed) for \(sent) replays")
+            #expect(try p.path(a: true) == pathBefore)
+            let view = try #require(try Self.pathsView(s, a: true))
+            #expect(!view.peerReflexive.contains { $0.hasPrefix("100.64.7.7") } && view.unmatchedAcks == viewBefore.unmatchedAcks,
+                    "\(view.peerReflexive), unmatched answers \(viewBefore.unmatchedAcks) -> \(view.unmatchedAcks)")
+            #expect(!(try p.conntrack(s.natA, from: "10.10.10.10", to: "100.64.7.7")).contains("ASSURED"), "A answered the third party")
+        }
+    }
 }
